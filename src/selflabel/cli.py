@@ -1,0 +1,73 @@
+"""The `selflabel` command: parse arguments, build the config, call one library function.
+
+Known errors (`SelflabelError`) are printed as one line, `selflabel: error: <file>: <problem>`, with exit code 2.
+Library modules are imported inside each command so that `selflabel --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from selflabel.errors import SelflabelError
+
+app = typer.Typer(
+    name="selflabel",
+    help="Semi-supervised abdominal CT segmentation by self-labelling (Swin-Unet, FLARE22 scoring).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+PresetOption = Annotated[str, typer.Option("--preset", help="Named settings: 'paper' (default) or 'cpu'.")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="YAML file of settings applied on top of the preset.")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one setting, e.g. --set train.epochs=5 (YAML value). Repeatable."),
+]
+
+
+def parse_sets(values: list[str] | None) -> dict[str, Any]:
+    """Turn ``["train.epochs=5", "model.depths=[2,2,2,2]"]`` into dotted overrides (values parsed as YAML)."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SelflabelError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=5")
+        overrides[key.strip()] = yaml.safe_load(raw)
+    return overrides
+
+
+def build_config(preset: str, config: Path | None, sets: list[str] | None, **options: Any):
+    """Preset, then YAML, then --set, then the command's own options (those not None)."""
+    from selflabel.config import load_config
+
+    overrides = parse_sets(sets)
+    overrides.update({key: value for key, value in options.items() if value is not None})
+    return load_config(preset, config, overrides)
+
+
+# ---- commands (each: parse, call one library function) ----
+
+
+def main() -> None:
+    """Console-script entry point: run the app, report known errors in one line."""
+    try:
+        app()
+    except SelflabelError as exc:
+        typer.echo(f"selflabel: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("selflabel: interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

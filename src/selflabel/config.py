@@ -1,0 +1,337 @@
+"""The one typed configuration of selflabel; defaults are the seed paper's settings (Zhu and Tian, FLARE 2022).
+
+A `Config` is a tree of frozen dataclasses. Build one with `load_config(preset, yaml_path, overrides)`:
+a named preset (`paper`, the default, or `cpu`), then a YAML file, then dotted overrides such as
+`{"train.epochs": 5}`. Unknown keys and ill-typed values raise `ConfigError` naming the key.
+Every stage saves the resolved config beside its outputs (`save_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from selflabel.atomic import atomic_write_text
+from selflabel.errors import ConfigError
+
+#: FLARE22's 13 organs, index -> name, as in FLARE22's dataset.json.
+FLARE22_LABELS: dict[str, int] = {
+    "background": 0,
+    "liver": 1,
+    "right_kidney": 2,
+    "spleen": 3,
+    "pancreas": 4,
+    "aorta": 5,
+    "inferior_vena_cava": 6,
+    "right_adrenal_gland": 7,
+    "left_adrenal_gland": 8,
+    "gallbladder": 9,
+    "esophagus": 10,
+    "stomach": 11,
+    "duodenum": 12,
+    "left_kidney": 13,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Intensity normalisation and the cache's in-plane grid.
+
+    normalization: ``"percentile_zscore"`` (the paper: clip at `clip_percentile`, then z-score per volume)
+        or ``"hu_window"`` (clip to `hu_window` in HU, then scale to [0, 1], as TransUNet does).
+    image_size: in-plane size (pixels) of the model input and of the cache; slices are resized to it.
+    """
+
+    normalization: Literal["percentile_zscore", "hu_window"] = "percentile_zscore"
+    clip_percentile: float = 95.0
+    hu_window: tuple[float, float] = (-125.0, 275.0)
+    image_size: int = 224
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network choice and shape. Swin fields are used by ``swin_unet``, ``unet_channels`` by ``unet``.
+
+    context: 2.5D input; the model sees the 2k+1 neighbouring axial slices as channels (0 = one grey slice,
+        repeated to 3 channels for Swin-Unet as in the paper).
+    """
+
+    name: Literal["swin_unet", "unet"] = "swin_unet"
+    context: int = 0
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    patch_size: int = 4
+    drop_path_rate: float = 0.2
+    unet_channels: tuple[int, ...] = (32, 64, 128, 256)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for `selflabel.models.build_model` for this model name."""
+        if self.name == "swin_unet":
+            return {
+                "embed_dim": self.embed_dim,
+                "depths": self.depths,
+                "num_heads": self.num_heads,
+                "window_size": self.window_size,
+                "patch_size": self.patch_size,
+                "drop_path_rate": self.drop_path_rate,
+            }
+        return {"channels": self.unet_channels}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The seed's "random rotation and flip", with the Swin-Unet code's probabilities.
+
+    rot90_flip_prob: probability of a random multiple-of-90-degree rotation followed by a random axis flip.
+    rotate_prob: probability of a rotation by a uniform angle in [-rotate_degrees, rotate_degrees].
+    """
+
+    rot90_flip_prob: float = 0.5
+    rotate_prob: float = 0.5
+    rotate_degrees: float = 20.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training protocol: Dice + CE, Adam 1e-3 with poly decay, batch 18, validation every epoch.
+
+    iterations_per_epoch: 0 means one pass over all training slices.
+    foreground_fraction: share of sampled slices forced to contain an organ (0 = uniform over slices).
+    amp: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"`` (CUDA, with a grad scaler) or ``"none"``.
+    pseudo_weight: sampling weight of a pseudo-labelled case relative to a labelled one.
+    """
+
+    epochs: int = 150
+    iterations_per_epoch: int = 0
+    batch_size: int = 18
+    lr: float = 1e-3
+    poly_power: float = 0.9
+    weight_decay: float = 0.0
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    val_every: int = 1
+    foreground_fraction: float = 0.0
+    pseudo_weight: float = 1.0
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    num_workers: int = 4
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Whole-volume prediction: batched axial slices, optional flip TTA and largest-component clean-up."""
+
+    batch_size: int = 32
+    tta_flip: bool = False
+    largest_component: bool = False
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """Pseudo-label quality control (all off by default, as in the paper).
+
+    confidence_tau: voxels whose maximum probability is below it become 255 (ignored by the loss); 0 = off.
+    low_confidence_tau: threshold used only for the per-case "fraction of uncertain foreground" statistic.
+    drop_least_confident: fraction of cases with the lowest mean confidence left out of student training.
+    drop_most_changed: fraction of cases whose labels changed most between rounds left out (rounds >= 2).
+    """
+
+    confidence_tau: float = 0.0
+    low_confidence_tau: float = 0.9
+    drop_least_confident: float = 0.0
+    drop_most_changed: float = 0.0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The recipe: split, rounds of teacher -> pseudo-labels -> student, optional fine-tuning.
+
+    train_fraction: share of labelled cases used for training (the paper: 20 of 50), the rest validate.
+    """
+
+    train_fraction: float = 0.4
+    rounds: int = 1
+    finetune_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of a selflabel run; the defaults are the paper's."""
+
+    seed: int = 0
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    pseudolabel: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+#: Named presets as dotted overrides of the defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # Minutes on 2 CPU cores: a small Swin-Unet at 96x96 (window 3 fits the 24/12/6/3 token grids).
+    "cpu": {
+        "preprocess.image_size": 96,
+        "model.embed_dim": 24,
+        "model.num_heads": (1, 2, 4, 8),
+        "model.window_size": 3,
+        "model.drop_path_rate": 0.1,
+        "train.epochs": 8,
+        "train.batch_size": 16,
+        "train.iterations_per_epoch": 30,
+        "train.foreground_fraction": 0.7,
+        "train.num_workers": 0,
+        "train.amp": "none",
+        "inference.batch_size": 64,
+    },
+}
+
+
+def _check_value(key: str, hint: Any, value: Any) -> Any:
+    """Coerce `value` to the annotated type `hint` or raise ConfigError naming `key`."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(hint))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        item = args[0]
+        if args[-1] is not Ellipsis and len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_check_value(key, item, v) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _replace(obj: Any, parts: list[str], value: Any, key: str) -> Any:
+    """Return a copy of the dataclass `obj` with the field at `parts` set to `value`."""
+    hints = typing.get_type_hints(type(obj))
+    name = parts[0]
+    if name not in hints:
+        known = ", ".join(f.name for f in dataclasses.fields(obj))
+        raise ConfigError(f"unknown setting {key!r} (known here: {known})")
+    current = getattr(obj, name)
+    if dataclasses.is_dataclass(current):
+        if len(parts) == 1:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
+            for sub, subvalue in value.items():
+                current = _replace(current, [sub], subvalue, f"{key}.{sub}")
+            return dataclasses.replace(obj, **{name: current})
+        return dataclasses.replace(obj, **{name: _replace(current, parts[1:], value, key)})
+    if len(parts) > 1:
+        raise ConfigError(f"unknown setting {key!r}: {name} is not a section")
+    return dataclasses.replace(obj, **{name: _check_value(key, hints[name], value)})
+
+
+def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """Apply dotted (``"train.epochs"``) or nested (``{"train": {...}}``) overrides."""
+    for key, value in overrides.items():
+        config = _replace(config, key.split("."), value, key)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Check the settings that types alone do not; raise ConfigError saying what to change."""
+    p, t, pl = config.preprocess, config.train, config.pipeline
+    if not 0 < p.clip_percentile <= 100:
+        raise ConfigError(f"preprocess.clip_percentile must be in (0, 100], got {p.clip_percentile}")
+    if p.hu_window[0] >= p.hu_window[1]:
+        raise ConfigError(f"preprocess.hu_window must be [low, high] with low < high, got {list(p.hu_window)}")
+    if p.image_size < 8:
+        raise ConfigError(f"preprocess.image_size must be at least 8, got {p.image_size}")
+    if config.model.context < 0:
+        raise ConfigError(f"model.context must be >= 0, got {config.model.context}")
+    if t.epochs < 1 or t.batch_size < 1 or t.val_every < 1:
+        raise ConfigError("train.epochs, train.batch_size and train.val_every must be >= 1")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be positive, got {t.lr}")
+    if not 0 <= t.foreground_fraction <= 1:
+        raise ConfigError(f"train.foreground_fraction must be in [0, 1], got {t.foreground_fraction}")
+    if not 0 < pl.train_fraction < 1:
+        raise ConfigError(f"pipeline.train_fraction must be in (0, 1), got {pl.train_fraction}")
+    if pl.rounds < 1:
+        raise ConfigError(f"pipeline.rounds must be >= 1, got {pl.rounds}")
+    for name in ("drop_least_confident", "drop_most_changed"):
+        if not 0 <= getattr(config.pseudolabel, name) < 1:
+            raise ConfigError(f"pseudolabel.{name} must be in [0, 1)")
+
+
+def load_config(
+    preset: str = "paper", yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Build a Config: defaults, then the preset, then the YAML file, then `overrides`."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = apply_overrides(Config(), PRESETS[preset])
+    if yaml_path is not None:
+        config = apply_overrides(config, read_yaml(yaml_path))
+    return apply_overrides(config, overrides or {})
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing or malformed file raises ConfigError naming it."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), suitable for YAML/JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Inverse of `config_to_dict`."""
+    return apply_overrides(Config(), data)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(config), sort_keys=False))
