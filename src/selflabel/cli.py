@@ -22,6 +22,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Semi-supervised abdominal CT segmentation by self-labelling (Swin-Unet, FLARE22 scoring)."""
+
+
 PresetOption = Annotated[str, typer.Option("--preset", help="Named settings: 'paper' (default) or 'cpu'.")]
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="YAML file of settings applied on top of the preset.")
@@ -55,6 +62,24 @@ def build_config(preset: str, config: Path | None, sets: list[str] | None, **opt
 
 
 # ---- commands (each: parse, call one library function) ----
+
+
+@app.command()
+def preprocess(
+    data_dir: Annotated[Path, typer.Argument(help="nnU-Net raw dataset folder (dataset.json, imagesTr, ...).")],
+    cache_dir: Annotated[Path, typer.Argument(help="Output cache folder (one .npy + .json per case).")],
+    preset: PresetOption = "paper",
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel processes (default: all cores).")] = None,
+) -> None:
+    """Normalise and resize every case into a memory-mappable cache, skipping cases already up to date."""
+    from selflabel.preprocess import preprocess_dataset, raise_if_failed
+
+    cfg = build_config(preset, config, sets)
+    report = preprocess_dataset(data_dir, cache_dir, cfg.preprocess, workers=workers)
+    typer.echo(f"{cache_dir}: {report.summary()}")
+    raise_if_failed(report)
 
 
 def main() -> None:

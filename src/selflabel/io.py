@@ -172,12 +172,11 @@ def from_canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return nib.orientations.apply_orientation(array, back)
 
 
-def canonical_spacing(spacing: Sequence[float], affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size in mm along the canonical (z, y, x) axes."""
-    transform = _canonical_transform(affine)
-    out = [0.0, 0.0, 0.0]
-    for axis, (target, _flip) in enumerate(transform):
-        out[int(target)] = float(spacing[axis])
+def canonical_axes(values: Sequence[float], affine: np.ndarray) -> tuple:
+    """Re-order per-axis values (shape, spacing in mm) of a volume to its canonical (z, y, x) order."""
+    out: list = [None, None, None]
+    for axis, (target, _flip) in enumerate(_canonical_transform(affine)):
+        out[int(target)] = values[axis]
     return tuple(out)
 
 

@@ -1,0 +1,298 @@
+"""The seed's preprocessing and the on-disk cache that training and pseudo-labelling read.
+
+Per volume: cut off the top 5 % of the intensity histogram (clip at the 95th percentile) and z-score, or,
+optionally, a HU window scaled to [0, 1]. The volume is brought to the canonical (z, y, x) layout
+(`selflabel.io.to_canonical`) and every axial slice is resized to the model's in-plane size.
+
+Cache layout (one folder, flat, memory-mappable):
+    <case>.npy       image, float16, (Z, S, S) with S = image_size
+    <case>_seg.npy   label at the same grid, uint8 (labelled cases)
+    <case>_gt.npy    label at the original in-plane grid, canonical (Z, H, W), uint8 (labelled cases; validation)
+    <case>.json      geometry, statistics, settings and source stamps; written last, so it marks a complete case
+
+A 512x512x100 scan takes 224*224*100*2 bytes ~ 10 MB (plus 5 MB of labels), so FLARE22's 2000 unlabelled scans
+fit in ~20 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from selflabel.atomic import atomic_path, atomic_write_json
+from selflabel.config import PreprocessConfig
+from selflabel.errors import InputError, SelflabelError
+from selflabel.io import Case, Volume, canonical_axes, load_dataset, read_case, to_canonical
+
+CACHE_VERSION = 1
+
+
+def normalize_intensity(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, dict[str, float]]:
+    """Normalise a CT volume (HU, any shape) as the config says; return float32 voxels and the statistics used.
+
+    ``percentile_zscore``: clip above the `clip_percentile`-th percentile, then ``(x - mean) / std`` with the
+    mean and std of the clipped volume. ``hu_window``: clip to [low, high] HU, then scale to [0, 1].
+    """
+    if cfg.normalization == "hu_window":
+        low, high = cfg.hu_window
+        out = (np.clip(image, low, high, dtype=np.float32) - low) / (high - low)
+        return out.astype(np.float32, copy=False), {"low": float(low), "high": float(high)}
+    clip = float(np.percentile(image, cfg.clip_percentile))
+    clipped = np.minimum(image, clip, dtype=np.float32)
+    mean = float(clipped.mean(dtype=np.float64))
+    std = float(clipped.std(dtype=np.float64))
+    clipped -= mean
+    clipped /= max(std, 1e-6)
+    return clipped, {"clip": clip, "mean": mean, "std": std}
+
+
+def resize_slices(slices: torch.Tensor, size: int | tuple[int, int], label: bool = False) -> torch.Tensor:
+    """Resize a batch of slices (N, C, H, W) in-plane: bilinear (antialiased when shrinking) or nearest for labels."""
+    target = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(slices.shape[-2:]) == target:
+        return slices
+    if label:
+        return F.interpolate(slices, size=target, mode="nearest-exact")
+    shrinking = slices.shape[-2] > target[0] or slices.shape[-1] > target[1]
+    return F.interpolate(slices, size=target, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def prepare_image(volume: Volume, cfg: PreprocessConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Image volume -> canonical, normalised, resized float32 tensor (Z, S, S), plus intensity statistics."""
+    canonical = np.ascontiguousarray(to_canonical(volume.array, volume.affine))
+    normalised, stats = normalize_intensity(canonical, cfg)
+    resized = resize_slices(torch.from_numpy(normalised)[:, None], cfg.image_size)[:, 0]
+    return resized, stats
+
+
+def prepare_label(volume: Volume, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label volume -> (canonical labels at the original grid (Z, H, W), labels resized to (Z, S, S)), uint8."""
+    canonical = np.ascontiguousarray(to_canonical(volume.array, volume.affine))
+    resized = resize_slices(torch.from_numpy(canonical)[:, None].float(), size, label=True)[:, 0]
+    return canonical, resized.to(torch.uint8).numpy()
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """Paths of one case in the cache."""
+
+    folder: Path
+    name: str
+
+    @property
+    def image(self) -> Path:
+        return self.folder / f"{self.name}.npy"
+
+    @property
+    def seg(self) -> Path:
+        return self.folder / f"{self.name}_seg.npy"
+
+    @property
+    def gt(self) -> Path:
+        return self.folder / f"{self.name}_gt.npy"
+
+    @property
+    def meta(self) -> Path:
+        return self.folder / f"{self.name}.json"
+
+    def read_meta(self) -> dict[str, Any]:
+        return json.loads(self.meta.read_text())
+
+
+def _stamp(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _settings(cfg: PreprocessConfig) -> dict[str, Any]:
+    return {"version": CACHE_VERSION, **json.loads(json.dumps(asdict(cfg)))}
+
+
+def is_cached(case: Case, folder: Path, cfg: PreprocessConfig) -> bool:
+    """True when the cache holds this case, made from the same files with the same settings."""
+    entry = CacheEntry(folder, case.name)
+    if not entry.meta.is_file():
+        return False
+    try:
+        meta = entry.read_meta()
+        up_to_date = (
+            meta["settings"] == _settings(cfg)
+            and meta["source"]["image"] == _stamp(case.image)
+            and meta["source"]["label"] == _stamp(case.label)
+        )
+    except (OSError, KeyError, json.JSONDecodeError):
+        return False
+    files = [entry.image] + ([entry.seg, entry.gt] if case.label is not None else [])
+    return up_to_date and all(p.is_file() for p in files)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+def _foreground_slices(seg: np.ndarray) -> list[int]:
+    return np.flatnonzero(seg.reshape(seg.shape[0], -1).any(axis=1)).tolist()
+
+
+def cache_case(case: Case, folder: Path, cfg: PreprocessConfig, label_values: Sequence[int] | None = None) -> dict:
+    """Preprocess one case into `folder`; return its metadata. Raises InputError for bad input.
+
+    On any error the case's files are removed, so the cache never holds half a case.
+    """
+    torch.set_num_threads(1)
+    entry = CacheEntry(folder, case.name)
+    try:
+        return _write_case(case, entry, cfg, label_values)
+    except BaseException:
+        for path in (entry.meta, entry.image, entry.seg, entry.gt):
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _write_case(case: Case, entry: CacheEntry, cfg: PreprocessConfig, label_values: Sequence[int] | None) -> dict:
+    image, label = read_case(case, label_values)
+    entry.meta.unlink(missing_ok=True)  # the case is incomplete until its JSON is written again
+    tensor, stats = prepare_image(image, cfg)
+    _save_npy(entry.image, tensor.numpy().astype(np.float16))
+    meta: dict[str, Any] = {
+        "case": case.name,
+        "settings": _settings(cfg),
+        "source": {"image": _stamp(case.image), "label": _stamp(case.label)},
+        "shape": list(image.array.shape),
+        "affine": image.affine.tolist(),
+        "spacing": list(image.spacing),
+        "axcodes": list(image.axcodes),
+        "canonical_shape": [int(n) for n in canonical_axes(image.array.shape, image.affine)],
+        "canonical_spacing": list(canonical_axes(image.spacing, image.affine)),
+        "intensity": stats,
+        "labelled": label is not None,
+    }
+    if label is not None:
+        gt, seg = prepare_label(label, cfg.image_size)
+        _save_npy(entry.gt, gt)
+        _save_npy(entry.seg, seg)
+        meta["foreground_slices"] = _foreground_slices(seg)
+        meta["label_values"] = np.unique(seg).tolist()
+    atomic_write_json(entry.meta, meta)
+    return meta
+
+
+@dataclass
+class CacheReport:
+    """What `preprocess_cases` did."""
+
+    written: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+    bytes: int
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.written)} cached, {len(self.skipped)} up to date, {len(self.failed)} failed; "
+            f"cache size {self.bytes / 1e6:.1f} MB"
+        )
+
+
+def cache_size(folder: Path) -> int:
+    """Bytes taken by the cache's files."""
+    return sum(p.stat().st_size for p in folder.glob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def preprocess_cases(
+    cases: Sequence[Case],
+    folder: str | Path,
+    cfg: PreprocessConfig,
+    label_values: Sequence[int] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> CacheReport:
+    """Cache every case not already up to date, in parallel over cases, with a progress bar.
+
+    A bad case does not stop the others; its error is collected in `failed` (case -> message).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cases if not is_cached(c, folder, cfg)]
+    skipped = [c.name for c in cases if c not in todo]
+    written: list[str] = []
+    failed: dict[str, str] = {}
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress or not todo)
+    if workers == 1:
+        results = (_try_cache(c, folder, cfg, label_values) for c in todo)
+        _collect(results, written, failed, bar)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(_try_cache, c, folder, cfg, label_values) for c in todo]
+            _collect((f.result() for f in futures), written, failed, bar)
+    bar.close()
+    return CacheReport(written, skipped, failed, cache_size(folder))
+
+
+def _try_cache(case: Case, folder: Path, cfg: PreprocessConfig, label_values) -> tuple[str, str | None]:
+    try:
+        cache_case(case, folder, cfg, label_values)
+        return case.name, None
+    except SelflabelError as exc:
+        return case.name, str(exc)
+
+
+def _collect(results, written: list[str], failed: dict[str, str], bar: tqdm) -> None:
+    for name, error in results:
+        if error is None:
+            written.append(name)
+        else:
+            failed[name] = error
+            bar.write(f"error: {error}")
+        bar.update(1)
+
+
+def raise_if_failed(report: CacheReport) -> None:
+    """Turn collected failures into one SelflabelError line (first failure named, count given)."""
+    if report.failed:
+        first = next(iter(report.failed.values()))
+        more = f" (and {len(report.failed) - 1} more case(s), listed above)" if len(report.failed) > 1 else ""
+        raise SelflabelError(f"{first}{more}")
+
+
+def load_cached_image(folder: Path, name: str) -> np.ndarray:
+    """Memory-mapped (Z, S, S) float16 image of a cached case."""
+    entry = CacheEntry(Path(folder), name)
+    if not entry.image.is_file():
+        raise InputError(entry.image, "not in the cache; run `selflabel preprocess` first")
+    return np.load(entry.image, mmap_mode="r")
+
+
+def preprocess_dataset(
+    data_dir: str | Path,
+    cache_dir: str | Path,
+    cfg: PreprocessConfig,
+    groups: Sequence[str] = ("training", "test", "unlabeled"),
+    workers: int | None = None,
+    progress: bool = True,
+) -> CacheReport:
+    """Cache the chosen case groups of an nnU-Net raw dataset (labels of test cases are not cached)."""
+
+    dataset = load_dataset(data_dir)
+    cases: list[Case] = []
+    for group in groups:
+        members = getattr(dataset, group)
+        cases += [Case(c.name, c.image) for c in members] if group == "test" else members
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InputError(data_dir, f"case name {dup!r} appears in two groups; names must be unique")
+    return preprocess_cases(cases, cache_dir, cfg, dataset.label_values, workers, progress)

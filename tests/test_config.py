@@ -1,0 +1,67 @@
+"""selflabel.config: paper defaults, presets, YAML and overrides, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from selflabel.config import Config, load_config, read_yaml, save_config
+from selflabel.errors import ConfigError
+
+
+def test_defaults_are_the_papers_settings():
+    c = Config()
+    assert (c.preprocess.normalization, c.preprocess.clip_percentile, c.preprocess.image_size) == (
+        "percentile_zscore",
+        95.0,
+        224,
+    )
+    assert (c.model.name, c.model.embed_dim, c.model.depths, c.model.num_heads) == (
+        "swin_unet",
+        96,
+        (2, 2, 2, 2),
+        (3, 6, 12, 24),
+    )
+    assert (c.model.window_size, c.model.patch_size) == (7, 4)
+    assert (c.train.lr, c.train.poly_power, c.train.batch_size, c.train.val_every) == (1e-3, 0.9, 18, 1)
+    assert c.pipeline.train_fraction == pytest.approx(20 / 50)
+
+
+def test_preset_then_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr: 0.01\nmodel:\n  depths: [2, 2, 2, 2]\n")
+    c = load_config("cpu", path, {"train.epochs": 5})
+    assert c.preprocess.image_size == 96  # from the preset
+    assert c.train.lr == 0.01  # from the YAML
+    assert c.train.epochs == 5  # overrides win
+    assert c.model.depths == (2, 2, 2, 2) and isinstance(c.model.depths, tuple)
+
+
+def test_saved_config_reloads_equal(tmp_path):
+    c = load_config("cpu", overrides={"seed": 7})
+    save_config(c, tmp_path / "config.yaml")
+    assert load_config("paper", tmp_path / "config.yaml") == c
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.epoch": 3}, "unknown setting 'train.epoch'"),
+        ({"train.amp": "fp8"}, "train.amp: 'fp8' is not one of"),
+        ({"train.epochs": "many"}, "train.epochs: expected an integer"),
+        ({"preprocess.clip_percentile": 0}, "clip_percentile must be in"),
+        ({"pipeline.train_fraction": 1.0}, "train_fraction"),
+        ({"model": 3}, "expected a section"),
+    ],
+)
+def test_bad_settings_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(overrides=overrides)
+
+
+def test_unknown_preset_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("fast")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        read_yaml(bad)
