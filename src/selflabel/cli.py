@@ -65,6 +65,41 @@ def build_config(preset: str, config: Path | None, sets: list[str] | None, **opt
 
 
 @app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="nnU-Net raw dataset with imagesTr/ and labelsTr/.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (created; an existing run resumes).")],
+    preset: PresetOption = "paper",
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (train.epochs).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size (train.batch_size).")] = None,
+    model: Annotated[str | None, typer.Option(help="swin_unet or unet (model.name).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="In-plane input size (preprocess.image_size).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (train.device).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder (default: RUN_DIR/cache).")] = None,
+    split: Annotated[Path | None, typer.Option(help='JSON {"train": [...], "validation": [...]}.')] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train a model on the labelled cases (works under torchrun for several GPUs or machines)."""
+    from selflabel.train import train_on_dataset
+
+    cfg = build_config(
+        preset,
+        config,
+        sets,
+        **{
+            "train.epochs": epochs,
+            "train.batch_size": batch_size,
+            "model.name": model,
+            "preprocess.image_size": image_size,
+            "train.device": device,
+        },
+    )
+    result = train_on_dataset(data_dir, out, cfg, cache, split, progress=not quiet)
+    typer.echo(f"{out}: trained {result.epochs} epochs in {result.seconds:.0f} s; best epoch {result.best_epoch}")
+
+
+@app.command()
 def preprocess(
     data_dir: Annotated[Path, typer.Argument(help="nnU-Net raw dataset folder (dataset.json, imagesTr, ...).")],
     cache_dir: Annotated[Path, typer.Argument(help="Output cache folder (one .npy + .json per case).")],

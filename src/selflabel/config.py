@@ -106,6 +106,7 @@ class TrainConfig:
     """Training protocol: Dice + CE, Adam 1e-3 with poly decay, batch 18, validation every epoch.
 
     iterations_per_epoch: 0 means one pass over all training slices.
+    checkpoint_every: also write `latest.pt` every this many iterations within an epoch (0 = at epoch ends only).
     foreground_fraction: share of sampled slices forced to contain an organ (0 = uniform over slices).
     amp: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"`` (CUDA, with a grad scaler) or ``"none"``.
     pseudo_weight: sampling weight of a pseudo-labelled case relative to a labelled one.
@@ -120,6 +121,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     val_every: int = 1
+    checkpoint_every: int = 500
     foreground_fraction: float = 0.0
     pseudo_weight: float = 1.0
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"

@@ -1,0 +1,117 @@
+"""Apply a 2D network to every axial slice of a volume: batched, mixed precision, optional flip TTA.
+
+Shared by validation during training and by inference/pseudo-labelling, so both score exactly the same thing.
+Input is a preprocessed volume at the model's grid, (Z, S, S); output labels are at any in-plane size (H, W):
+softmax probabilities are resized bilinearly per batch and only the arg-max (and, on request, confidence maps)
+leave the device, so a 512x512 scan never holds a full (C, Z, H, W) probability volume in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from selflabel.preprocess import resize_slices
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for an AMP setting: ``auto`` is bf16 on CUDA and off elsewhere."""
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """`torch.autocast` for `dtype`, or a no-op context when it is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def context_stack(volume: torch.Tensor, start: int, stop: int, context: int) -> torch.Tensor:
+    """Slices start..stop-1 of a (Z, S, S) volume with `context` neighbours each side as channels (edges repeated)."""
+    depth = volume.shape[0]
+    offsets = torch.arange(-context, context + 1)
+    index = (torch.arange(start, stop)[:, None] + offsets[None]).clamp_(0, depth - 1)
+    return volume[index]
+
+
+def slice_probabilities(
+    model: torch.nn.Module,
+    volume: torch.Tensor,
+    context: int = 0,
+    batch_size: int = 32,
+    amp: str = "auto",
+    tta_flip: bool = False,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(first_slice, softmax probabilities (B, C, S, S) float32)`` batch by batch, on the model's device.
+
+    With `tta_flip`, the probabilities are averaged over the identity and the two in-plane flips.
+    """
+    device = next(model.parameters()).device
+    dtype = amp_dtype(amp, device)
+    channels_last = device.type == "cuda"
+    for start in range(0, volume.shape[0], batch_size):
+        stop = min(start + batch_size, volume.shape[0])
+        x = context_stack(volume, start, stop, context).to(device, torch.float32, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        flips = [(), (-1,), (-2,)] if tta_flip else [()]
+        with torch.inference_mode(), autocast(device, dtype):
+            probs = None
+            for dims in flips:
+                xi = torch.flip(x, dims) if dims else x
+                p = torch.softmax(model(xi).float(), dim=1)
+                p = torch.flip(p, dims) if dims else p
+                probs = p if probs is None else probs + p
+        yield start, probs / len(flips)
+
+
+@dataclass
+class VolumePrediction:
+    """Labels (Z, H, W) uint8 and, on request, per-voxel confidence maps at the same grid (float16).
+
+    confidence: maximum softmax probability; entropy: of the softmax distribution, in nats.
+    lowres_labels: arg-max at the model's grid (Z, S, S), as training labels for a student.
+    """
+
+    labels: np.ndarray
+    confidence: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    lowres_labels: np.ndarray | None = None
+
+
+def predict_volume(
+    model: torch.nn.Module,
+    volume: torch.Tensor,
+    out_hw: tuple[int, int],
+    context: int = 0,
+    batch_size: int = 32,
+    amp: str = "auto",
+    tta_flip: bool = False,
+    with_confidence: bool = False,
+    with_lowres: bool = False,
+) -> VolumePrediction:
+    """Predict every axial slice of a preprocessed (Z, S, S) volume and return labels at (Z, H, W)."""
+    depth = volume.shape[0]
+    labels = np.empty((depth, *out_hw), dtype=np.uint8)
+    confidence = np.empty((depth, *out_hw), dtype=np.float16) if with_confidence else None
+    entropy = np.empty((depth, *out_hw), dtype=np.float16) if with_confidence else None
+    lowres = np.empty(tuple(volume.shape), dtype=np.uint8) if with_lowres else None
+    for start, probs in slice_probabilities(model, volume, context, batch_size, amp, tta_flip):
+        stop = start + probs.shape[0]
+        if lowres is not None:
+            lowres[start:stop] = probs.argmax(1).to(torch.uint8).cpu().numpy()
+        full = resize_slices(probs, out_hw)
+        labels[start:stop] = full.argmax(1).to(torch.uint8).cpu().numpy()
+        if confidence is not None:
+            confidence[start:stop] = full.amax(1).half().cpu().numpy()
+            ent = -(full * torch.log(full.clamp_min(1e-8))).sum(1)
+            entropy[start:stop] = ent.half().cpu().numpy()
+    return VolumePrediction(labels, confidence, entropy, lowres)

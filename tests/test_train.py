@@ -1,0 +1,213 @@
+"""selflabel.train: the schedule, the loss, best-checkpoint selection, exact resume, DDP, and overfitting real CT."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from selflabel.config import FLARE22_LABELS, load_config
+from selflabel.data import Source
+from selflabel.io import Case, load_dataset
+from selflabel.preprocess import preprocess_cases
+from selflabel.train import DiceCELoss, is_improvement, load_checkpoint, poly_lr, selection_score, train_model
+
+TINY = {
+    "preprocess.image_size": 32,
+    "model.embed_dim": 12,
+    "model.depths": [2, 2],
+    "model.num_heads": [1, 2],
+    "model.window_size": 4,
+    "train.epochs": 2,
+    "train.iterations_per_epoch": 3,
+    "train.batch_size": 4,
+    "train.num_workers": 0,
+    "train.amp": "none",
+    "train.checkpoint_every": 1,
+    "train.device": "cpu",
+    "inference.batch_size": 8,
+}
+
+
+def test_poly_schedule_by_hand():
+    assert poly_lr(1e-3, 0, 100) == pytest.approx(1e-3)
+    assert poly_lr(1e-3, 50, 100) == pytest.approx(1e-3 * 0.5**0.9)  # 5.3589e-4
+    assert poly_lr(1e-3, 99, 100) == pytest.approx(1e-3 * 0.01**0.9)
+    assert poly_lr(0.01, 75, 100, power=1.0) == pytest.approx(0.0025)
+
+
+def test_loss_skips_ignored_voxels():
+    """Two pixels, uniform logits, target [organ 1, ignore]: CE = ln 2, Dice = 2*0.5/(0.5+1) = 2/3."""
+    logits = torch.zeros(1, 2, 1, 2)
+    target = torch.tensor([[[1, 255]]])
+    loss, parts = DiceCELoss(num_classes=2, smooth=0.0)(logits, target)
+    assert parts["ce"] == pytest.approx(math.log(2))
+    assert parts["dice"] == pytest.approx(2 / 3)
+    assert float(loss) == pytest.approx(math.log(2) + 1 - 2 / 3)
+    # Were the ignored pixel counted as background, the Dice would be 2*0.5/(1+1) = 0.5.
+    _, counted = DiceCELoss(num_classes=2, smooth=0.0)(logits, torch.tensor([[[1, 0]]]))
+    assert counted["dice"] == pytest.approx(0.5)
+
+
+def test_loss_weights_are_settings():
+    logits = torch.zeros(1, 2, 1, 2)
+    target = torch.tensor([[[1, 0]]])
+    loss, _ = DiceCELoss(2, dice_weight=0.0, ce_weight=2.0, smooth=0.0)(logits, target)
+    assert float(loss) == pytest.approx(2 * math.log(2))
+
+
+def test_best_checkpoint_selection_by_hand():
+    epochs = [(0.50, 0.40), (0.60, 0.45), (0.58, 0.49), (0.61, 0.40)]  # DSC + NSD: 0.90, 1.05, 1.07, 1.01
+    best, best_epoch = None, None
+    for epoch, (dsc, nsd) in enumerate(epochs):
+        if is_improvement(selection_score(dsc, nsd), best):
+            best, best_epoch = selection_score(dsc, nsd), epoch
+    assert best_epoch == 2 and best == pytest.approx(1.07)
+    assert not is_improvement(1.07, 1.07)  # a tie keeps the earlier checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    from tests.conftest import make_dataset
+
+    root = make_dataset(tmp_path_factory.mktemp("ds") / "Dataset", n_train=3, n_unlabeled=0, n_test=0)
+    cfg = load_config(overrides=TINY)
+    cache = root.parent / "cache"
+    preprocess_cases(load_dataset(root).training, cache, cfg.preprocess, progress=False)
+    return root, cache
+
+
+def _run(cfg, run_dir, cache, stop_after=None):
+    sources = [Source(cache, ("FLARE22_Tr_0001", "FLARE22_Tr_0002"))]
+    return train_model(
+        cfg, run_dir, sources, ["FLARE22_Tr_0003"], cache, FLARE22_LABELS, progress=False, stop_after=stop_after
+    )
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "latest.pt")["model"]
+
+
+def test_run_folder_is_self_describing_and_best_is_the_best_epoch(tiny_cache, tmp_path):
+    _, cache = tiny_cache
+    cfg = load_config(overrides=TINY)
+    result = _run(cfg, tmp_path / "run", cache)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "labels.json", "split.json", "model.json", "latest.pt", "best.pt", "curves.png"):
+        assert (run / name).is_file(), name
+    epochs = [json.loads(line) for line in (run / "log_epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    scores = [e["mean_dsc"] + e["mean_nsd"] for e in epochs]
+    assert result.best_epoch == int(np.argmax(scores))  # first of equals wins
+    assert load_checkpoint(run / "best.pt")["epoch"] == result.best_epoch + 1
+    rows = (run / "log_iterations.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6  # header + 2 epochs x 3 iterations
+    lrs = [float(r.split(",")[5]) for r in rows[1:]]
+    assert lrs == pytest.approx([poly_lr(1e-3, i, 6) for i in range(6)], rel=1e-5)
+    assert json.loads((run / "split.json").read_text())["validation"] == ["FLARE22_Tr_0003"]
+
+
+def test_interrupted_run_resumes_to_identical_weights(tiny_cache, tmp_path):
+    _, cache = tiny_cache
+    cfg = load_config(overrides=TINY)
+    _run(cfg, tmp_path / "full", cache)
+    partial = _run(cfg, tmp_path / "resumed", cache, stop_after=4)  # "killed" in the second epoch
+    assert partial.epochs == 1
+    _run(cfg, tmp_path / "resumed", cache)
+    full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "resumed")
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    rows = (tmp_path / "resumed" / "log_iterations.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(6))  # no duplicated iterations in the log
+
+
+def test_killed_process_resumes_to_identical_weights(tiny_cache, tmp_path):
+    """A real SIGKILL in the middle of `selflabel train`; the rerun ends with the uninterrupted run's weights."""
+    root, cache = tiny_cache
+    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    sets += ["--set", "train.epochs=3"]
+    base = [sys.executable, "-m", "selflabel.cli", "train", str(root), "--cache", str(cache), "--quiet", *sets]
+    subprocess.run([*base, "--out", str(tmp_path / "full")], check=True, capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*base, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run / "log_iterations.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert len(log.read_text().splitlines()) < 10, "the run finished before it could be killed"
+    subprocess.run([*base, "--out", str(run)], check=True, capture_output=True)
+    full, resumed = _weights(tmp_path / "full"), _weights(run)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_other_settings_in_an_existing_run_folder_are_refused(tiny_cache, tmp_path):
+    _, cache = tiny_cache
+    _run(load_config(overrides={**TINY, "train.epochs": 1}), tmp_path / "run", cache)
+    from selflabel.errors import SelflabelError
+
+    with pytest.raises(SelflabelError, match="other settings"):
+        _run(load_config(overrides={**TINY, "train.lr": 0.01}), tmp_path / "run", cache)
+
+
+def test_ddp_two_processes_match_one_process(tiny_cache, tmp_path):
+    """torchrun with 2 gloo processes and the same global batch gives the one-process losses; rank 0 alone writes.
+
+    Stochastic depth is off: its random drops are drawn per process, so they differ by construction.
+    """
+    root, cache = tiny_cache
+    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    sets += ["--set", "train.epochs=1", "--set", "model.drop_path_rate=0.0"]
+    args = ["train", str(root), "--cache", str(cache), "--quiet", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "selflabel.cli", *args, "--out", str(tmp_path / "one")], check=True, env=env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*torchrun, "-m", "selflabel.cli", *args, "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def losses(run):
+        rows = (tmp_path / run / "log_iterations.csv").read_text().splitlines()[1:]
+        return [float(r.split(",")[2]) for r in rows]
+
+    assert len(losses("two")) == 3  # one log, written once (by rank 0 alone)
+    assert losses("two") == pytest.approx(losses("one"), abs=1e-4)
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-4
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+@pytest.mark.slow
+def test_overfits_the_real_ct(real_ct, tmp_path):
+    """A small CPU model trained on the one real CT reaches DSC > 0.9 on liver, spleen and kidneys of that CT."""
+    cfg = load_config(
+        "cpu",
+        overrides={
+            "augment.rot90_flip_prob": 0.0,
+            "augment.rotate_prob": 0.0,
+            "train.epochs": 1,
+            "train.iterations_per_epoch": 300,
+            "train.foreground_fraction": 1.0,
+        },
+    )
+    cache = tmp_path / "cache"
+    preprocess_cases([Case("ct", real_ct["image"], real_ct["label"])], cache, cfg.preprocess, progress=False)
+    train_model(cfg, tmp_path / "run", [Source(cache, ("ct",))], ["ct"], cache, FLARE22_LABELS, progress=False)
+    organs = json.loads((tmp_path / "run" / "log_epochs.jsonl").read_text().splitlines()[-1])["organs"]
+    for organ in ("Liver", "Spleen", "RK", "LK"):
+        assert organs[organ]["dsc"] > 0.9, (organ, organs[organ])
+    shutil.rmtree(cache)
