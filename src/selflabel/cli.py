@@ -65,6 +65,56 @@ def build_config(preset: str, config: Path | None, sets: list[str] | None, **opt
 
 
 @app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Option("--pred", help="Folder of predicted label maps (named like the ground truth).")],
+    gt: Annotated[Path, typer.Option("--gt", help="Folder of ground-truth label maps.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="CSV to write (FLARE's columns); a _summary.json goes beside.")
+    ] = Path("metrics.csv"),
+    workers: Annotated[int | None, typer.Option(help="Parallel processes (default: CPU count, at most 4).")] = None,
+) -> None:
+    """Score predictions against ground truth with FLARE22's DSC and NSD; one CSV row per case and a summary."""
+    from selflabel.evaluate import evaluate_folders, format_summary
+
+    result = evaluate_folders(pred, gt, out, workers=workers)
+    typer.echo(format_summary(result))
+
+
+@app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+def profile(
+    command: Annotated[list[str], typer.Argument(help="The command to measure, after --.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the JSON records, PNG curves and CSV.")] = Path(
+        "profile"
+    ),
+    per_case: Annotated[
+        Path | None,
+        typer.Option(
+            "--per-case",
+            help="Run the command once per case of this folder, with the case alone in a temporary folder that "
+            "replaces {input} in the command ({case} becomes the case name), as FLARE's harness does.",
+        ),
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between samples (FLARE: 0.1).")] = 0.1,
+    gpu_index: Annotated[int, typer.Option(help="NVML index of the GPU to sample (as nvidia-smi numbers them).")] = 0,
+) -> None:
+    """Measure a command as FLARE does: wall time; GPU memory, CPU and RAM every 0.1 s; areas under the curves.
+
+    Example: selflabel profile --out prof --per-case imagesTs -- selflabel predict --input {input} --output preds
+    """
+    from selflabel.efficiency import profile_command
+
+    results = profile_command(command, out, interval=interval, per_case_dir=per_case, gpu_index=gpu_index)
+    for result in results:
+        s = result.summary()
+        gpu = "no GPU" if s["gpu_auc_mb_s"] is None else f"GPU AUC {s['gpu_auc_tolerant_mb_s']:.0f} MB·s (2 GB tol.)"
+        typer.echo(
+            f"{result.meta.get('case') or 'run'}: {s['time_s']:.2f} s, CPU AUC {s['cpu_auc_percent_s']:.1f} %·s, "
+            f"RAM max {s['ram_max_mb']:.0f} MB, {gpu}"
+        )
+    typer.echo(f"records in {out}")
+
+
+@app.command()
 def train(
     data_dir: Annotated[Path, typer.Argument(help="nnU-Net raw dataset with imagesTr/ and labelsTr/.")],
     out: Annotated[Path, typer.Option("--out", help="Run folder (created; an existing run resumes).")],

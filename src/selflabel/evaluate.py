@@ -1,0 +1,221 @@
+"""Score a folder of predicted label maps against ground truth the FLARE22 way, and write FLARE's CSV.
+
+Cases are paired by name (`selflabel.io.case_name`: the file name less ``.nii.gz`` and a ``_0000`` suffix), so a
+prediction ``FLARE22_Tr_0001.nii.gz`` (or ``FLARE22_Tr_0001_0000.nii.gz``) scores against the ground truth
+``FLARE22_Tr_0001.nii.gz``. The CSV has FLARE22_DSC_NSD_Eval.py's shape: ``Name`` (the case's file name, as FLARE
+writes it, e.g. ``FLARE22_Tr_0001.nii.gz``), the 13 ``<Organ>_DSC`` columns, then the 13 ``<Organ>_NSD`` columns,
+values rounded to 4 decimals, one row per ground-truth case sorted by name. Unlike FLARE's script (which lists the
+prediction folder), a ground truth without a prediction scores 0 for every organ, with a warning, and a prediction
+without a ground truth is reported and not scored. Spacing and the axial axis come from the ground truth's header.
+
+A summary (per-organ mean ± std and the organ-averaged mean DSC and NSD, over the rounded values the CSV holds) is
+written beside the CSV as ``<csv stem>_summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from selflabel.atomic import atomic_write_text
+from selflabel.errors import InputError, SelflabelError
+from selflabel.io import Volume, case_name, read_label
+from selflabel.metrics import FLARE22_ORGANS, NSD_MIN_DICE, CaseScores, ScoreSummary, score_case, summarize
+
+__all__ = [
+    "CaseResult",
+    "EvaluationSummary",
+    "evaluate_folders",
+    "format_summary",
+    "score_files",
+    "summary_path",
+]
+
+logger = logging.getLogger(__name__)
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "Name",
+    *(f"{o.name}_DSC" for o in FLARE22_ORGANS),
+    *(f"{o.name}_NSD" for o in FLARE22_ORGANS),
+)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One CSV row. name: the ground truth's file name; prediction: None when it was missing (scores all 0)."""
+
+    name: str
+    scores: CaseScores
+    prediction: Path | None
+
+
+@dataclass
+class EvaluationSummary:
+    """What `evaluate_folders` wrote: per-case rows, their summary, missing and extra predictions, output files."""
+
+    cases: list[CaseResult]
+    summary: ScoreSummary
+    missing: list[str] = field(default_factory=list)
+    extra: list[Path] = field(default_factory=list)
+    csv_path: Path | None = None
+    json_path: Path | None = None
+
+
+def summary_path(out_csv: str | Path) -> Path:
+    """Where the JSON summary of `out_csv` goes: ``metrics.csv`` -> ``metrics_summary.json``."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(out_csv.name.removesuffix(".csv") + "_summary.json")
+
+
+def _check_same_grid(gt: Volume, pred: Volume, atol_mm: float = 1e-3) -> None:
+    if pred.array.shape != gt.array.shape:
+        raise InputError(pred.path, f"shape {pred.array.shape} differs from the ground truth's {gt.array.shape}")
+    if not np.allclose(pred.affine, gt.affine, atol=atol_mm, rtol=1e-5):
+        raise InputError(pred.path, "affine (orientation/spacing/origin) differs from the ground truth's")
+
+
+def score_files(pred_path: str | Path, gt_path: str | Path, nsd_min_dice: float = NSD_MIN_DICE) -> CaseScores:
+    """FLARE22 scores (unrounded) of one prediction file against its ground-truth file.
+
+    Raises:
+        InputError: a file is unreadable or not a label map, or the two differ in shape or affine.
+    """
+    gt = read_label(gt_path)
+    pred = read_label(pred_path)
+    _check_same_grid(gt, pred)
+    return score_case(pred.array, gt.array, gt.spacing, axial_axis=gt.axial_axis, nsd_min_dice=nsd_min_dice)
+
+
+def _score_job(job: tuple[Path, Path, float]) -> tuple[str, object]:
+    """Worker: ("ok", scores) or ("error", (path, problem)); InputError does not survive pickling as itself."""
+    pred_path, gt_path, nsd_min_dice = job
+    try:
+        return "ok", score_files(pred_path, gt_path, nsd_min_dice)
+    except InputError as exc:
+        return "error", (str(exc.path), exc.problem)
+
+
+def _label_files(folder: Path, file_ending: str, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise InputError(folder, f"{what} folder not found")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.glob(f"*{file_ending}")):
+        if path.name.startswith("."):
+            continue
+        name = case_name(path, file_ending)
+        if name in files:
+            raise InputError(path, f"maps to the same case {name!r} as {files[name].name}")
+        files[name] = path
+    return files
+
+
+def _write_csv(path: Path, cases: Sequence[CaseResult]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for case in cases:
+        row = case.scores.row()
+        writer.writerow([case.name, *(repr(float(row[c])) for c in CSV_COLUMNS[1:])])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    out_csv: str | Path,
+    workers: int | None = None,
+    file_ending: str = ".nii.gz",
+    nsd_min_dice: float = NSD_MIN_DICE,
+) -> EvaluationSummary:
+    """Score every ground-truth case against its prediction; write FLARE's CSV and a JSON summary (atomically).
+
+    Args:
+        pred_dir: folder of predicted label maps (FLARE22 label values).
+        gt_dir: folder of ground-truth label maps; one CSV row per file.
+        out_csv: the CSV to write; the summary goes to `summary_path(out_csv)`.
+        workers: processes scoring cases in parallel (default: CPU count, at most 4); 1 scores in this process.
+        file_ending: label file ending.
+        nsd_min_dice: NSD is 0 below this DSC (0.2; 0 reproduces FLARE22's script, see selflabel.metrics).
+
+    Raises:
+        InputError: a folder is missing or has no ground truth, two files map to one case, a file is unreadable,
+            or a prediction's shape/affine differs from its ground truth's.
+        SelflabelError: workers < 1.
+    """
+    pred_dir, gt_dir, out_csv = Path(pred_dir), Path(gt_dir), Path(out_csv)
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    if workers < 1:
+        raise SelflabelError(f"--workers must be at least 1, got {workers}")
+    gts = _label_files(gt_dir, file_ending, "ground-truth")
+    preds = _label_files(pred_dir, file_ending, "prediction")
+    if not gts:
+        raise InputError(gt_dir, f"no ground-truth files ending in {file_ending}")
+    missing = [name for name in gts if name not in preds]
+    extra = [preds[name] for name in preds if name not in gts]
+    for name in missing:
+        logger.warning("no prediction for %s in %s: scored 0 for every organ", gts[name].name, pred_dir)
+    for path in extra:
+        logger.warning("prediction %s has no ground truth in %s: not scored", path, gt_dir)
+
+    jobs = [(preds[name], gts[name], nsd_min_dice) for name in gts if name in preds]
+    if workers > 1 and len(jobs) > 1:
+        # spawn: a forked copy of a process with threads (torch, a GUI backend) can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+            outcomes = list(pool.map(_score_job, jobs))
+    else:
+        outcomes = [_score_job(job) for job in jobs]
+    scored: dict[str, CaseScores] = {}
+    for (pred_path, _gt_path, _), (status, value) in zip(jobs, outcomes, strict=True):
+        if status == "error":
+            raise InputError(*value)
+        scored[case_name(pred_path, file_ending)] = value
+
+    cases = [
+        CaseResult(path.name, scored[name].rounded(), preds[name])
+        if name in scored
+        else CaseResult(path.name, CaseScores.zeros(), None)
+        for name, path in gts.items()
+    ]
+    summary = summarize([case.scores for case in cases])
+    json_path = summary_path(out_csv)
+    _write_csv(out_csv, cases)
+    record = {
+        **summary.to_dict(),
+        "missing_predictions": [gts[name].name for name in missing],
+        "extra_predictions": [path.name for path in extra],
+        "nsd_min_dice": nsd_min_dice,
+        "pred_dir": str(pred_dir),
+        "gt_dir": str(gt_dir),
+        "csv": out_csv.name,
+    }
+    atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
+    return EvaluationSummary(cases, summary, [gts[name].name for name in missing], extra, out_csv, json_path)
+
+
+def format_summary(result: EvaluationSummary) -> str:
+    """A plain-text table: per organ DSC and NSD mean ± std, then the mean over organs, then what was missing."""
+    summary = result.summary
+    lines = [f"{'Organ':<12} {'DSC':>17} {'NSD':>17}"]
+    for name, organ in summary.organs.items():
+        dsc = f"{organ.dsc_mean:.4f} ± {organ.dsc_std:.4f}"
+        nsd = f"{organ.nsd_mean:.4f} ± {organ.nsd_std:.4f}"
+        lines.append(f"{name:<12} {dsc:>17} {nsd:>17}")
+    lines.append(f"{'Mean':<12} {summary.mean_dsc:>17.4f} {summary.mean_nsd:>17.4f}")
+    lines.append(f"{summary.num_cases} cases; CSV: {result.csv_path}; summary: {result.json_path}")
+    if result.missing:
+        lines.append(f"{len(result.missing)} missing prediction(s), scored 0: {', '.join(result.missing)}")
+    if result.extra:
+        lines.append(f"{len(result.extra)} extra prediction(s), not scored: {', '.join(p.name for p in result.extra)}")
+    return "\n".join(lines)
