@@ -23,7 +23,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Semi-supervised abdominal CT segmentation by self-labelling (Swin-Unet, FLARE22 scoring)."""
@@ -62,6 +61,91 @@ def build_config(preset: str, config: Path | None, sets: list[str] | None, **opt
 
 
 # ---- commands (each: parse, call one library function) ----
+
+
+RunOption = Annotated[Path, typer.Option("--model", "-m", help="Run folder of a trained model (selflabel train).")]
+PartsOption = Annotated[int | None, typer.Option(help="Split the cases into N parts (default: one per torchrun rank).")]
+PartOption = Annotated[int | None, typer.Option(help="Which part this process does, 0..N-1.")]
+BatchOption = Annotated[int | None, typer.Option(help="Slices per forward pass (inference.batch_size).")]
+TtaOption = Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average over in-plane flips.")]
+LccOption = Annotated[bool | None, typer.Option("--lcc/--no-lcc", help="Keep each organ's largest component.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+@app.command()
+def predict(
+    model: RunOption,
+    input_dir: Annotated[Path, typer.Option("--input", "-i", help="Folder of <case>_0000.nii.gz scans.")],
+    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for <case>.nii.gz predictions.")],
+    overwrite: Annotated[bool, typer.Option(help="Redo cases already written.")] = False,
+    num_parts: PartsOption = None,
+    part_id: PartOption = None,
+    batch_size: BatchOption = None,
+    tta: TtaOption = None,
+    lcc: LccOption = None,
+    device: DeviceOption = "auto",
+    profile: Annotated[
+        Path | None, typer.Option(help="Write FLARE's efficiency record (JSON + PNG) into this folder.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Segment every scan of a folder; NIfTI out with the input's geometry; resumable and sharded."""
+    from selflabel.inference import predict_folder
+
+    def run():
+        return predict_folder(
+            model, input_dir, output_dir, overwrite, num_parts, part_id, device, not quiet,
+            batch_size=batch_size, tta_flip=tta, largest_component=lcc,
+        )  # fmt: skip
+
+    if profile is None:
+        report = run()
+    else:
+        from selflabel.efficiency import Profiler
+
+        with Profiler() as profiler:
+            report = run()
+        result = profiler.save(profile / "efficiency.json", profile / "efficiency.png", command="selflabel predict")
+        typer.echo(f"efficiency: {result.summary()}")
+    typer.echo(f"{output_dir}: {report.summary()}")
+    report.raise_if_failed()
+
+
+@app.command()
+def pseudolabel(
+    model: RunOption,
+    input_dir: Annotated[Path, typer.Option("--input", "-i", help="Folder of unlabelled scans.")],
+    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for pseudo-labels and their table.")],
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache (default: OUTPUT/cache).")] = None,
+    previous: Annotated[
+        Path | None, typer.Option(help="Pseudo-label folder of the previous round, to measure change.")
+    ] = None,
+    tau: Annotated[
+        float | None, typer.Option(help="Voxels under this confidence become 255 (ignored) in training labels.")
+    ] = None,
+    drop_least_confident: Annotated[float | None, typer.Option(help="Fraction of cases to drop.")] = None,
+    drop_most_changed: Annotated[float | None, typer.Option(help="Fraction of cases to drop.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo cases already written.")] = False,
+    num_parts: PartsOption = None,
+    part_id: PartOption = None,
+    batch_size: BatchOption = None,
+    tta: TtaOption = None,
+    device: DeviceOption = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Pseudo-label unlabelled scans with a trained model; confidence table and case selection included."""
+    from selflabel.pseudolabel import pseudolabel_folder
+
+    options = {"confidence_tau": tau, "drop_least_confident": drop_least_confident}
+    options["drop_most_changed"] = drop_most_changed
+    report, selection = pseudolabel_folder(
+        model, input_dir, output_dir, cache, previous, device, overwrite, num_parts, part_id, not quiet,
+        pseudolabel=options, batch_size=batch_size, tta_flip=tta,
+    )  # fmt: skip
+    typer.echo(f"{output_dir}: {report.summary()}")
+    if selection is not None:
+        typer.echo(f"{len(selection.kept)} case(s) selected, {len(selection.dropped)} dropped; see pseudolabels.csv")
+    report.raise_if_failed()
 
 
 @app.command()

@@ -78,13 +78,15 @@ class VolumePrediction:
     """Labels (Z, H, W) uint8 and, on request, per-voxel confidence maps at the same grid (float16).
 
     confidence: maximum softmax probability; entropy: of the softmax distribution, in nats.
-    lowres_labels: arg-max at the model's grid (Z, S, S), as training labels for a student.
+    lowres_labels, lowres_confidence: arg-max and maximum probability at the model's grid (Z, S, S), the training
+    labels of a student and their confidence.
     """
 
     labels: np.ndarray
     confidence: np.ndarray | None = None
     entropy: np.ndarray | None = None
     lowres_labels: np.ndarray | None = None
+    lowres_confidence: np.ndarray | None = None
 
 
 def predict_volume(
@@ -104,14 +106,17 @@ def predict_volume(
     confidence = np.empty((depth, *out_hw), dtype=np.float16) if with_confidence else None
     entropy = np.empty((depth, *out_hw), dtype=np.float16) if with_confidence else None
     lowres = np.empty(tuple(volume.shape), dtype=np.uint8) if with_lowres else None
+    lowres_conf = np.empty(tuple(volume.shape), dtype=np.float16) if with_lowres else None
     for start, probs in slice_probabilities(model, volume, context, batch_size, amp, tta_flip):
         stop = start + probs.shape[0]
         if lowres is not None:
-            lowres[start:stop] = probs.argmax(1).to(torch.uint8).cpu().numpy()
+            top, arg = probs.max(1)
+            lowres[start:stop] = arg.to(torch.uint8).cpu().numpy()
+            lowres_conf[start:stop] = top.half().cpu().numpy()
         full = resize_slices(probs, out_hw)
         labels[start:stop] = full.argmax(1).to(torch.uint8).cpu().numpy()
         if confidence is not None:
             confidence[start:stop] = full.amax(1).half().cpu().numpy()
             ent = -(full * torch.log(full.clamp_min(1e-8))).sum(1)
             entropy[start:stop] = ent.half().cpu().numpy()
-    return VolumePrediction(labels, confidence, entropy, lowres)
+    return VolumePrediction(labels, confidence, entropy, lowres, lowres_conf)

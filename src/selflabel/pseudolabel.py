@@ -1,0 +1,247 @@
+"""Pseudo-labels for unlabelled scans, with the confidence of every one, and the selection of trustworthy cases.
+
+For each case: the teacher's labels as NIfTI in the input's geometry (``OUT/<case>.nii.gz``), training labels at
+the model's grid (``OUT/train/<case>_seg.npy``, optionally with voxels under a confidence threshold set to 255,
+which the loss ignores) and a JSON of statistics: mean maximum softmax probability and mean entropy over the
+predicted foreground, the fraction of that foreground under `low_confidence_tau`, organ volumes in ml, and,
+when a previous round exists, the fraction of foreground voxels whose label changed. ``pseudolabels.csv`` gathers
+them. Case selection (the FLARE22 winners' quality control) drops the least confident fraction of cases and/or
+those that changed most between rounds; ``selected.json`` lists the kept cases and why others were dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from selflabel.atomic import atomic_path, atomic_write_json, atomic_write_text
+from selflabel.config import PseudoLabelConfig
+from selflabel.data import IGNORE_INDEX
+from selflabel.distributed import barrier, dist_info, init_distributed
+from selflabel.errors import InputError, SelflabelError
+from selflabel.inference import BatchReport, Predictor, output_name, resolve_parts, run_cases, shard
+from selflabel.io import Case, Volume, from_canonical, list_cases, write_nifti
+from selflabel.preprocess import CacheEntry, preprocess_cases, raise_if_failed
+
+STAT_FIELDS = ["case", "mean_confidence", "mean_entropy", "uncertain_fraction", "foreground_fraction", "changed"]
+
+
+def confidence_stats(
+    labels: np.ndarray, confidence: np.ndarray, entropy: np.ndarray, low_confidence_tau: float
+) -> dict[str, float]:
+    """Confidence of one pseudo-label, over its predicted foreground (labels > 0).
+
+    Args:
+        labels: (...) predicted labels. confidence: same shape, maximum softmax probability. entropy: same shape, nats.
+    Returns:
+        mean_confidence, mean_entropy and uncertain_fraction (share of foreground voxels with confidence below
+        `low_confidence_tau`) over the foreground; foreground_fraction of all voxels. With no foreground, the
+        means are over all voxels and uncertain_fraction is 0.
+    """
+    fg = labels > 0
+    region = fg if fg.any() else np.ones_like(fg)
+    conf = confidence[region].astype(np.float64)
+    return {
+        "mean_confidence": float(conf.mean()),
+        "mean_entropy": float(entropy[region].astype(np.float64).mean()),
+        "uncertain_fraction": float((confidence[fg] < low_confidence_tau).mean()) if fg.any() else 0.0,
+        "foreground_fraction": float(fg.mean()),
+    }
+
+
+def organ_volumes_ml(labels: np.ndarray, spacing: Sequence[float], names: dict[int, str]) -> dict[str, float]:
+    """Volume in ml of every organ of a label map at voxel size `spacing` (mm)."""
+    counts = np.bincount(labels.ravel(), minlength=max(names) + 1)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    return {name: float(counts[index]) * voxel_ml for index, name in names.items() if index > 0}
+
+
+def changed_fraction(current: np.ndarray, previous: np.ndarray) -> float:
+    """Share of the foreground (of either label map) whose label differs: changed voxels / foreground voxels."""
+    fg = (current > 0) | (previous > 0)
+    if not fg.any():
+        return 0.0
+    return float((current[fg] != previous[fg]).mean())
+
+
+def filter_by_confidence(labels: np.ndarray, confidence: np.ndarray, tau: float) -> np.ndarray:
+    """Labels with voxels whose confidence is below `tau` set to the ignore value 255 (a copy; tau 0 = unchanged)."""
+    out = labels.copy()
+    if tau > 0:
+        out[confidence < tau] = IGNORE_INDEX
+    return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Cases kept for student training, and those dropped with the reason."""
+
+    kept: list[str]
+    dropped: dict[str, str]
+
+
+def select_cases(stats: Sequence[dict[str, Any]], cfg: PseudoLabelConfig) -> Selection:
+    """Drop the `drop_least_confident` fraction with the lowest mean confidence, then the `drop_most_changed`
+    fraction with the highest change between rounds (only among cases that have a change value)."""
+    rows = sorted(stats, key=lambda r: r["case"])
+    dropped: dict[str, str] = {}
+    n_conf = int(np.floor(cfg.drop_least_confident * len(rows)))
+    for row in sorted(rows, key=lambda r: (r["mean_confidence"], r["case"]))[:n_conf]:
+        dropped[row["case"]] = f"least confident (mean confidence {row['mean_confidence']:.4f})"
+    with_change = [r for r in rows if r.get("changed") is not None and r["case"] not in dropped]
+    n_changed = int(np.floor(cfg.drop_most_changed * len(rows)))
+    for row in sorted(with_change, key=lambda r: (-r["changed"], r["case"]))[:n_changed]:
+        dropped[row["case"]] = f"changed most since the previous round ({row['changed']:.4f} of its foreground)"
+    return Selection([r["case"] for r in rows if r["case"] not in dropped], dropped)
+
+
+class PseudoLabeller:
+    """Writes pseudo-labels of cached cases with `predictor` into `out_dir`."""
+
+    def __init__(self, predictor: Predictor, cache_dir: Path, out_dir: Path, previous_dir: Path | None = None):
+        self.predictor = predictor
+        self.cache_dir = Path(cache_dir)
+        self.out_dir = Path(out_dir)
+        self.train_dir = self.out_dir / "train"
+        self.previous_dir = Path(previous_dir) / "train" if previous_dir else None
+        self.cfg = predictor.config.pseudolabel
+        self.names = {index: name for name, index in predictor.labels.items()}
+        self.train_dir.mkdir(parents=True, exist_ok=True)
+
+    def is_done(self, case: Case) -> bool:
+        return CacheEntry(self.train_dir, case.name).meta.is_file()
+
+    def label(self, case: Case) -> None:
+        """Predict one cached case and write its NIfTI, training labels and statistics (the JSON last)."""
+        entry = CacheEntry(self.cache_dir, case.name)
+        meta = entry.read_meta()
+        volume = torch.from_numpy(np.load(entry.image).astype(np.float32))
+        affine = np.asarray(meta["affine"])
+        pred = self.predictor.predict_prepared(volume, tuple(meta["canonical_shape"][1:]), with_confidence=True)
+        header = _nifti_header(case.image)
+        labels = np.ascontiguousarray(from_canonical(pred.labels, affine))
+        write_nifti(self.out_dir / output_name(case), labels, reference=Volume(labels, affine, header))
+        train_labels = filter_by_confidence(pred.lowres_labels, pred.lowres_confidence, self.cfg.confidence_tau)
+        target = CacheEntry(self.train_dir, case.name)
+        with atomic_path(target.seg) as tmp:
+            np.save(tmp, train_labels)
+        stats = {
+            "case": case.name,
+            **confidence_stats(pred.labels, pred.confidence, pred.entropy, self.cfg.low_confidence_tau),
+            "changed": self._changed(case.name, pred.lowres_labels),
+            "volumes_ml": organ_volumes_ml(pred.labels, meta["canonical_spacing"], self.names),
+            "foreground_slices": np.flatnonzero(train_labels.reshape(len(train_labels), -1).any(1)).tolist(),
+            "confidence_tau": self.cfg.confidence_tau,
+        }
+        atomic_write_json(target.meta, stats)
+
+    def _changed(self, name: str, labels: np.ndarray) -> float | None:
+        if self.previous_dir is None:
+            return None
+        path = CacheEntry(self.previous_dir, name).seg
+        if not path.is_file():
+            return None
+        previous = np.load(path)
+        return changed_fraction(labels, np.where(previous == IGNORE_INDEX, 0, previous))
+
+
+def _nifti_header(path: Path) -> nib.Nifti1Header:
+    try:
+        return nib.load(str(path)).header.copy()
+    except Exception as exc:
+        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__})") from None
+
+
+def read_stats(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Every case's statistics from a pseudo-label folder, sorted by case."""
+    rows = [json.loads(p.read_text()) for p in sorted((Path(out_dir) / "train").glob("*.json"))]
+    return sorted(rows, key=lambda r: r["case"])
+
+
+def write_table(out_dir: str | Path, cfg: PseudoLabelConfig) -> Selection:
+    """Write ``pseudolabels.csv`` (one row per case, organ volumes included) and ``selected.json``."""
+    out_dir = Path(out_dir)
+    stats = read_stats(out_dir)
+    if not stats:
+        raise SelflabelError(f"{out_dir}: no pseudo-labels to summarise")
+    organs = list(stats[0]["volumes_ml"])
+    selection = select_cases(stats, cfg)
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([*STAT_FIELDS, "selected", *[f"{o}_ml" for o in organs]])
+    for row in stats:
+        values = [row["case"]] + [_fmt(row.get(k)) for k in STAT_FIELDS[1:]]
+        writer.writerow([*values, int(row["case"] in selection.kept), *[f"{row['volumes_ml'][o]:.2f}" for o in organs]])
+    atomic_write_text(out_dir / "pseudolabels.csv", buffer.getvalue())
+    atomic_write_json(out_dir / "selected.json", {"kept": selection.kept, "dropped": selection.dropped})
+    return selection
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def pseudolabel_cases(
+    predictor: Predictor,
+    cases: Sequence[Case],
+    cache_dir: str | Path,
+    out_dir: str | Path,
+    previous_dir: str | Path | None = None,
+    overwrite: bool = False,
+    num_parts: int | None = None,
+    part_id: int | None = None,
+    progress: bool = True,
+) -> tuple[BatchReport, Selection | None]:
+    """Cache (if needed) and pseudo-label `cases`; rank 0 then writes the table and the selection.
+
+    Sharded by `num_parts`/`part_id` or by torchrun rank; finished cases are skipped unless `overwrite`.
+    """
+    info = dist_info()
+    init_distributed(info, next(predictor.model.parameters()).device)
+    parts, part = resolve_parts(num_parts, part_id, info)
+    mine = shard(cases, parts, part)
+    raise_if_failed(preprocess_cases(mine, cache_dir, predictor.config.preprocess, progress=progress))
+    labeller = PseudoLabeller(predictor, Path(cache_dir), Path(out_dir), Path(previous_dir) if previous_dir else None)
+
+    def done(case: Case) -> bool:
+        return not overwrite and labeller.is_done(case)
+
+    report = run_cases(mine, done, labeller.label, "pseudo-label", progress)
+    barrier(info)
+    selection = None
+    if info.is_main and (report.written or report.skipped):  # from every part's JSONs: the last part's is complete
+        selection = write_table(out_dir, predictor.config.pseudolabel)
+    return report, selection
+
+
+def pseudolabel_folder(
+    run_dir: str | Path,
+    input_dir: str | Path,
+    out_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    previous_dir: str | Path | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    num_parts: int | None = None,
+    part_id: int | None = None,
+    progress: bool = True,
+    pseudolabel: dict[str, Any] | None = None,
+    **inference: Any,
+) -> tuple[BatchReport, Selection | None]:
+    """`selflabel pseudolabel`: pseudo-label every scan of a folder (``<case>_0000.nii.gz`` or ``<case>.nii.gz``)."""
+    predictor = Predictor.from_run(run_dir, device, **inference)
+    if pseudolabel:
+        changes = {k: v for k, v in pseudolabel.items() if v is not None}
+        predictor.config = replace(predictor.config, pseudolabel=replace(predictor.config.pseudolabel, **changes))
+    cache = Path(cache_dir) if cache_dir else Path(out_dir) / "cache"
+    cases = list_cases(input_dir)
+    return pseudolabel_cases(predictor, cases, cache, out_dir, previous_dir, overwrite, num_parts, part_id, progress)
