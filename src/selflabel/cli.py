@@ -63,6 +63,26 @@ def build_config(preset: str, config: Path | None, sets: list[str] | None, **opt
 # ---- commands (each: parse, call one library function) ----
 
 
+@app.command("demo-data")
+def demo_data(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the nnU-Net v2 raw dataset (new, empty or made here).")],
+    labeled: Annotated[int, typer.Option("--labeled", help="Labelled training cases (imagesTr + labelsTr).")] = 4,
+    unlabeled: Annotated[int, typer.Option("--unlabeled", help="Unlabelled cases (unlabeledTr).")] = 8,
+    test: Annotated[int, typer.Option("--test", help="Test cases with labels (imagesTs + labelsTs).")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Cohort seed; case seeds come from (seed, split, index).")] = 0,
+    size: Annotated[int, typer.Option("--size", help="In-plane voxels (size x size).")] = 192,
+    slices: Annotated[int, typer.Option("--slices", help="Nominal axial slices per case (each varies by +-15%).")] = 64,
+    workers: Annotated[int | None, typer.Option("--workers", help="Processes (default: one per CPU core).")] = None,
+) -> None:
+    """Write a synthetic abdominal CT cohort (13 FLARE22 organs) in the nnU-Net v2 raw layout."""
+    from selflabel.phantom import write_cohort
+
+    summary = write_cohort(out_dir, labeled, unlabeled, test, seed=seed, size=size, slices=slices, workers=workers)
+    if summary.removed:
+        typer.echo(f"demo-data: replaced {summary.removed} files of an earlier cohort with other settings")
+    typer.echo(f"demo-data: {summary.describe()}")
+
+
 RunOption = Annotated[Path, typer.Option("--model", "-m", help="Run folder of a trained model (selflabel train).")]
 PartsOption = Annotated[int | None, typer.Option(help="Split the cases into N parts (default: one per torchrun rank).")]
 PartOption = Annotated[int | None, typer.Option(help="Which part this process does, 0..N-1.")]
