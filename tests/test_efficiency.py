@@ -161,3 +161,12 @@ def test_profile_command_errors(tmp_path, monkeypatch, capsys):
     assert code == 2 and "{input}" in capsys.readouterr().err
     code = run_cli(monkeypatch, "profile", "--out", str(tmp_path / "q"), "--", "no-such-command-xyz")
     assert code == 2 and "command not found: no-such-command-xyz" in capsys.readouterr().err
+
+
+def test_run_shorter_than_one_interval_has_no_samples():
+    with Profiler(interval=0.5) as prof:
+        pass
+    result = prof.result()
+    assert result.t_s == [] and result.cpu_auc == 0.0
+    assert result.summary()["cpu_max_percent"] is None and result.summary()["gpu_memory_max_mb"] is None
+    assert "no samples" in result.describe()

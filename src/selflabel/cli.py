@@ -209,12 +209,7 @@ def profile(
 
     results = profile_command(command, out, interval=interval, per_case_dir=per_case, gpu_index=gpu_index)
     for result in results:
-        s = result.summary()
-        gpu = "no GPU" if s["gpu_auc_mb_s"] is None else f"GPU AUC {s['gpu_auc_tolerant_mb_s']:.0f} MB·s (2 GB tol.)"
-        typer.echo(
-            f"{result.meta.get('case') or 'run'}: {s['time_s']:.2f} s, CPU AUC {s['cpu_auc_percent_s']:.1f} %·s, "
-            f"RAM max {s['ram_max_mb']:.0f} MB, {gpu}"
-        )
+        typer.echo(result.describe())
     typer.echo(f"records in {out}")
 
 

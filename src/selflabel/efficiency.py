@@ -176,6 +176,25 @@ class ProfileResult:
             "ram_auc_mb_s": self.ram_auc,
         }
 
+    def describe(self) -> str:
+        """One line: time, CPU AUC, RAM maximum, GPU maximum and AUC (raw and after the 2 GB tolerance)."""
+        s = self.summary()
+        parts = [f"{self.meta.get('case') or 'run'}: {self.wall_time_s:.2f} s"]
+        if not self.t_s:
+            parts.append(f"no samples (shorter than the {self.interval_s} s interval)")
+        else:
+            parts.append(f"CPU AUC {s['cpu_auc_percent_s']:.1f} %·s, RAM max {s['ram_max_mb']:.0f} MB")
+        if self.gpu_memory_mb:
+            gpu_max = "?" if s["gpu_memory_max_mb"] is None else f"{s['gpu_memory_max_mb']:.0f}"
+            parts.append(
+                f"GPU max {gpu_max} MB, AUC {s['gpu_auc_mb_s']:.0f} MB·s ({s['gpu_auc_tolerant_mb_s']:.0f} over 2 GB)"
+            )
+        else:
+            parts.append("no GPU samples")
+        if self.meta.get("exit_code"):
+            parts.append(f"exit code {self.meta['exit_code']}")
+        return ", ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.meta,
