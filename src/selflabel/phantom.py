@@ -75,6 +75,8 @@ assert FLARE22_LABELS["liver"] == LIVER and FLARE22_LABELS["left_kidney"] == KID
 
 #: A labelled case must hold at least this many voxels of every organ (else it is drawn again).
 MIN_ORGAN_VOXELS = 8
+#: Smallest grid that still holds every organ (adrenals, esophagus) with a few voxels.
+MIN_SIZE, MIN_SLICES = 80, 24
 
 
 class Tissue(IntEnum):
@@ -120,7 +122,7 @@ class Tissue(IntEnum):
 # Mean HU per tissue: (non-contrast, arterial, portal-venous); texture amplitude (HU, low-frequency).
 _HU: dict[Tissue, tuple[float, float, float, float]] = {
     Tissue.AIR: (-1000, -1000, -1000, 0),
-    Tissue.FAT: (-100, -100, -100, 12),
+    Tissue.FAT: (-105, -105, -105, 12),
     Tissue.SKIN: (35, 40, 45, 5),
     Tissue.MUSCLE: (45, 55, 60, 7),
     Tissue.BONE_CORTEX: (800, 800, 800, 80),
@@ -277,12 +279,20 @@ class _Blob:
         w = (r[0, 2] * dx + r[1, 2] * dy + r[2, 2] * dz) / a[2]
         if self.bend[0] or self.bend[1]:
             u = u - np.float32(self.bend[0]) * v * v - np.float32(self.bend[1]) * w * w
+        u, v, w = np.broadcast_arrays(u, v, w)
         rad = np.sqrt(u * u + v * v + w * w) + np.float32(1e-6)
-        terms = _harmonic_terms(u / rad, v / rad, w / rad)
-        pert = np.float32(1.0)
-        for c, t in zip(self.coef.astype(np.float32), terms, strict=True):
-            pert = pert + c * t
-        return box, rad / np.maximum(pert, np.float32(0.3)), (u, v, w)
+        # the radius perturbation depends on direction only and varies slowly: evaluate it every other voxel
+        step = 2 if rad.size > 20000 else 1
+        cu, cv, cw, cr = (a[::step, ::step, ::step] for a in (u, v, w, rad))
+        pert = np.full(cr.shape, 1.0, np.float32)
+        for c, t in zip(self.coef.astype(np.float32), _harmonic_terms(cu / cr, cv / cr, cw / cr), strict=True):
+            pert += c * t
+        np.maximum(pert, np.float32(0.3), out=pert)
+        if step > 1:
+            for axis in range(3):
+                pert = np.repeat(pert, step, axis=axis)
+            pert = pert[: rad.shape[0], : rad.shape[1], : rad.shape[2]]
+        return box, rad / pert, (u, v, w)
 
 
 def _catmull_rom(points: np.ndarray, values: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
@@ -315,7 +325,7 @@ def _tube(
     points: (K, 3) control points in mm; radii: (K,) mm. squash scales the cross-section per patient axis
     (e.g. (1, 0.7, 1) flattens a vertical tube front-to-back). Evaluated only in each segment's box.
     """
-    step = step or max(2.5, 0.9 * float(np.min(radii)))
+    step = step or max(6.0, 0.9 * float(np.min(radii)))
     centre, rad = _catmull_rom(points, np.asarray(radii, float)[:, None], step)
     rad = rad[:, 0]
     sq = np.asarray(squash, float)
@@ -684,14 +694,17 @@ def _organs(rng: np.random.Generator, grid: _Grid, an: _Anatomy, canvas: _Canvas
         canvas.tissue[box][lumen] = Tissue.STOOL
         tex = _smooth_noise(rng, lumen.shape, 3.0 / float(grid.spacing[0]))
         canvas.tissue[box][lumen & (tex > _u(rng, 0.6, 1.4))] = Tissue.GAS
-    # -- small bowel loops in the lower and anterior abdomen
-    for _ in range(int(rng.integers(14, 30))):
-        c = np.array([_u(rng, -0.6, 0.6) * W, _u(rng, 0.35, 0.85) * yf, _u(rng, grid.axes[2][0] - 10, -5)])
-        d = rng.normal(0, 1, 3)
-        d = d / np.linalg.norm(d) * _u(rng, 10, 35)
-        loop = _tube(grid, np.stack([c - d, c, c + d]), np.full(3, _u(rng, 9, 15)))
-        if loop is not None:
-            hollow(loop, None, 2.5, bowel_content, cav, 0.2)
+    # -- small bowel: meandering loops (level set of a smooth random field) in the lower, anterior abdomen
+    sb_box = grid.box((-0.75 * W, 0.2 * yf, -1e4), (0.75 * W, yf, _u(rng, -15, 10) * f))
+    if sb_box is not None:
+        shape = [s.stop - s.start for s in sb_box]
+        field = _smooth_noise(rng, shape, 24.0 / float(grid.spacing[0]))
+        level = _u(rng, 0.0, 0.6)
+        loops = (field > level) & cav[sb_box] & (canvas.tissue[sb_box] == Tissue.FAT)
+        canvas.tissue[sb_box][loops] = Tissue.BOWEL_WALL
+        lumen = loops & (field > level + _u(rng, 0.25, 0.4))
+        canvas.tissue[sb_box][lumen] = bowel_content
+        canvas.tissue[sb_box][lumen & (field > level + _u(rng, 1.3, 2.2))] = Tissue.GAS
 
     # -- liver: right lobe, left lobe, caudate; clipped by the cavity (so by the diaphragm and the wall)
     g_liv = _u(rng, 0.85, 1.15)
@@ -1019,6 +1032,7 @@ def make_case(
     size: int = 192,
     slices: int = 64,
     slice_jitter: float = 0.15,
+    phase: str | None = None,
     max_attempts: int = 5,
 ) -> PhantomCase:
     """Make one synthetic abdominal CT with its 13-organ FLARE22 label map.
@@ -1028,53 +1042,67 @@ def make_case(
         size: in-plane grid (size x size voxels); the field of view follows the body, so spacing varies (mm).
         slices: nominal number of axial slices; each case draws within +-`slice_jitter` of it.
         slice_jitter: relative spread of the slice count (0 gives exactly `slices`).
+        phase: force a contrast phase (one of PHASES); None draws it (25% plain, 25% arterial, 50% portal-venous).
+            The anatomy of a seed is the same whatever the phase.
         max_attempts: a case whose organs are not all visible (>= MIN_ORGAN_VOXELS each) is drawn again.
 
     Returns:
         PhantomCase with image int16 HU (x, y, z), label uint8 (x, y, z), tissue map, RAS affine and meta.
 
     Raises:
-        SelflabelError: for a grid too small to hold the anatomy (size < 64 or slices < 16).
+        SelflabelError: for a grid too small for the small organs (size < 80 or slices < 24), or an unknown phase.
     """
-    if size < 64 or size > 1024:
-        raise SelflabelError(f"phantom size {size} is outside 64..1024 voxels")
-    if slices < 16 or slices > 1024:
-        raise SelflabelError(f"phantom slices {slices} is outside 16..1024")
+    if phase is not None and phase not in PHASES:
+        raise SelflabelError(f"unknown contrast phase {phase!r}; expected one of {PHASES}")
+    if size < MIN_SIZE or size > 1024:
+        raise SelflabelError(f"phantom size {size} is outside {MIN_SIZE}..1024 voxels (small organs need the room)")
+    if slices < MIN_SLICES or slices > 1024:
+        raise SelflabelError(f"phantom slices {slices} is outside {MIN_SLICES}..1024 (small organs need the room)")
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     attempts = 0
     while True:
         attempts += 1
-        case = _draw_case(rng, size, slices, slice_jitter)
+        case = _draw_case(rng, size, slices, slice_jitter, phase)
         if min(case.meta["organ_voxels"].values()) >= MIN_ORGAN_VOXELS or attempts >= max_attempts:
             break
     case.meta["attempts"] = attempts
     return case
 
 
-def _draw_case(rng: np.random.Generator, size: int, slices: int, slice_jitter: float) -> PhantomCase:
+def _draw_case(
+    rng: np.random.Generator, size: int, slices: int, slice_jitter: float, phase_name: str | None
+) -> PhantomCase:
     an = _sample_anatomy(rng)
     grid = _sample_grid(rng, an, size, slices, slice_jitter)
     canvas = _Canvas(grid)
     masks = _body_layers(rng, grid, an, canvas)
     _organs(rng, grid, an, canvas, masks)
 
-    phase = int(rng.choice(3, p=[0.25, 0.25, 0.5]))
+    phase = int(rng.choice(3, p=[0.25, 0.25, 0.5]))  # drawn even when forced: the rest stays the same
+    if phase_name is not None:
+        phase = PHASES.index(phase_name)
     enhancement = _u(rng, 0.75, 1.25)
     mean, amp = _hu_table(rng, phase, enhancement)
     tex = _smooth_noise(rng, grid.shape, 6.0 / float(grid.spacing[0]))
-    hu = mean[canvas.tissue] + amp[canvas.tissue] * tex
+    hu = np.take(amp, canvas.tissue)
+    hu *= tex
+    hu += np.take(mean, canvas.tissue)
     if phase == 1:  # arterial: unopacified blood from the legs in the infrarenal IVC
         ivc_low = (canvas.tissue == Tissue.IVC) & (grid.axes[2][None, None, :] < 0)
         hu[ivc_low] -= 25
     # partial volume and correlated noise: blur (image + white noise) once, noise scaled to the target level
     noise_hu = _u(rng, 6, 22) * (an.A / 160.0)
-    sigma = (_u(rng, 0.5, 0.9), _u(rng, 0.5, 0.9), _u(rng, 0.3, 0.6))
+    s_xy = _u(rng, 0.5, 0.9)
+    sigma = (s_xy, s_xy, _u(rng, 0.3, 0.6))
     truncate = 2.5
     gain = float(np.prod([np.sqrt((_gaussian_weights(s, truncate) ** 2).sum()) for s in sigma]))
-    hu += rng.standard_normal(grid.shape, dtype=np.float32) * np.float32(noise_hu / gain)
-    hu = ndi.gaussian_filter(hu, sigma, truncate=truncate, mode="nearest")
-    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    noise = rng.standard_normal(grid.shape, dtype=np.float32)
+    noise *= np.float32(noise_hu / gain)
+    hu += noise
+    ndi.gaussian_filter(hu, sigma, truncate=truncate, mode="nearest", output=noise)
+    np.rint(noise, out=noise)
+    image = np.clip(noise, -1024, 3071).astype(np.int16)
 
     offset = np.array([_n(rng, 20), _n(rng, 20), _u(rng, -400, 100)])
     affine = np.eye(4)
@@ -1231,8 +1259,8 @@ def write_cohort(
             raise SelflabelError(f"--{name} must be >= 0, got {value}")
     if labeled + unlabeled + test == 0:
         raise SelflabelError("nothing to make: --labeled, --unlabeled and --test are all 0")
-    if size < 64 or slices < 16:
-        raise SelflabelError(f"--size must be >= 64 and --slices >= 16 (got {size}, {slices})")
+    if size < MIN_SIZE or slices < MIN_SLICES:
+        raise SelflabelError(f"--size must be >= {MIN_SIZE} and --slices >= {MIN_SLICES} (got {size}, {slices})")
     params = _cohort_params(labeled, unlabeled, test, seed, size, slices)
     start = time.perf_counter()
     if out.exists() and not out.is_dir():
