@@ -132,7 +132,7 @@ class ModelInfo:
                 f"input:        (B, {self.in_channels}, {self.img_size}, {self.img_size}) float"
                 f" -> logits (B, {self.num_classes}, {self.img_size}, {self.img_size})",
                 f"parameters:   {self.parameters:,} ({self.parameters / 1e6:.2f} M)",
-                f"multiply-adds per slice: {self.multiply_adds / 1e9:.2f} G",
+                f"multiply-adds per slice: {self.multiply_adds / 1e9:.3g} G",
             ]
         )
 
