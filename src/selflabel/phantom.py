@@ -549,7 +549,7 @@ def _body_layers(rng: np.random.Generator, grid: _Grid, an: _Anatomy, canvas: _C
         canal = rc < 9 * f
         arch = (rc >= 9 * f) & (rc < 14 * f) & (by < cy + 6 * f)
         spinous = (np.abs(bx) < 3.5 * f) & (by < cy - 12 * f) & (by > cy - 44 * f)
-        transverse = (np.abs(by - cy - 5 * f) < 3.5 * f) & (np.abs(bx) > 12 * f) & (np.abs(bx) < 44 * f)
+        transverse = (np.abs(by - cy - 5 * f) < 3 * f) & (np.abs(bx) > 12 * f) & (np.abs(bx) < 38 * f)
         zb = z[box[2]]
         ph = phase[box[2]]
         body3 = vb[:, :, None] & ~disc[box[2]][None, None, :]
@@ -718,8 +718,8 @@ def _organs(rng: np.random.Generator, grid: _Grid, an: _Anatomy, canvas: _Canvas
         (_n(rng, 0.1), _n(rng, 0.15)),
     )
     left = blob(
-        [-0.1 * W + _n(rng, 8), yf - 0.3 * (yf - 20), an.z_dome_l - _u(rng, 30, 50) * f],
-        [0.38 * W * _u(rng, 0.7, 1.2), 0.16 * yf + 6, _u(rng, 35, 55) * f],
+        [-0.06 * W + _n(rng, 8), yf - 0.3 * (yf - 20), an.z_dome_l - _u(rng, 30, 50) * f],
+        [0.42 * W * _u(rng, 0.7, 1.15), 0.16 * yf + 6, _u(rng, 35, 55) * f],
         _rotation(yaw=_n(rng, 0.15), pitch=_n(rng, 0.2)),
         0.12,
     )
@@ -975,29 +975,33 @@ def _organs(rng: np.random.Generator, grid: _Grid, an: _Anatomy, canvas: _Canvas
 
 
 def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], cell: float) -> np.ndarray:
-    """Zero-mean, unit-variance random field with features about `cell` voxels wide (linear upsampling)."""
+    """Zero-mean, unit-variance random field with features about `cell` voxels wide (smoothstep upsampling).
+
+    Plain element-wise arithmetic (no BLAS), so the field is bit-identical whatever the thread count.
+    """
     cell = max(cell, 1.0)
     coarse = [max(2, int(np.ceil(n / cell)) + 1) for n in shape]
-    g = rng.standard_normal(coarse, dtype=np.float32)
-    m0, m1, m2 = (_interpolation_matrix(n, c) for n, c in zip(shape, coarse, strict=True))
-    field = (m0 @ g.reshape(coarse[0], -1)).reshape(shape[0], coarse[1], coarse[2])
-    field = np.matmul(m1, field) @ m2.T  # (n0, n1, c2) @ (c2, n2)
+    field = rng.standard_normal(coarse, dtype=np.float32)
+    for axis in (2, 1, 0):  # the last step copies whole planes: cheapest when it is along axis 0
+        i0, w = _interpolation_weights(int(shape[axis]), coarse[axis])
+        lo, hi = np.take(field, i0, axis=axis), np.take(field, i0 + 1, axis=axis)
+        w = w.reshape([-1 if a == axis else 1 for a in range(3)])
+        hi -= lo
+        hi *= w
+        hi += lo
+        field = hi
     sample = field[::3, ::3, ::2]
-    sd = float(sample.std()) or 1.0
     field -= np.float32(sample.mean())
-    field *= np.float32(1.0 / sd)
+    field *= np.float32(1.0 / (float(sample.std()) or 1.0))
     return field
 
 
-def _interpolation_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) linear-interpolation weights spreading `n_in` nodes over `n_out` samples."""
+def _interpolation_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left node index and smoothstep weight of the right node, spreading `n_in` nodes over `n_out` samples."""
     pos = (np.arange(n_out) + 0.5) / n_out * (n_in - 1)
-    i0 = np.minimum(np.floor(pos).astype(int), n_in - 2)
-    w = pos - i0
-    m = np.zeros((n_out, n_in), np.float32)
-    m[np.arange(n_out), i0] = 1 - w
-    m[np.arange(n_out), i0 + 1] = w
-    return m
+    i0 = np.minimum(np.floor(pos).astype(np.intp), n_in - 2)
+    w = (pos - i0).astype(np.float32)
+    return i0, w * w * (3 - 2 * w)
 
 
 def _hu_table(rng: np.random.Generator, phase: int, enhancement: float) -> tuple[np.ndarray, np.ndarray]:
