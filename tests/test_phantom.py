@@ -231,6 +231,11 @@ def test_write_cohort_layout_loads_and_matches_make_case(tmp_path):
     assert nib.load(ds.training[1].label).get_data_dtype() == np.uint8
     record = json.loads((out / "cohort.json").read_text())
     assert record["complete"] and len(record["cases"]) == 4
+    # a case's file does not depend on how many other cases are made: same bytes in a smaller cohort
+    other = write_cohort(tmp_path / "other", labeled=1, unlabeled=0, test=0, seed=5, size=80, slices=24, workers=1)
+    assert other.counts["labeled"] == 1
+    name = "imagesTr/FLARE22_Tr_0001_0000.nii.gz"
+    assert (tmp_path / "other" / name).read_bytes() == (out / name).read_bytes()
 
 
 def test_write_cohort_reuses_replaces_and_refuses(tmp_path):

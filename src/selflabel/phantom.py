@@ -1166,6 +1166,9 @@ class CohortSummary:
     reused: bool = False
     removed: int = 0
 
+    def __str__(self) -> str:
+        return self.describe()
+
     def describe(self) -> str:
         """One line for the command line."""
         n = sum(self.counts.values())
