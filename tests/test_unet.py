@@ -1,0 +1,55 @@
+"""The 2D U-Net: its stated size, 2.5D input, any divisible input size, argument and input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import selflabel.models.unet as unet_module
+from selflabel.models.unet import UNet, unet
+
+
+def test_parameter_count_is_the_documented_one() -> None:
+    model = unet(num_classes=14)
+    assert sum(p.numel() for p in model.parameters()) == 1_926_862
+    assert "1,926,862 parameters for 14 classes" in unet_module.__doc__
+
+
+def test_two_and_a_half_d_input_any_divisible_size_and_training() -> None:
+    torch.manual_seed(0)
+    model = UNet(in_channels=5, num_classes=3, channels=(8, 16, 32))
+    x = torch.randn(2, 5, 32, 48)  # not square: the U-Net is fully convolutional
+    out = model(x)
+    assert out.shape == (2, 3, 32, 48)
+    F.cross_entropy(out, torch.randint(0, 3, (2, 32, 48))).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+    model.eval()
+    with torch.no_grad():
+        reference = model(x)
+        channels_last = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(channels_last, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(channels=(32,)), "at least 2 positive integers"),
+        (dict(channels=(32, 0)), "at least 2 positive integers"),
+        (dict(img_size=100), "img_size 100 must be a positive multiple of 2\\^\\(levels-1\\) = 8"),
+        (dict(in_channels=0), "in_channels"),
+        (dict(num_classes=0), "num_classes"),
+    ],
+)
+def test_bad_arguments_say_what_to_change(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        UNet(**{"in_channels": 1, "num_classes": 2, **kwargs})
+
+
+def test_forward_checks_the_input() -> None:
+    model = UNet(in_channels=3, num_classes=2)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\), got \(1, 1, 64, 64\)"):
+        model(torch.zeros(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="divisible by 8, got \\(60, 64\\)"):
+        model(torch.zeros(1, 3, 60, 64))
