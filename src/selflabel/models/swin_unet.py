@@ -6,8 +6,8 @@ for Medical Image Segmentation", ECCV Workshops 2022 (arXiv:2105.05537).
 An encoder of Swin Transformer stages (window / shifted-window self-attention, patch merging), a symmetric
 decoder of Swin stages with patch expanding and skip connections, and a final 4x patch expanding to pixel logits.
 The published configuration (the defaults: 224x224, patch 4, embed dim 96, depths 2/2/2/2, heads 3/6/12/24,
-window 7) has **27,168,900 parameters for 9 classes** (Synapse) and 27,169,380 for 14 (FLARE22), and about
-6.2 G multiply-adds per 224x224 slice.
+window 7) has **27,168,900 parameters for 9 classes** (Synapse) and 27,169,380 for 14 (FLARE22), and 6.11 G
+(9 classes) / 6.13 G (14 classes) multiply-adds per 224x224 slice, attention products included.
 
 Module names follow the official implementation (class ``SwinTransformerSys``), so this model's ``state_dict``
 keys are the official ones and `load_official_state_dict` loads checkpoints trained with the official code.
@@ -149,6 +149,59 @@ def shifted_window_mask(height: int, width: int, window_size: int, shift_size: i
     windows = region.flatten()[window_order(height, width, window_size)].view(-1, window_size * window_size)
     different = windows.unsqueeze(1) != windows.unsqueeze(2)
     return torch.zeros(different.shape).masked_fill_(different, MASK_VALUE)
+
+
+def _check_arguments(
+    num_classes: int,
+    in_channels: int,
+    img_size: int,
+    patch_size: int,
+    embed_dim: int,
+    depths: tuple[int, ...],
+    num_heads: tuple[int, ...],
+    window_size: int,
+    drop_path_rate: float,
+) -> None:
+    """Raise ValueError for a configuration the network cannot be built with, saying what to change."""
+    for name, value in (
+        ("num_classes", num_classes),
+        ("in_channels", in_channels),
+        ("img_size", img_size),
+        ("patch_size", patch_size),
+        ("embed_dim", embed_dim),
+        ("window_size", window_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"SwinUnet: {name} must be a positive integer, got {value!r}")
+    if len(depths) != len(num_heads):
+        raise ValueError(
+            f"SwinUnet: depths {list(depths)} and num_heads {list(num_heads)} must have one entry per stage"
+        )
+    if len(depths) < 2:
+        raise ValueError(f"SwinUnet: needs at least 2 stages, got depths {list(depths)}")
+    if any(d < 1 for d in depths) or any(h < 1 for h in num_heads):
+        raise ValueError(f"SwinUnet: depths {list(depths)} and num_heads {list(num_heads)} must be >= 1")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"SwinUnet: drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    stride = patch_size * 2 ** (len(depths) - 1)
+    if img_size % stride:
+        raise ValueError(
+            f"SwinUnet: img_size {img_size} must be divisible by patch_size * 2^(stages-1) = {stride}; "
+            f"use e.g. img_size {max(stride, img_size // stride * stride)}"
+        )
+    for i, heads in enumerate(num_heads):
+        dim = embed_dim * 2**i
+        if dim % heads:
+            raise ValueError(
+                f"SwinUnet: stage {i} has {dim} channels (embed_dim {embed_dim} * 2^{i}), not divisible by "
+                f"num_heads[{i}] = {heads}; choose embed_dim divisible by {heads // math.gcd(heads, 2**i)}"
+            )
+        grid = img_size // stride * 2 ** (len(depths) - 1 - i)
+        if grid > window_size and grid % window_size:
+            raise ValueError(
+                f"SwinUnet: stage {i} has a {grid}x{grid} token grid, not divisible by window_size {window_size}; "
+                f"choose a window_size dividing {grid} (and the smaller grids), or an img_size that makes it divide"
+            )
 
 
 # ---- blocks, small to large ----
@@ -531,59 +584,6 @@ class SwinUnet(nn.Module):
         """(B, in_channels, img_size, img_size) float -> logits (B, num_classes, img_size, img_size)."""
         self.check_input(x)
         return self.forward_head(*self.forward_features(x))
-
-
-def _check_arguments(
-    num_classes: int,
-    in_channels: int,
-    img_size: int,
-    patch_size: int,
-    embed_dim: int,
-    depths: tuple[int, ...],
-    num_heads: tuple[int, ...],
-    window_size: int,
-    drop_path_rate: float,
-) -> None:
-    """Raise ValueError for a configuration the network cannot be built with, saying what to change."""
-    for name, value in (
-        ("num_classes", num_classes),
-        ("in_channels", in_channels),
-        ("img_size", img_size),
-        ("patch_size", patch_size),
-        ("embed_dim", embed_dim),
-        ("window_size", window_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"SwinUnet: {name} must be a positive integer, got {value!r}")
-    if len(depths) != len(num_heads):
-        raise ValueError(
-            f"SwinUnet: depths {list(depths)} and num_heads {list(num_heads)} must have one entry per stage"
-        )
-    if len(depths) < 2:
-        raise ValueError(f"SwinUnet: needs at least 2 stages, got depths {list(depths)}")
-    if any(d < 1 for d in depths) or any(h < 1 for h in num_heads):
-        raise ValueError(f"SwinUnet: depths {list(depths)} and num_heads {list(num_heads)} must be >= 1")
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f"SwinUnet: drop_path_rate must be in [0, 1), got {drop_path_rate}")
-    stride = patch_size * 2 ** (len(depths) - 1)
-    if img_size % stride:
-        raise ValueError(
-            f"SwinUnet: img_size {img_size} must be divisible by patch_size * 2^(stages-1) = {stride}; "
-            f"use e.g. img_size {max(stride, img_size // stride * stride)}"
-        )
-    for i, heads in enumerate(num_heads):
-        dim = embed_dim * 2**i
-        if dim % heads:
-            raise ValueError(
-                f"SwinUnet: stage {i} has {dim} channels (embed_dim {embed_dim} * 2^{i}), not divisible by "
-                f"num_heads[{i}] = {heads}; choose embed_dim divisible by {heads // math.gcd(heads, 2**i)}"
-            )
-        grid = img_size // stride * 2 ** (len(depths) - 1 - i)
-        if grid > window_size and grid % window_size:
-            raise ValueError(
-                f"SwinUnet: stage {i} has a {grid}x{grid} token grid, not divisible by window_size {window_size}; "
-                f"choose a window_size dividing {grid} (and the smaller grids), or an img_size that makes it divide"
-            )
 
 
 # ---- official checkpoints ----
