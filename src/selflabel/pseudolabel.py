@@ -4,7 +4,8 @@ For each case: the teacher's labels as NIfTI in the input's geometry (``OUT/<cas
 the model's grid (``OUT/train/<case>_seg.npy``, optionally with voxels under a confidence threshold set to 255,
 which the loss ignores) and a JSON of statistics: mean maximum softmax probability and mean entropy over the
 predicted foreground, the fraction of that foreground under `low_confidence_tau`, organ volumes in ml, and,
-when a previous round exists, the fraction of foreground voxels whose label changed. ``pseudolabels.csv`` gathers
+when a previous round exists, the fraction of foreground voxels whose label changed (voxels that round
+ignored left out). ``pseudolabels.csv`` gathers
 them. Case selection (the FLARE22 winners' quality control) drops the least confident fraction of cases and/or
 those that changed most between rounds; ``selected.json`` lists the kept cases and why others were dropped.
 """
@@ -30,7 +31,7 @@ from selflabel.distributed import barrier, dist_info, init_distributed
 from selflabel.errors import InputError, SelflabelError
 from selflabel.inference import BatchReport, Predictor, output_name, resolve_parts, run_cases, shard
 from selflabel.io import Case, Volume, from_canonical, list_cases, write_nifti
-from selflabel.preprocess import CacheEntry, preprocess_cases, raise_if_failed
+from selflabel.preprocess import CacheEntry, preprocess_cases
 
 STAT_FIELDS = ["case", "mean_confidence", "mean_entropy", "uncertain_fraction", "foreground_fraction", "changed"]
 
@@ -139,7 +140,7 @@ class PseudoLabeller:
             **confidence_stats(pred.labels, pred.confidence, pred.entropy, self.cfg.low_confidence_tau),
             "changed": self._changed(case.name, pred.lowres_labels),
             "volumes_ml": organ_volumes_ml(pred.labels, meta["canonical_spacing"], self.names),
-            "foreground_slices": np.flatnonzero(train_labels.reshape(len(train_labels), -1).any(1)).tolist(),
+            "foreground_slices": _organ_slices(train_labels),
             "confidence_tau": self.cfg.confidence_tau,
         }
         atomic_write_json(target.meta, stats)
@@ -151,7 +152,16 @@ class PseudoLabeller:
         if not path.is_file():
             return None
         previous = np.load(path)
-        return changed_fraction(labels, np.where(previous == IGNORE_INDEX, 0, previous))
+        if previous.shape != labels.shape:
+            raise InputError(path, f"shape {previous.shape} differs from this round's {labels.shape} (other settings?)")
+        known = previous != IGNORE_INDEX  # voxels the previous round left unlabelled cannot have changed
+        return changed_fraction(labels[known], previous[known])
+
+
+def _organ_slices(train_labels: np.ndarray) -> list[int]:
+    """Axial slices holding at least one organ voxel that the loss sees (neither background nor ignored)."""
+    organ = (train_labels > 0) & (train_labels != IGNORE_INDEX)
+    return np.flatnonzero(organ.reshape(len(organ), -1).any(1)).tolist()
 
 
 def _nifti_header(path: Path) -> nib.Nifti1Header:
@@ -209,13 +219,15 @@ def pseudolabel_cases(
     init_distributed(info, next(predictor.model.parameters()).device)
     parts, part = resolve_parts(num_parts, part_id, info)
     mine = shard(cases, parts, part)
-    raise_if_failed(preprocess_cases(mine, cache_dir, predictor.config.preprocess, progress=progress))
+    cached = preprocess_cases(mine, cache_dir, predictor.config.preprocess, progress=progress)
     labeller = PseudoLabeller(predictor, Path(cache_dir), Path(out_dir), Path(previous_dir) if previous_dir else None)
 
     def done(case: Case) -> bool:
         return not overwrite and labeller.is_done(case)
 
-    report = run_cases(mine, done, labeller.label, "pseudo-label", progress)
+    readable = [case for case in mine if case.name not in cached.failed]  # a bad scan must not stop the others
+    report = run_cases(readable, done, labeller.label, "pseudo-label", progress)
+    report.failed.update(cached.failed)
     barrier(info)
     selection = None
     if info.is_main and (report.written or report.skipped):  # from every part's JSONs: the last part's is complete
