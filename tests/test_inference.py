@@ -1,0 +1,360 @@
+"""selflabel.inference and selflabel.models.slicewise: geometry on a real CT in several orientations, resume,
+sharding, a corrupt input among good ones, largest components and flip TTA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from nibabel.orientations import aff2axcodes, axcodes2ornt, io_orientation, ornt_transform
+
+from selflabel import inference
+from selflabel.config import FLARE22_LABELS, load_config
+from selflabel.data import Source
+from selflabel.distributed import dist_info
+from selflabel.inference import Predictor, largest_components, predict_folder, resolve_parts, shard
+from selflabel.io import Case, list_cases, load_dataset, read_image, write_nifti
+from selflabel.models.slicewise import predict_volume, slice_probabilities
+from selflabel.preprocess import preprocess_cases
+from selflabel.train import ModelSpec, train_model
+from tests.conftest import blob_case, make_dataset, run_cli
+from tests.test_train import TINY
+
+#: The TINY training settings, trained for two iterations only: predictions are arbitrary but not constant.
+TINY_RUN = {**TINY, "train.epochs": 1, "train.iterations_per_epoch": 2}
+
+#: Orientations the real CT is written in: RAS as stored, LPS (DICOM/ITK), in-plane axes swapped,
+#: slices first, and z flipped in the middle.
+ORIENTATIONS = [("R", "A", "S"), ("L", "P", "S"), ("A", "R", "S"), ("S", "L", "A"), ("P", "I", "R")]
+
+#: Header fields that must come back unchanged in a prediction.
+GEOMETRY_FIELDS = ["dim", "pixdim", "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d"]
+GEOMETRY_FIELDS += ["qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units", "dim_info"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Other jobs share the machine's cores: one torch thread keeps these tests fast and steady."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train_tiny_run(folder: Path) -> Path:
+    """A run folder (config, labels, best.pt) of a TINY Swin-Unet trained for two iterations on blob cases."""
+    root = make_dataset(folder / "Dataset", n_train=2, n_unlabeled=0, n_test=0)
+    cfg = load_config(overrides=TINY_RUN)
+    cache = folder / "cache"
+    preprocess_cases(load_dataset(root).training, cache, cfg.preprocess, workers=1, progress=False)
+    run = folder / "run"
+    sources = [Source(cache, ("FLARE22_Tr_0001",))]
+    train_model(cfg, run, sources, ["FLARE22_Tr_0002"], cache, FLARE22_LABELS, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    return train_tiny_run(tmp_path_factory.mktemp("tiny"))
+
+
+def write_scans(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """`n` small blob scans ``Case_<i>_0000.nii.gz`` (24x20x12 voxels, 1.5x1.5x3 mm)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(1, n + 1):
+        image, _ = blob_case(rng)
+        paths.append(write_nifti(folder / f"Case_{i:05d}_0000.nii.gz", image, affine=np.diag([1.5, 1.5, 3.0, 1.0])))
+    return paths
+
+
+def reorient(img: nib.Nifti1Image, codes: tuple[str, str, str]) -> nib.Nifti1Image:
+    """The same image (voxels and world geometry) stored with axes pointing to `codes`."""
+    return img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt(codes)))
+
+
+def assert_same_geometry(out: nib.Nifti1Image, ref: nib.Nifti1Image) -> None:
+    assert out.shape == ref.shape
+    assert np.array_equal(out.affine, ref.affine)
+    for key in GEOMETRY_FIELDS:
+        assert np.array_equal(out.header[key], ref.header[key]), key
+    assert out.get_data_dtype() == np.uint8
+
+
+class LabelLookup(torch.nn.Module):
+    """A stand-in network that reads the answer off its input: logits ``-sharpness * (scale * x - class) ** 2``.
+
+    With an HU-window normalisation, an image whose voxels are ``label * step`` HU comes in as a multiple of the
+    label, so the "prediction" is the label itself wherever the input is not interpolated.
+    """
+
+    def __init__(self, num_classes: int, scale: float, sharpness: float = 50.0):
+        super().__init__()
+        self.scale = scale
+        self.sharpness = sharpness
+        self.register_buffer("classes", torch.arange(num_classes, dtype=torch.float32)[None, :, None, None])
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # slicewise reads the device off the parameters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.sharpness * (self.scale * x[:, :1] - self.classes) ** 2
+
+
+def lookup_predictor(num_classes: int, scale: float, image_size: int, sharpness: float = 50.0) -> Predictor:
+    """A Predictor around `LabelLookup`, with an HU window of (0, 255) and the given model grid."""
+    cfg = load_config(
+        overrides={
+            "preprocess.normalization": "hu_window",
+            "preprocess.hu_window": [0.0, 255.0],
+            "preprocess.image_size": image_size,
+            "inference.batch_size": 64,
+        }
+    )
+    spec = ModelSpec("label_lookup", num_classes, 1, image_size)
+    return Predictor(LabelLookup(num_classes, scale, sharpness).eval(), spec, cfg, dict(FLARE22_LABELS))
+
+
+# ---- geometry ----
+
+
+@pytest.fixture(scope="module")
+def oracle_scans(real_ct, tmp_path_factory) -> tuple[Path, dict[tuple, nib.Nifti1Image]]:
+    """The real CT's geometry, cropped to a square 101x101 in-plane grid, with voxels = label * 10 HU, written in
+    every orientation of ORIENTATIONS; returns the folder and each orientation's label image."""
+    folder = tmp_path_factory.mktemp("oracle")
+    label = nib.load(real_ct["label"]).slicer[10:111]  # 122 x 101 x 112 -> 101 x 101 x 112
+    labels = {}
+    for i, codes in enumerate(ORIENTATIONS):
+        lab = reorient(label, codes)
+        image = nib.Nifti1Image(np.asarray(lab.dataobj).astype(np.int16) * 10, lab.affine, lab.header)
+        image.set_data_dtype(np.int16)
+        nib.save(image, folder / f"ct{i}_{''.join(codes)}_0000.nii.gz")
+        labels[codes] = lab
+    return folder, labels
+
+
+def test_label_oracle_comes_back_as_the_label_in_every_orientation(oracle_scans, tmp_path, monkeypatch):
+    """At an in-plane grid equal to the model's (no resizing), a model that outputs its input's label must give the
+    label back voxel for voxel, in the input's own orientation, with the input's affine and header."""
+    folder, labels = oracle_scans
+    predictor = lookup_predictor(14, 25.5, 101)  # label * 10 HU -> x = label * 10 / 255 -> label
+    monkeypatch.setattr(inference.Predictor, "from_run", lambda *args, **kwargs: predictor)
+    report = predict_folder("unused", folder, tmp_path, device="cpu", progress=False)
+    assert len(report.written) == len(ORIENTATIONS) and not report.failed
+    for i, codes in enumerate(ORIENTATIONS):
+        name = f"ct{i}_{''.join(codes)}"
+        out = nib.load(tmp_path / f"{name}.nii.gz")
+        source = nib.load(folder / f"{name}_0000.nii.gz")
+        assert aff2axcodes(out.affine) == codes
+        assert_same_geometry(out, source)
+        expected = np.asarray(labels[codes].dataobj)
+        assert len(np.unique(expected)) == 13  # 12 organs and background
+        assert np.array_equal(np.asarray(out.dataobj), expected), codes
+
+
+def test_resized_prediction_lines_up_with_the_label(real_ct, tmp_path):
+    """Through the model's 64x64 grid and back to the real CT's 122x101 (or 101x122) slices, a liver detector
+    finds the labelled liver (Dice > 0.95) in every orientation; the same mask mirrored left-right would not."""
+    ct, label = nib.load(real_ct["image"]), nib.load(real_ct["label"])
+    predictor = lookup_predictor(2, 1.0, 64)  # 255 HU in the liver -> x = 1 -> class 1
+    mirrored = np.asarray(label.dataobj)[::-1] == 1  # axis 0 of the stored (RAS) CT runs left-right
+    for codes in ORIENTATIONS:
+        lab = reorient(label, codes)
+        liver = np.asarray(lab.dataobj) == 1
+        path = tmp_path / f"{''.join(codes)}.nii.gz"
+        nib.save(nib.Nifti1Image(liver.astype(np.int16) * 255, lab.affine, reorient(ct, codes).header), path)
+        pred = predictor.predict(read_image(path))
+        assert pred.shape == liver.shape
+        dice = 2 * np.sum(pred.astype(bool) & liver) / (pred.astype(bool).sum() + liver.sum())
+        assert dice > 0.95, (codes, dice)
+        wrong = np.asarray(reorient(nib.Nifti1Image(mirrored.astype(np.uint8), label.affine), codes).dataobj) > 0
+        assert 2 * np.sum(pred.astype(bool) & wrong) / (pred.astype(bool).sum() + wrong.sum()) < 0.5
+
+
+def test_trained_model_predicts_the_same_voxels_in_every_orientation(real_ct, tiny_run, tmp_path, capsys):
+    """`selflabel predict` on the real CT stored in five orientations: each output has its input's shape, affine
+    and header, and mapped back to RAS equals the prediction on the RAS file (the model sees one canonical array)."""
+    ct = nib.load(real_ct["image"])
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for i, codes in enumerate(ORIENTATIONS):
+        nib.save(reorient(ct, codes), inputs / f"ct{i}_0000.nii.gz")
+    args = ["predict", "-m", tiny_run, "-i", inputs, "-o", outputs, "--device", "cpu", "--quiet"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "5 written, 0 skipped, 0 failed" in out
+    reference = nib.load(outputs / "ct0.nii.gz")
+    ras = np.asarray(reference.dataobj)
+    assert len(np.unique(ras)) > 5  # a barely trained model, but not a constant one: the comparison means something
+    for i, codes in enumerate(ORIENTATIONS):
+        pred = nib.load(outputs / f"ct{i}.nii.gz")
+        assert_same_geometry(pred, nib.load(inputs / f"ct{i}_0000.nii.gz"))
+        back = reorient(pred, ("R", "A", "S"))
+        assert np.allclose(back.affine, ct.affine)
+        assert np.array_equal(np.asarray(back.dataobj), ras), codes
+
+
+# ---- batch work: resume, shards, bad input ----
+
+
+def test_rerun_skips_finished_cases_and_overwrite_rewrites_them(tiny_run, tmp_path, capsys):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    write_scans(inputs, 3)
+    args = ["predict", "-m", tiny_run, "-i", inputs, "-o", outputs, "--device", "cpu", "--quiet"]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0 and "3 written, 0 skipped" in out
+    files = sorted(outputs.glob("*.nii.gz"))
+    assert [f.name for f in files] == ["Case_00001.nii.gz", "Case_00002.nii.gz", "Case_00003.nii.gz"]
+    content = {f: f.read_bytes() for f in files}
+    labels = {f: np.asarray(nib.load(f).dataobj) for f in files}
+    for f in files:
+        os.utime(f, ns=(1_000_000_000, 1_000_000_000))  # an old stamp: any rewrite would change it
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0 and "0 written, 3 skipped" in out
+    assert all(f.stat().st_mtime_ns == 1_000_000_000 and f.read_bytes() == content[f] for f in files)
+    files[1].unlink()  # as if the first run had been killed before this case
+    code, out, _ = run_cli(args, capsys)
+    assert "1 written, 2 skipped" in out and files[1].is_file() and files[0].stat().st_mtime_ns == 1_000_000_000
+    code, out, _ = run_cli([*args, "--overwrite"], capsys)
+    assert code == 0 and "3 written, 0 skipped" in out
+    assert all(f.stat().st_mtime_ns > 1_000_000_000 for f in files)
+    assert all(np.array_equal(np.asarray(nib.load(f).dataobj), labels[f]) for f in files)  # same model, same labels
+    assert sorted(p.name for p in outputs.iterdir()) == [f.name for f in files]  # no temporary files left
+
+
+def test_parts_cover_every_case_exactly_once(tiny_run, tmp_path):
+    cases = [Case(f"c{i}", Path(f"c{i}.nii.gz")) for i in range(7)]
+    parts = [shard(cases, 3, i) for i in range(3)]
+    assert [[c.name for c in p] for p in parts] == [["c0", "c3", "c6"], ["c1", "c4"], ["c2", "c5"]]
+    write_scans(tmp_path / "in", 7)
+    written = []
+    for part in range(3):
+        report = predict_folder(tiny_run, tmp_path / "in", tmp_path / "out", num_parts=3, part_id=part, progress=False)
+        written.append(set(report.written))
+        assert not report.skipped and not report.failed
+    names = {c.name for c in list_cases(tmp_path / "in")}
+    assert set.union(*written) == names and sum(len(w) for w in written) == 7
+    assert all(not (a & b) for i, a in enumerate(written) for b in written[i + 1 :])
+    assert {p.name.removesuffix(".nii.gz") for p in (tmp_path / "out").glob("*.nii.gz")} == names
+
+
+def test_parts_follow_the_torchrun_rank(monkeypatch):
+    """Under torchrun (RANK/WORLD_SIZE set) a process takes its rank's share; explicit parts win."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    info = dist_info()
+    assert resolve_parts(None, None, info) == (2, 1)
+    assert resolve_parts(3, 2, info) == (3, 2)
+    cases = [Case(f"c{i}", Path(f"c{i}.nii.gz")) for i in range(5)]
+    assert [c.name for c in shard(cases, *resolve_parts(None, None, info))] == ["c1", "c3"]
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert resolve_parts(None, None, dist_info()) == (1, 0)
+
+
+def test_two_torchrun_processes_share_the_cases(tiny_run, tmp_path):
+    """A real 2-process torchrun (gloo): rank 0 writes cases 1 and 3, rank 1 case 2; nothing twice."""
+    write_scans(tmp_path / "in", 3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = ["-m", "selflabel.cli", "predict", "-m", str(tiny_run), "-i", str(tmp_path / "in")]
+    done = subprocess.run(
+        [*torchrun, *args, "-o", str(tmp_path / "out"), "--device", "cpu", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"Case_0000{i}.nii.gz" for i in (1, 2, 3)]
+    assert sorted(line.split(": ")[1].split(",")[0] for line in done.stdout.splitlines()) == ["1 written", "2 written"]
+
+
+def test_corrupt_scan_is_named_and_the_others_are_written(tiny_run, tmp_path, capsys):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    good = write_scans(inputs, 3)
+    bad = good[1]
+    bad.write_bytes(bad.read_bytes()[:300])  # a truncated download
+    code, out, err = run_cli(["predict", "-m", tiny_run, "-i", inputs, "-o", outputs, "--quiet"], capsys)
+    assert code == 2
+    assert "2 written, 0 skipped, 1 failed" in out
+    assert "Case_00002" in err and "selflabel: error:" in err
+    assert sorted(p.name for p in outputs.iterdir()) == ["Case_00001.nii.gz", "Case_00003.nii.gz"]
+    code, out, _ = run_cli(["predict", "-m", tiny_run, "-i", inputs, "-o", outputs, "--quiet"], capsys)
+    assert code == 2 and "0 written, 2 skipped, 1 failed" in out  # the good ones are not redone
+
+
+# ---- pure pieces ----
+
+
+def test_largest_component_per_organ_with_26_connectivity():
+    labels = np.zeros((6, 6, 6), dtype=np.uint8)
+    labels[0, 0, 0:3] = 1  # 3 voxels
+    labels[1, 1, 3] = 1  # touches (0, 0, 2) by a corner only: 26-connected, so this component has 4 voxels
+    labels[4:6, 4:6, 4] = 1  # 4 voxels, a tie broken by cc3d; make it smaller:
+    labels[5, 5, 4] = 0  # 3 voxels: dropped
+    labels[3, 0, 0] = 1  # 1 voxel: dropped
+    labels[0:2, 4:6, 0:2] = 3  # organ 3: one component of 8, kept
+    labels[5, 0, 5] = 3  # and a lone voxel, dropped
+    # organ 2 absent: find_objects gives None for it
+    expected = labels.copy()
+    expected[4:6, 4:6, 4] = 0
+    expected[3, 0, 0] = 0
+    expected[5, 0, 5] = 0
+    out = largest_components(labels)
+    assert out is labels
+    assert np.array_equal(out, expected)
+    assert np.count_nonzero(out == 1) == 4 and np.count_nonzero(out == 3) == 8
+
+
+class Pointwise(torch.nn.Module):
+    """A 1x1 convolution: each pixel's logits depend on that pixel alone, so flips commute with the model."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3 * self.conv(x)
+
+
+def test_flip_tta_for_a_flip_equivariant_model_changes_nothing():
+    torch.manual_seed(0)
+    model = Pointwise().eval()
+    volume = torch.randn(5, 8, 8)
+    plain = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=2)])
+    tta = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=2, tta_flip=True)])
+    assert tta.shape == plain.shape == (5, 4, 8, 8)
+    assert torch.allclose(tta, plain, atol=1e-6)
+    a = predict_volume(model, volume, (12, 10), batch_size=2, with_confidence=True, with_lowres=True)
+    b = predict_volume(model, volume, (12, 10), batch_size=2, tta_flip=True, with_confidence=True, with_lowres=True)
+    assert a.labels.shape == b.labels.shape == (5, 12, 10)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.lowres_labels, b.lowres_labels)
+    assert np.allclose(a.confidence, b.confidence, atol=1e-3)
+
+
+def test_flip_tta_averages_the_unflipped_predictions_of_the_flipped_inputs():
+    """For a model that is not flip-equivariant: the mean of p(x), flipW(p(flipW x)) and flipH(p(flipH x))."""
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 3, padding=1).eval()  # 2.5D: context 1 -> 3 channels
+    volume = torch.randn(4, 6, 6)
+    tta = torch.cat([p for _, p in slice_probabilities(model, volume, context=1, tta_flip=True)])
+    x = torch.stack([volume[[max(z - 1, 0), z, min(z + 1, 3)]] for z in range(4)])
+    with torch.no_grad():
+        probs = [torch.softmax(model(x), 1)]
+        probs += [torch.flip(torch.softmax(model(torch.flip(x, (d,))), 1), (d,)) for d in (-1, -2)]
+    assert torch.allclose(tta, sum(probs) / 3, atol=1e-6)
+    assert not torch.allclose(tta, probs[0], atol=1e-3)
+
+
+def test_bad_part_id_is_an_error():
+    from selflabel.errors import SelflabelError
+
+    with pytest.raises(SelflabelError, match="part-id"):
+        shard([], 2, 2)
