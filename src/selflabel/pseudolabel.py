@@ -5,9 +5,9 @@ the model's grid (``OUT/train/<case>_seg.npy``, optionally with voxels under a c
 which the loss ignores) and a JSON of statistics: mean maximum softmax probability and mean entropy over the
 predicted foreground, the fraction of that foreground under `low_confidence_tau`, organ volumes in ml, and,
 when a previous round exists, the fraction of foreground voxels whose label changed (voxels that round
-ignored left out). ``pseudolabels.csv`` gathers
-them. Case selection (the FLARE22 winners' quality control) drops the least confident fraction of cases and/or
-those that changed most between rounds; ``selected.json`` lists the kept cases and why others were dropped.
+ignored left out). ``pseudolabels.csv`` gathers them. Case selection (the FLARE22 winners' quality control) drops
+the least confident fraction of cases and/or those that changed most between rounds; ``selected.json`` lists the
+kept cases and why others were dropped.
 """
 
 from __future__ import annotations
