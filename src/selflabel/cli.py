@@ -81,6 +81,58 @@ def model_info_command(
     typer.echo(str(model_info(name, num_classes, channels, cfg.preprocess.image_size, **cfg.model.options())))
 
 
+ForceOption = Annotated[
+    list[str] | None, typer.Option("--force", help="Redo this stage and every later one (repeatable).")
+]
+
+
+@app.command("run")
+def run_command(
+    data_dir: Annotated[Path, typer.Argument(help="nnU-Net raw dataset: imagesTr/labelsTr, unlabeledTr[, imagesTs].")],
+    out: Annotated[Path, typer.Option("--out", help="Work folder (rerun to resume).")],
+    preset: PresetOption = "paper",
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    rounds: Annotated[int | None, typer.Option(help="Self-labelling rounds (pipeline.rounds).")] = None,
+    tau: Annotated[float | None, typer.Option(help="Pseudo-label voxel confidence threshold.")] = None,
+    drop_least_confident: Annotated[float | None, typer.Option(help="Fraction of pseudo cases dropped.")] = None,
+    drop_most_changed: Annotated[float | None, typer.Option(help="Fraction of pseudo cases dropped.")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tune the student on labels.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs of every model (train.epochs).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (train and inference).")] = None,
+    force: ForceOption = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """The whole recipe: teacher -> pseudo-labels -> student from scratch -> evaluation -> report."""
+    from selflabel.pipeline import run_recipe
+
+    cfg = build_config(
+        preset, config, sets,
+        **{"pipeline.rounds": rounds, "pseudolabel.confidence_tau": tau,
+           "pseudolabel.drop_least_confident": drop_least_confident,
+           "pseudolabel.drop_most_changed": drop_most_changed, "pipeline.finetune_epochs": finetune_epochs,
+           "train.epochs": epochs, "train.device": device, "inference.device": device},
+    )  # fmt: skip
+    pipeline = run_recipe(data_dir, out, cfg, force or (), progress=not quiet)
+    typer.echo((pipeline.work / "report" / "report.md").read_text().split("## Training")[0])
+    typer.echo(f"report: {pipeline.work / 'report' / 'report.md'}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the cohort and the run.")] = Path("demo_work"),
+    sets: SetOption = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Make the synthetic cohort and run the recipe on it with the CPU preset (minutes on 2 cores)."""
+    from selflabel.pipeline import run_demo
+
+    cfg = build_config("cpu", None, sets)
+    _pipeline, report = run_demo(out, cfg, progress=not quiet)
+    typer.echo(report.read_text().split("## Training")[0])
+    typer.echo(f"report: {report}")
+
+
 @app.command("demo-data")
 def demo_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder for the nnU-Net v2 raw dataset (new, empty or made here).")],

@@ -163,11 +163,15 @@ class PipelineConfig:
     """The recipe: split, rounds of teacher -> pseudo-labels -> student, optional fine-tuning.
 
     train_fraction: share of labelled cases used for training (the paper: 20 of 50), the rest validate.
+    rounds: teacher -> pseudo-labels -> student rounds; from round 2 the previous student is the teacher.
+    finetune_epochs: after the last round, fine-tune the student on the labelled cases only (0 = off) at
+        `finetune_lr` (poly decay as in training).
     """
 
     train_fraction: float = 0.4
     rounds: int = 1
     finetune_epochs: int = 0
+    finetune_lr: float = 1e-4
 
 
 @dataclass(frozen=True)

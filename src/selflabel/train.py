@@ -496,9 +496,11 @@ def train_model(
     split: dict[str, Any] | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train (or resume) a model in `run_dir` on `sources`, validating on cached `val_cases`.
 
+    `init_from`: a checkpoint whose weights start a new run (fine-tuning); ignored when resuming.
     `stop_after` ends the run after that many iterations, leaving a `latest.pt` to resume from (tests use it).
     """
     split = split or {
@@ -508,7 +510,8 @@ def train_model(
                     for s in sources],
     }  # fmt: skip
     trainer = _Trainer(cfg, run_dir, sources, val_cases, val_cache, labels, split, progress)
-    trainer.resume()
+    if not trainer.resume() and init_from is not None:
+        trainer.raw_model.load_state_dict(load_checkpoint(init_from, trainer.device)["model"])
     return trainer.run(stop_after)
 
 
