@@ -1,0 +1,120 @@
+"""selflabel run: every stage, every report artefact, honest splits, resume and refusal of changed settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from selflabel.config import load_config
+from selflabel.errors import SelflabelError
+from selflabel.pipeline import Pipeline, run_recipe
+from selflabel.report import PAPER_COLUMNS
+from tests.conftest import run_cli
+
+MICRO = {
+    "preprocess.image_size": 32,
+    "model.name": "unet",
+    "model.unet_channels": [8, 16],
+    "train.epochs": 1,
+    "train.iterations_per_epoch": 2,
+    "train.batch_size": 4,
+    "train.num_workers": 0,
+    "train.device": "cpu",
+    "inference.device": "cpu",
+    "inference.batch_size": 16,
+    "pipeline.train_fraction": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from selflabel.phantom import write_cohort
+
+    root = tmp_path_factory.mktemp("cohort") / "data"
+    write_cohort(root, labeled=4, unlabeled=3, test=2, seed=3, size=80, slices=24)
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished(cohort, tmp_path_factory):
+    work = tmp_path_factory.mktemp("work")
+    cfg = load_config("cpu", overrides=MICRO)
+    pipeline = run_recipe(cohort, work, cfg, progress=False)
+    return pipeline, work
+
+
+def test_every_stage_ran_and_left_its_marker(finished):
+    pipeline, work = finished
+    names = [s.name for s in pipeline.stages()]
+    assert names == ["prepare", "teacher", "pseudolabel1", "student1", "evaluate", "report"]
+    for name in names:
+        assert json.loads((work / "stages" / f"{name}.json").read_text())["status"] == "done"
+
+
+def test_report_has_every_artefact(finished):
+    _, work = finished
+    report = work / "report"
+    for name in ("report.md", "summary.json", "scores_validation.png", "scores_test.png", "training_curves.png",
+                 "pseudolabels.png", "pseudolabel_confidence.png"):  # fmt: skip
+        path = report / name
+        assert path.is_file() and path.stat().st_size > 0, name
+        if name.endswith(".png"):
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((report / "summary.json").read_text())
+    assert list(summary["models"]) == ["teacher", "student"]
+    for model in summary["models"].values():
+        for split in ("validation", "test"):
+            scores = model["splits"][split]
+            assert set(scores["organs"]) == set(PAPER_COLUMNS)
+            assert 0.0 <= scores["mean_dsc"] <= 1.0 and 0.0 <= scores["mean_nsd"] <= 1.0
+            assert model["inference"][split]["time_s"] > 0
+        assert model["training"]["iterations"] == 2
+    assert summary["pseudolabels"][0]["cases"] == 3
+    markdown = (report / "report.md").read_text()
+    assert "| Model | Liver | RKidney | Spleen |" in markdown
+    assert "| teacher |" in markdown and "| student |" in markdown
+    assert "(the paper's Table 4)" in markdown and "(the paper's Table 5)" in markdown
+    csv_header = (work / "eval" / "student" / "test" / "metrics.csv").read_text().splitlines()[0]
+    assert csv_header.startswith("Name,Liver_DSC,RK_DSC,Spleen_DSC") and csv_header.endswith("LK_NSD")
+
+
+def test_models_are_scored_on_cases_neither_trained_on(finished, cohort):
+    _, work = finished
+    split = json.loads((work / "split.json").read_text())
+    for model in ("teacher", "student"):
+        run_split = json.loads((work / "models" / model / "split.json").read_text())
+        trained = {case for source in run_split["sources"] for case in source["cases"]}
+        for eval_split in ("validation", "test"):
+            scored = {p.name.removesuffix(".nii.gz") for p in (work / "eval" / model / eval_split / "gt").iterdir()}
+            assert scored and not scored & trained, (model, eval_split)
+        assert set(split["validation"]).isdisjoint(trained)
+    student_sources = json.loads((work / "models" / "student" / "split.json").read_text())["sources"]
+    assert {c for s in student_sources for c in s["cases"]} >= {"Case_00001", "Case_00002", "Case_00003"}
+
+
+def test_rerun_skips_finished_stages(finished, cohort):
+    _, work = finished
+    cfg = load_config("cpu", overrides=MICRO)
+    before = (work / "models" / "teacher" / "best.pt").stat().st_mtime_ns
+    assert Pipeline(cohort, work, cfg, progress=False).run() == []
+    assert (work / "models" / "teacher" / "best.pt").stat().st_mtime_ns == before
+
+
+def test_changed_settings_of_a_finished_stage_are_refused(finished, cohort, capsys):
+    _, work = finished
+    changed = load_config("cpu", overrides={**MICRO, "train.lr": 0.01})
+    with pytest.raises(SelflabelError, match=r"stage 'teacher' ran with other settings \(train.lr: 0.001 -> 0.01\)"):
+        Pipeline(cohort, work, changed, progress=False).run()
+    sets = [arg for key, value in MICRO.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    code, _, err = run_cli(["run", cohort, "--out", work, "--preset", "cpu", *sets, "--force", "nonsense"], capsys)
+    assert code == 2 and "--force nonsense: not a stage" in err
+
+
+def test_force_redoes_a_stage_and_what_follows(finished, cohort):
+    _, work = finished
+    cfg = load_config("cpu", overrides=MICRO)
+    teacher = (work / "models" / "teacher" / "best.pt").stat().st_mtime_ns
+    assert Pipeline(cohort, work, cfg, progress=False).run(force=["evaluate"]) == ["evaluate", "report"]
+    assert (work / "models" / "teacher" / "best.pt").stat().st_mtime_ns == teacher
+    assert (work / "report" / "summary.json").is_file()
