@@ -129,7 +129,7 @@ class PseudoLabeller:
         affine = np.asarray(meta["affine"])
         pred = self.predictor.predict_prepared(volume, tuple(meta["canonical_shape"][1:]), with_confidence=True)
         header = _nifti_header(case.image)
-        labels = np.ascontiguousarray(from_canonical(pred.labels, affine))
+        labels = np.asfortranarray(from_canonical(pred.labels, affine))  # NIfTI's voxel order: no transposing copy
         write_nifti(self.out_dir / output_name(case), labels, reference=Volume(labels, affine, header))
         train_labels = filter_by_confidence(pred.lowres_labels, pred.lowres_confidence, self.cfg.confidence_tau)
         target = CacheEntry(self.train_dir, case.name)

@@ -109,6 +109,9 @@ def predict_volume(
     lowres_conf = np.empty(tuple(volume.shape), dtype=np.float16) if with_lowres else None
     for start, probs in slice_probabilities(model, volume, context, batch_size, amp, tta_flip):
         stop = start + probs.shape[0]
+        # Classes innermost: the resize keeps that layout, and the reductions over classes below read contiguous
+        # memory (on CPU, resize + arg-max of 224x224 -> 512x512 slices in NCHW took 2-3x longer).
+        probs = probs.contiguous(memory_format=torch.channels_last)
         if lowres is not None:
             top, arg = probs.max(1)
             lowres[start:stop] = arg.to(torch.uint8).cpu().numpy()
