@@ -226,7 +226,9 @@ def run_shards(run: Path, inputs: Path, outputs: Path, processes: int) -> dict[s
     cases = sum(r["cases"] for r in results)
     wall = max(r["wall"] for r in results)
     cpu_per_case = sum(r["cpu"] for r in results) / cases
-    return {"cases": cases, "wall": wall, "cases_per_s": cases / wall, "cpu_per_case": cpu_per_case}
+    # By CPU time: the cases/s were every process on a core of its own (the busiest process sets the pace).
+    by_cpu = cases / max(r["cpu"] for r in results)
+    return {"cases": cases, "wall": wall, "cases_per_s": cases / wall, "cpu_per_case": cpu_per_case, "by_cpu": by_cpu}
 
 
 # ---- main ----
@@ -315,15 +317,17 @@ def main() -> None:
             for i in range(1, args.shard_cases):
                 (shard_dir / f"case_{i:05d}_0000.nii.gz").write_bytes(first.read_bytes())
             print(f"\nshards: {args.shard_cases} cases of {args.size}x{args.size}x{args.shard_slices}, one thread each")
-            ratios = []
+            ratios, cpu_ratios = [], []
             for repeat in range(args.shard_repeats):
                 one = run_shards(run, shard_dir, tmp / "shard_out1", 1)
                 two = run_shards(run, shard_dir, tmp / "shard_out2", 2)
                 ratios.append(two["cases_per_s"] / one["cases_per_s"])
+                cpu_ratios.append(two["by_cpu"] / one["by_cpu"])
                 print(f"  repeat {repeat}: 1 process {one['cases_per_s']:.4f} cases/s ({one['cpu_per_case']:.1f} CPU s"
                       f"/case), 2 processes {two['cases_per_s']:.4f} cases/s ({two['cpu_per_case']:.1f} CPU s/case);"
                       f" speed-up {ratios[-1]:.2f}x; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-            print(f"  median speed-up {statistics.median(ratios):.2f}x (target >= 1.8x)")
+            print(f"  median speed-up {statistics.median(ratios):.2f}x by wall clock (target >= 1.8x); by process CPU "
+                  f"time (each process on a free core) {statistics.median(cpu_ratios):.2f}x")  # fmt: skip
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}")
 
 
