@@ -86,9 +86,8 @@ def main() -> None:
         dataset_info = load_dataset(root / "data")
         preprocess_cases(dataset_info.training, root / "cache", cfg.preprocess, progress=False)
         names = tuple(c.name for c in dataset_info.training)
-        dataset = SliceDataset(
-            [Source(root / "cache", names)], cfg.preprocess.image_size, cfg.model.context, build_augmentation(cfg.augment)
-        )
+        augment = build_augmentation(cfg.augment)
+        dataset = SliceDataset([Source(root / "cache", names)], cfg.preprocess.image_size, cfg.model.context, augment)
         sampler = SliceSampler(dataset, batch, iterations, seed=0, foreground_fraction=cfg.train.foreground_fraction)
         loader = torch.utils.data.DataLoader(
             dataset,
