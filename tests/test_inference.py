@@ -100,8 +100,10 @@ class LabelLookup(torch.nn.Module):
         self.sharpness = sharpness
         self.register_buffer("classes", torch.arange(num_classes, dtype=torch.float32)[None, :, None, None])
         self.unused = torch.nn.Parameter(torch.zeros(()))  # slicewise reads the device off the parameters
+        self.seen: list[torch.Tensor] = []  # every input batch, to check what the model was shown
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
         return -self.sharpness * (self.scale * x[:, :1] - self.classes) ** 2
 
 
@@ -146,6 +148,11 @@ def test_label_oracle_comes_back_as_the_label_in_every_orientation(oracle_scans,
     monkeypatch.setattr(inference.Predictor, "from_run", lambda *args, **kwargs: predictor)
     report = predict_folder("unused", folder, tmp_path, device="cpu", progress=False)
     assert len(report.written) == len(ORIENTATIONS) and not report.failed
+    # The model is shown axial slices, canonical (S, P, L): for the RAS file (x, y, z) that is array[z, y, x]
+    # with y running anterior -> posterior and x right -> left, i.e. both in-plane axes reversed.
+    ras = np.asarray(labels[("R", "A", "S")].dataobj)
+    shown = torch.cat(predictor.model.seen)[:112, 0] * 25.5  # the first case is ct0_RAS, 112 slices
+    assert np.array_equal(shown.round().to(torch.uint8).numpy(), ras.transpose(2, 1, 0)[:, ::-1, ::-1])
     for i, codes in enumerate(ORIENTATIONS):
         name = f"ct{i}_{''.join(codes)}"
         out = nib.load(tmp_path / f"{name}.nii.gz")
