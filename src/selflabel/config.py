@@ -164,12 +164,15 @@ class PipelineConfig:
 
     train_fraction: share of labelled cases used for training (the paper: 20 of 50), the rest validate.
     rounds: teacher -> pseudo-labels -> student rounds; from round 2 the previous student is the teacher.
+    student_epochs: epochs of each student (0 = `train.epochs`, as in the paper). A student sees many more cases
+        than its teacher; with a fixed `train.iterations_per_epoch` it may need more epochs to take them in.
     finetune_epochs: after the last round, fine-tune the student on the labelled cases only (0 = off) at
         `finetune_lr` (poly decay as in training).
     """
 
     train_fraction: float = 0.4
     rounds: int = 1
+    student_epochs: int = 0
     finetune_epochs: int = 0
     finetune_lr: float = 1e-4
 
@@ -198,9 +201,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.name": "unet",
         "model.unet_channels": (16, 32, 64, 128),
         "train.lr": 3e-3,
-        "train.epochs": 6,
+        "train.epochs": 4,
         "train.batch_size": 16,
         "train.iterations_per_epoch": 100,
+        "pipeline.student_epochs": 11,
         "train.foreground_fraction": 0.7,
         "train.num_workers": 0,
         "train.amp": "none",

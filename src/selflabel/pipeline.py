@@ -115,7 +115,10 @@ class Pipeline:
         for r in range(1, self.cfg.pipeline.rounds + 1):
             student = self.models[r]
             stages.append(Stage(f"pseudolabel{r}", pseudo, (f"pseudo/round{r}",), lambda r=r: self._pseudolabel(r)))
-            stages.append(Stage(f"student{r}", pseudo, (f"models/{student}",), lambda r=r: self._student(r)))
+            stages.append(
+                Stage(f"student{r}", (*pseudo, "pipeline.student_epochs"), (f"models/{student}",),
+                      lambda r=r: self._student(r))
+            )  # fmt: skip
         if self.cfg.pipeline.finetune_epochs > 0:
             stages.append(Stage("finetune", (*pseudo, "pipeline"), ("models/student_finetuned",), self._finetune))
         every = (*pseudo, "pipeline")
@@ -166,7 +169,9 @@ class Pipeline:
         kept = json.loads((self.pseudo_dir(round_) / "selected.json").read_text())["kept"]
         label_dir = self.pseudo_dir(round_) / "train"
         pseudo = Source(self.cache, tuple(kept), label_dir, self.cfg.train.pseudo_weight)
-        self._train_model(self.models[round_], [pseudo])
+        epochs = self.cfg.pipeline.student_epochs or self.cfg.train.epochs
+        cfg = replace(self.cfg, train=replace(self.cfg.train, epochs=epochs))
+        self._train_model(self.models[round_], [pseudo], cfg)
 
     def _finetune(self) -> None:
         p = self.cfg.pipeline
