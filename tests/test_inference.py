@@ -18,6 +18,7 @@ from selflabel import inference
 from selflabel.config import FLARE22_LABELS, load_config
 from selflabel.data import Source
 from selflabel.distributed import dist_info
+from selflabel.errors import SelflabelError
 from selflabel.inference import Predictor, largest_components, predict_folder, resolve_parts, shard
 from selflabel.io import Case, list_cases, load_dataset, read_image, write_nifti
 from selflabel.models.slicewise import predict_volume, slice_probabilities
@@ -251,18 +252,22 @@ def test_parts_cover_every_case_exactly_once(tiny_run, tmp_path):
 
 
 def test_parts_follow_the_torchrun_rank(monkeypatch):
-    """Under torchrun (RANK/WORLD_SIZE set) a process takes its rank's share; explicit parts win."""
+    """Under torchrun (RANK/WORLD_SIZE set) a process takes its rank's share; an explicit part is split again over
+    the ranks (part 2 of 3 on rank 1 of 2 is part 5 of 6); half an explicit split is refused."""
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     info = dist_info()
     assert resolve_parts(None, None, info) == (2, 1)
-    assert resolve_parts(3, 2, info) == (3, 2)
+    assert resolve_parts(3, 2, info) == (6, 5)
+    with pytest.raises(SelflabelError, match="give both --num-parts and --part-id"):
+        resolve_parts(3, None, info)
     cases = [Case(f"c{i}", Path(f"c{i}.nii.gz")) for i in range(5)]
     assert [c.name for c in shard(cases, *resolve_parts(None, None, info))] == ["c1", "c3"]
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert resolve_parts(None, None, dist_info()) == (1, 0)
+    assert resolve_parts(3, 2, dist_info()) == (3, 2)
 
 
 def test_two_torchrun_processes_share_the_cases(tiny_run, tmp_path):

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from selflabel.errors import SelflabelError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -54,7 +56,13 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
 def init_distributed(info: DistInfo, device: torch.device) -> None:
     """Join the process group (NCCL on CUDA, gloo on CPU) when running under torchrun with several processes."""
     if info.enabled and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        try:
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        except (ValueError, RuntimeError) as exc:
+            raise SelflabelError(
+                f"WORLD_SIZE={info.world_size} but the process group could not start ({str(exc).splitlines()[0]}); "
+                "launch with torchrun, or unset RANK/WORLD_SIZE and split work with --num-parts/--part-id"
+            ) from None
 
 
 def barrier(info: DistInfo) -> None:

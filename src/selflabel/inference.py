@@ -103,10 +103,16 @@ def shard(cases: Sequence[Case], num_parts: int, part_id: int) -> list[Case]:
 
 
 def resolve_parts(num_parts: int | None, part_id: int | None, info: DistInfo) -> tuple[int, int]:
-    """Explicit parts win; otherwise one part per torchrun rank."""
+    """The (number of parts, this part) of the cases for this process.
+
+    Neither given: one part per torchrun rank. Both given: that part, split again over the ranks of a torchrun job
+    (``num_parts * world_size`` parts in all), so each machine of a manual split may itself run torchrun.
+    """
     if num_parts is None and part_id is None:
         return info.world_size, info.rank
-    return num_parts or 1, part_id or 0
+    if num_parts is None or part_id is None:
+        raise SelflabelError("give both --num-parts and --part-id (or neither, to split by torchrun rank)")
+    return num_parts * info.world_size, part_id * info.world_size + info.rank
 
 
 @dataclass

@@ -119,7 +119,13 @@ class PseudoLabeller:
         self.train_dir.mkdir(parents=True, exist_ok=True)
 
     def is_done(self, case: Case) -> bool:
-        return CacheEntry(self.train_dir, case.name).meta.is_file()
+        """Labelled already, with the same confidence threshold and the same previous round (or none)."""
+        meta = CacheEntry(self.train_dir, case.name).meta
+        if not meta.is_file():
+            return False
+        stats = json.loads(meta.read_text())
+        same_previous = (stats.get("changed") is not None) == (self.previous_dir is not None)
+        return stats.get("confidence_tau") == self.cfg.confidence_tau and same_previous
 
     def label(self, case: Case) -> None:
         """Predict one cached case and write its NIfTI, training labels and statistics (the JSON last)."""

@@ -1,0 +1,28 @@
+"""selflabel.distributed: the torchrun environment, and a clear error when it is half set."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selflabel.distributed import DistInfo, dist_info, init_distributed
+from selflabel.errors import SelflabelError
+
+
+def test_without_torchrun_a_process_is_rank_0_of_1(monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    info = dist_info()
+    assert info == DistInfo(0, 0, 1) and info.is_main and not info.enabled
+    init_distributed(info, torch.device("cpu"))  # nothing to start
+    assert not torch.distributed.is_initialized()
+
+
+def test_rank_variables_without_a_rendezvous_give_one_clear_line(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(SelflabelError, match="launch with torchrun, or unset RANK/WORLD_SIZE") as caught:
+        init_distributed(dist_info(), torch.device("cpu"))
+    assert "\n" not in str(caught.value)
