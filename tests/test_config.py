@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selflabel.config import Config, load_config, read_yaml, save_config
+from selflabel.config import PRESETS, Config, load_config, read_yaml, save_config
 from selflabel.errors import ConfigError
 
 
@@ -30,7 +30,7 @@ def test_preset_then_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 3\n  lr: 0.01\nmodel:\n  depths: [2, 2, 2, 2]\n")
     c = load_config("cpu", path, {"train.epochs": 5})
-    assert c.preprocess.image_size == 96  # from the preset
+    assert c.preprocess.image_size == PRESETS["cpu"]["preprocess.image_size"]  # from the preset
     assert c.train.lr == 0.01  # from the YAML
     assert c.train.epochs == 5  # overrides win
     assert c.model.depths == (2, 2, 2, 2) and isinstance(c.model.depths, tuple)

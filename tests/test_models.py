@@ -92,7 +92,9 @@ def test_model_info_command(capsys) -> None:
     assert "(B, 1, 224, 224) float -> logits (B, 9, 224, 224)" in out
     assert "multiply-adds per slice: 6.1" in out
     code, out, _ = run_cli(["model-info", "unet", "--preset", "cpu", "--in-channels", "3"], capsys)
-    assert code == 0 and "(B, 3, 96, 96)" in out and "channels=(32, 64, 128, 256)" in out
+    cpu = load_config("cpu")
+    size = cpu.preprocess.image_size
+    assert code == 0 and f"(B, 3, {size}, {size})" in out and f"channels={cpu.model.unet_channels}" in out
     code, _, err = run_cli(["model-info", "swin_unet", "--img-size", "100"], capsys)
     assert code == 2 and err.count("\n") == 1 and "use e.g. img_size 96" in err
     code, _, err = run_cli(["model-info", "vnet"], capsys)

@@ -193,14 +193,16 @@ def test_ddp_two_processes_match_one_process(tiny_cache, tmp_path):
 
 @pytest.mark.slow
 def test_overfits_the_real_ct(real_ct, tmp_path):
-    """A small CPU model trained on the one real CT reaches DSC > 0.9 on liver, spleen and kidneys of that CT."""
+    """The CPU preset's U-Net, trained on the one real CT at about its own in-plane size (96 for 122x101 voxels),
+    reaches DSC > 0.9 on liver, spleen and kidneys of that CT within a few CPU minutes."""
     cfg = load_config(
         "cpu",
         overrides={
+            "preprocess.image_size": 96,
             "augment.rot90_flip_prob": 0.0,
             "augment.rotate_prob": 0.0,
             "train.epochs": 1,
-            "train.iterations_per_epoch": 300,
+            "train.iterations_per_epoch": 250,
             "train.foreground_fraction": 1.0,
         },
     )

@@ -150,12 +150,16 @@ class PseudoLabelConfig:
     low_confidence_tau: threshold used only for the per-case "fraction of uncertain foreground" statistic.
     drop_least_confident: fraction of cases with the lowest mean confidence left out of student training.
     drop_most_changed: fraction of cases whose labels changed most between rounds left out (rounds >= 2).
+    tta_flip, largest_component: make pseudo-labels with flip TTA / keep each organ's largest component (on top of
+        the `inference` settings, which also apply).
     """
 
     confidence_tau: float = 0.0
     low_confidence_tau: float = 0.9
     drop_least_confident: float = 0.0
     drop_most_changed: float = 0.0
+    tta_flip: bool = False
+    largest_component: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,9 +203,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "preprocess.image_size": 64,
         "model.name": "unet",
-        "model.unet_channels": (16, 32, 64, 128),
+        "model.unet_channels": (12, 24, 48, 96),
+        # with --set model.name=swin_unet: a small Swin-Unet that fits the 64x64 grid (16/8/4/2 tokens)
+        "model.embed_dim": 24,
+        "model.num_heads": (1, 2, 4, 8),
+        "model.window_size": 4,
+        "model.drop_path_rate": 0.1,
         "train.lr": 3e-3,
-        "train.epochs": 4,
+        "train.epochs": 6,
         "train.batch_size": 16,
         "train.iterations_per_epoch": 100,
         "pipeline.student_epochs": 11,

@@ -76,6 +76,8 @@ class Predictor:
         )
         if s.largest_component:
             largest_components(pred.labels)
+            if pred.lowres_labels is not None:
+                largest_components(pred.lowres_labels)
         return pred
 
     def predict(self, image: Volume) -> np.ndarray:

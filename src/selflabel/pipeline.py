@@ -317,7 +317,7 @@ def run_recipe(
 
 
 #: The demo: a small synthetic cohort and the CPU preset, minutes on 2 cores.
-DEMO_COHORT = {"labeled": 4, "unlabeled": 16, "test": 6, "size": 128, "slices": 40}
+DEMO_COHORT = {"labeled": 6, "unlabeled": 16, "test": 8, "size": 128, "slices": 40}
 
 
 def run_demo(out_dir: str | Path, cfg: Config, seed: int = 0, progress: bool = True) -> tuple[Pipeline, Path]:

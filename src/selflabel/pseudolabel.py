@@ -109,7 +109,13 @@ class PseudoLabeller:
     """Writes pseudo-labels of cached cases with `predictor` into `out_dir`."""
 
     def __init__(self, predictor: Predictor, cache_dir: Path, out_dir: Path, previous_dir: Path | None = None):
-        self.predictor = predictor
+        cfg = predictor.config
+        inference = replace(
+            cfg.inference,
+            tta_flip=cfg.inference.tta_flip or cfg.pseudolabel.tta_flip,
+            largest_component=cfg.inference.largest_component or cfg.pseudolabel.largest_component,
+        )
+        self.predictor = replace(predictor, config=replace(cfg, inference=inference))
         self.cache_dir = Path(cache_dir)
         self.out_dir = Path(out_dir)
         self.train_dir = self.out_dir / "train"

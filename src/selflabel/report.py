@@ -154,9 +154,7 @@ def paper_table(summary: Mapping[str, Any], split: str, metric: str) -> str:
 
 
 def _efficiency_table(summary: Mapping[str, Any]) -> str:
-    header = (
-        "| Model | Split | Cases | Time (s/case) | CPU AUC (%·s) | GPU AUC (MB·s) | 2 GB-tolerant | RAM (MB) |"
-    )
+    header = "| Model | Split | Cases | Time (s/case) | CPU AUC (%·s) | GPU AUC (MB·s) | 2 GB-tolerant | RAM (MB) |"
     lines = [header, "|---|---|---|---|---|---|---|---|"]
     for name, model in summary["models"].items():
         for split, eff in model["inference"].items():
@@ -247,7 +245,7 @@ def plot_scores(summary: Mapping[str, Any], split: str, path: Path) -> None:
         ax.set_ylabel(metric.upper())
         ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(ncol=len(names), loc="lower right", fontsize=8)
+    axes[0].legend(ncol=len(names), loc="upper right", fontsize=8)
     axes[0].set_title(f"FLARE22 DSC and NSD per organ ({split})")
     axes[1].set_xticks(x, columns, rotation=45, ha="right")
     _save(fig, path)
