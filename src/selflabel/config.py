@@ -203,7 +203,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "preprocess.image_size": 64,
         "model.name": "unet",
-        "model.unet_channels": (12, 24, 48, 96),
+        "model.unet_channels": (16, 32, 64, 128),
         # with --set model.name=swin_unet: a small Swin-Unet that fits the 64x64 grid (16/8/4/2 tokens)
         "model.embed_dim": 24,
         "model.num_heads": (1, 2, 4, 8),
@@ -211,9 +211,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.drop_path_rate": 0.1,
         "train.lr": 3e-3,
         "train.epochs": 6,
-        "train.batch_size": 16,
-        "train.iterations_per_epoch": 100,
-        "pipeline.student_epochs": 11,
+        "train.batch_size": 8,
+        "train.iterations_per_epoch": 200,
+        "pipeline.student_epochs": 8,
         "train.foreground_fraction": 0.7,
         "train.num_workers": 0,
         "train.amp": "none",
