@@ -18,6 +18,8 @@ MICRO = {
     "model.unet_channels": [8, 16],
     "train.epochs": 1,
     "train.iterations_per_epoch": 2,
+    "train.lr": 0.001,
+    "pipeline.student_epochs": 1,
     "train.batch_size": 4,
     "train.num_workers": 0,
     "train.device": "cpu",

@@ -193,17 +193,17 @@ def test_ddp_two_processes_match_one_process(tiny_cache, tmp_path):
 
 @pytest.mark.slow
 def test_overfits_the_real_ct(real_ct, tmp_path):
-    """The CPU preset's U-Net, trained on the one real CT at about its own in-plane size (96 for 122x101 voxels),
-    reaches DSC > 0.9 on liver, spleen and kidneys of that CT within a few CPU minutes."""
+    """The CPU preset's U-Net (64x64 slices of the 122x101-voxel CT, 30 % of them drawn from anywhere so that
+    empty slices stay empty), trained on the one real CT, reaches DSC > 0.9 on liver, spleen and kidneys of that
+    CT within a few CPU minutes; the score is taken on the CT's own grid, after resizing back."""
     cfg = load_config(
         "cpu",
         overrides={
-            "preprocess.image_size": 96,
             "augment.rot90_flip_prob": 0.0,
             "augment.rotate_prob": 0.0,
+            "train.lr": 0.01,
             "train.epochs": 1,
-            "train.iterations_per_epoch": 250,
-            "train.foreground_fraction": 1.0,
+            "train.iterations_per_epoch": 500,
         },
     )
     cache = tmp_path / "cache"
