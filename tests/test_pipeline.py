@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -120,3 +121,19 @@ def test_force_redoes_a_stage_and_what_follows(finished, cohort):
     assert Pipeline(cohort, work, cfg, progress=False).run(force=["evaluate"]) == ["evaluate", "report"]
     assert (work / "models" / "teacher" / "best.pt").stat().st_mtime_ns == teacher
     assert (work / "report" / "summary.json").is_file()
+
+
+def test_one_more_round_extends_a_finished_run(finished, cohort, tmp_path):
+    """--rounds 2 on a finished run reuses the teacher, student and round-1 pseudo-labels, adds round 2, and redoes
+    the evaluation and report that the new student makes stale."""
+    _, work = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    student = (copy / "models" / "student" / "best.pt").stat().st_mtime_ns
+    cfg = load_config("cpu", overrides={**MICRO, "pipeline.rounds": 2})
+    ran = Pipeline(cohort, copy, cfg, progress=False).run()
+    assert ran == ["pseudolabel2", "student2", "evaluate", "report"]
+    assert (copy / "models" / "student" / "best.pt").stat().st_mtime_ns == student
+    summary = json.loads((copy / "report" / "summary.json").read_text())
+    assert list(summary["models"]) == ["teacher", "student", "student2"]
+    assert (copy / "eval" / "student2" / "test" / "metrics.csv").is_file()

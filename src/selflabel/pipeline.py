@@ -51,7 +51,8 @@ def _say(message: str) -> None:
 def model_names(cfg: Config) -> list[str]:
     """Names of the models a run trains, in order: teacher, student(s), fine-tuned student."""
     rounds = cfg.pipeline.rounds
-    names = ["teacher"] + (["student"] if rounds == 1 else [f"student{r}" for r in range(1, rounds + 1)])
+    # round 1's student keeps its name when rounds are added, so that a finished run extends without retraining
+    names = ["teacher", "student"] + [f"student{r}" for r in range(2, rounds + 1)]
     if cfg.pipeline.finetune_epochs > 0:
         names.append("student_finetuned")
     return names
@@ -218,6 +219,10 @@ class Pipeline:
     def _marker(self, stage: Stage) -> Path:
         return self.work / "stages" / f"{stage.name}.json"
 
+    def _done(self, stage: Stage) -> bool:
+        marker = self._marker(stage)
+        return marker.is_file() and json.loads(marker.read_text())["status"] == "done"
+
     def _clear(self, stage: Stage) -> None:
         for rel in stage.outputs:
             path = self.work / rel
@@ -235,15 +240,21 @@ class Pipeline:
         if unknown:
             raise SelflabelError(f"--force {unknown[0]}: not a stage of this run; stages are {', '.join(names)}")
         first_forced = min((names.index(f) for f in force), default=len(stages))
-        self._check_settings(stages[:first_forced])
+        pending = next((i for i, s in enumerate(stages) if not self._done(s)), len(stages))
+        if first_forced <= pending:
+            self._check_settings(stages[:first_forced])
+            stale = stages[first_forced:]
+        else:  # a stage still to run (new, e.g. one more round, or interrupted: it resumes) makes later ones stale
+            self._check_settings(stages[: pending + 1])
+            stale = stages[pending + 1 :]
         self.work.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.work / "config.yaml")
-        for stage in stages[first_forced:]:
+        for stage in stale:
             self._clear(stage)
         ran = []
         for i, stage in enumerate(stages, 1):
             marker = self._marker(stage)
-            if marker.is_file() and json.loads(marker.read_text())["status"] == "done":
+            if self._done(stage):
                 _say(f"==> [{i}/{len(stages)}] {stage.name}: done earlier, skipped")
                 continue
             _say(f"==> [{i}/{len(stages)}] {stage.name}")
