@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +82,12 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         sys.argv = argv
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def torchrun_cli(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """Run `selflabel ARGS` as a real `torchrun --standalone` job of NPROC one-thread CPU processes (gloo)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*torchrun, "-m", "selflabel.cli", *map(str, args)], env=env, capture_output=True, text=True, timeout=300
+    )

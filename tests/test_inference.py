@@ -4,8 +4,6 @@ sharding, a corrupt input among good ones, largest components and flip TTA."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +22,7 @@ from selflabel.io import Case, list_cases, load_dataset, read_image, write_nifti
 from selflabel.models.slicewise import predict_volume, slice_probabilities
 from selflabel.preprocess import preprocess_cases
 from selflabel.train import ModelSpec, train_model
-from tests.conftest import blob_case, make_dataset, run_cli
+from tests.conftest import blob_case, make_dataset, run_cli, torchrun_cli
 from tests.test_train import TINY
 
 #: The TINY training settings, trained for two iterations only: predictions are arbitrary but not constant.
@@ -273,16 +271,8 @@ def test_parts_follow_the_torchrun_rank(monkeypatch):
 def test_two_torchrun_processes_share_the_cases(tiny_run, tmp_path):
     """A real 2-process torchrun (gloo): rank 0 writes cases 1 and 3, rank 1 case 2; nothing twice."""
     write_scans(tmp_path / "in", 3)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    args = ["-m", "selflabel.cli", "predict", "-m", str(tiny_run), "-i", str(tmp_path / "in")]
-    done = subprocess.run(
-        [*torchrun, *args, "-o", str(tmp_path / "out"), "--device", "cpu", "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["predict", "-m", tiny_run, "-i", tmp_path / "in", "-o", tmp_path / "out", "--device", "cpu", "--quiet"]
+    done = torchrun_cli(args)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"Case_0000{i}.nii.gz" for i in (1, 2, 3)]
     assert sorted(line.split(": ")[1].split(",")[0] for line in done.stdout.splitlines()) == ["1 written", "2 written"]

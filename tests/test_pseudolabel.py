@@ -7,10 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +28,7 @@ from selflabel.pseudolabel import (
     pseudolabel_cases,
     select_cases,
 )
-from tests.conftest import run_cli
+from tests.conftest import run_cli, torchrun_cli
 from tests.test_inference import assert_same_geometry, lookup_predictor, reorient, train_tiny_run, write_scans
 
 ORGANS = [name for name, index in sorted(FLARE22_LABELS.items(), key=lambda item: item[1]) if index > 0]
@@ -266,16 +263,8 @@ def test_corrupt_scan_is_named_and_the_others_are_pseudolabelled(tiny_run, tmp_p
 
 def test_two_torchrun_processes_pseudolabel_and_rank_0_writes_the_table(tiny_run, tmp_path):
     write_scans(tmp_path / "in", 3)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    args = ["-m", "selflabel.cli", "pseudolabel", "-m", str(tiny_run), "-i", str(tmp_path / "in")]
-    done = subprocess.run(
-        [*torchrun, *args, "-o", str(tmp_path / "out"), "--device", "cpu", "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["pseudolabel", "-m", tiny_run, "-i", tmp_path / "in", "-o", tmp_path / "out", "--device", "cpu", "--quiet"]
+    done = torchrun_cli(args)
     assert done.returncode == 0, done.stderr[-3000:]
     written = sorted(line.split(": ")[1].split(",")[0] for line in done.stdout.splitlines() if "written" in line)
     assert written == ["1 written", "2 written"]  # rank 0: cases 1 and 3; rank 1: case 2

@@ -20,6 +20,7 @@ from selflabel.data import Source
 from selflabel.io import Case, load_dataset
 from selflabel.preprocess import preprocess_cases
 from selflabel.train import DiceCELoss, is_improvement, load_checkpoint, poly_lr, selection_score, train_model
+from tests.conftest import torchrun_cli
 
 TINY = {
     "preprocess.image_size": 32,
@@ -171,13 +172,7 @@ def test_ddp_two_processes_match_one_process(tiny_cache, tmp_path):
     args = ["train", str(root), "--cache", str(cache), "--quiet", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "selflabel.cli", *args, "--out", str(tmp_path / "one")], check=True, env=env)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    done = subprocess.run(
-        [*torchrun, "-m", "selflabel.cli", *args, "--out", str(tmp_path / "two")],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = torchrun_cli([*args, "--out", tmp_path / "two"])
     assert done.returncode == 0, done.stderr[-3000:]
 
     def losses(run):

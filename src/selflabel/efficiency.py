@@ -27,6 +27,7 @@ case alone in a temporary input folder, as FLARE's harness (resource_eval.py) co
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -100,10 +101,8 @@ class _GpuReader:
 
     def close(self) -> None:
         if self._nvml is not None:
-            try:
+            with contextlib.suppress(Exception):  # best effort
                 self._nvml.nvmlShutdown()
-            except Exception:  # best effort
-                pass
         self._nvml = None
         self.handle = None
 
