@@ -91,3 +91,14 @@ def torchrun_cli(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess
     return subprocess.run(
         [*torchrun, "-m", "selflabel.cli", *map(str, args)], env=env, capture_output=True, text=True, timeout=300
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Other jobs may share the machine's cores: one torch thread keeps a module's tests fast and steady."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -37,13 +37,7 @@ GEOMETRY_FIELDS = ["dim", "pixdim", "qform_code", "sform_code", "quatern_b", "qu
 GEOMETRY_FIELDS += ["qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units", "dim_info"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Other jobs share the machine's cores: one torch thread keeps these tests fast and steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_tiny_run(folder: Path) -> Path:

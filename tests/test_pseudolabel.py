@@ -34,12 +34,7 @@ from tests.test_inference import assert_same_geometry, lookup_predictor, reorien
 ORGANS = [name for name, index in sorted(FLARE22_LABELS.items(), key=lambda item: item[1]) if index > 0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
