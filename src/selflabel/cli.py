@@ -81,6 +81,13 @@ def model_info_command(
     typer.echo(str(model_info(name, num_classes, channels, cfg.preprocess.image_size, **cfg.model.options())))
 
 
+QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
+DropLeastOption = Annotated[
+    float | None, typer.Option(help="Fraction of pseudo-labelled cases dropped, least confident first.")
+]
+DropChangedOption = Annotated[
+    float | None, typer.Option(help="Fraction of pseudo-labelled cases dropped, most changed since the last round.")
+]
 ForceOption = Annotated[
     list[str] | None, typer.Option("--force", help="Redo this stage and every later one (repeatable).")
 ]
@@ -95,13 +102,13 @@ def run_command(
     sets: SetOption = None,
     rounds: Annotated[int | None, typer.Option(help="Self-labelling rounds (pipeline.rounds).")] = None,
     tau: Annotated[float | None, typer.Option(help="Pseudo-label voxel confidence threshold.")] = None,
-    drop_least_confident: Annotated[float | None, typer.Option(help="Fraction of pseudo cases dropped.")] = None,
-    drop_most_changed: Annotated[float | None, typer.Option(help="Fraction of pseudo cases dropped.")] = None,
+    drop_least_confident: DropLeastOption = None,
+    drop_most_changed: DropChangedOption = None,
     finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tune the student on labels.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs of every model (train.epochs).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (train and inference).")] = None,
     force: ForceOption = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """The whole recipe: teacher -> pseudo-labels -> student from scratch -> evaluation -> report."""
     from selflabel.pipeline import run_recipe
@@ -114,21 +121,25 @@ def run_command(
            "train.epochs": epochs, "train.device": device, "inference.device": device},
     )  # fmt: skip
     pipeline = run_recipe(data_dir, out, cfg, force or (), progress=not quiet)
-    typer.echo((pipeline.work / "report" / "report.md").read_text().split("## Training")[0])
-    typer.echo(f"report: {pipeline.work / 'report' / 'report.md'}")
+    _echo_report(pipeline.work / "report" / "report.md")
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the cohort and the run.")] = Path("demo_work"),
     sets: SetOption = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Make the synthetic cohort and run the recipe on it with the CPU preset (minutes on 2 cores)."""
     from selflabel.pipeline import run_demo
 
     cfg = build_config("cpu", None, sets)
     _pipeline, report = run_demo(out, cfg, progress=not quiet)
+    _echo_report(report)
+
+
+def _echo_report(report: Path) -> None:
+    """The report's result tables (everything before its training section), then its path."""
     typer.echo(report.read_text().split("## Training")[0])
     typer.echo(f"report: {report}")
 
@@ -177,7 +188,7 @@ def predict(
     profile: Annotated[
         Path | None, typer.Option(help="Write FLARE's efficiency record (JSON + PNG) into this folder.")
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Segment every scan of a folder; NIfTI out with the input's geometry; resumable and sharded."""
     from selflabel.inference import predict_folder
@@ -213,15 +224,15 @@ def pseudolabel(
     tau: Annotated[
         float | None, typer.Option(help="Voxels under this confidence become 255 (ignored) in training labels.")
     ] = None,
-    drop_least_confident: Annotated[float | None, typer.Option(help="Fraction of cases to drop.")] = None,
-    drop_most_changed: Annotated[float | None, typer.Option(help="Fraction of cases to drop.")] = None,
+    drop_least_confident: DropLeastOption = None,
+    drop_most_changed: DropChangedOption = None,
     overwrite: Annotated[bool, typer.Option(help="Redo cases already written.")] = False,
     num_parts: PartsOption = None,
     part_id: PartOption = None,
     batch_size: BatchOption = None,
     tta: TtaOption = None,
     device: DeviceOption = "auto",
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Pseudo-label unlabelled scans with a trained model; confidence table and case selection included."""
     from selflabel.pseudolabel import pseudolabel_folder
@@ -297,7 +308,7 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (train.device).")] = None,
     cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder (default: RUN_DIR/cache).")] = None,
     split: Annotated[Path | None, typer.Option(help='JSON {"train": [...], "validation": [...]}.')] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Train a model on the labelled cases (works under torchrun for several GPUs or machines)."""
     from selflabel.train import train_on_dataset

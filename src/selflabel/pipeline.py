@@ -14,7 +14,8 @@ Stages, each leaving a marker in ``WORK/stages/`` with the settings it ran with:
 
 A finished stage is skipped when rerun; an interrupted one resumes (training from ``latest.pt``, batch prediction
 from the cases already written). A finished stage whose settings changed is refused unless ``force`` names it (or
-an earlier stage): then it and every later stage are redone.
+an earlier stage): then it and every later stage are redone. A stage still to run (interrupted, or new: one more
+round, fine-tuning) makes every finished stage after it stale, so a finished run extends without ``force``.
 
 Layout of WORK: config.yaml, split.json, stages/, cache/, models/<name>/ (run folders), pseudo/round<r>/,
 eval/<model>/<split>/ (pred/, metrics.csv, efficiency.json), report/.
