@@ -242,15 +242,13 @@ class Pipeline:
             raise SelflabelError(f"--force {unknown[0]}: not a stage of this run; stages are {', '.join(names)}")
         first_forced = min((names.index(f) for f in force), default=len(stages))
         pending = next((i for i, s in enumerate(stages) if not self._done(s)), len(stages))
-        if first_forced <= pending:
-            self._check_settings(stages[:first_forced])
-            stale = stages[first_forced:]
-        else:  # a stage still to run (new, e.g. one more round, or interrupted: it resumes) makes later ones stale
-            self._check_settings(stages[: pending + 1])
-            stale = stages[pending + 1 :]
+        # stages from `cut` on are redone: the forced ones, and those after a stage still to run (new, e.g. one
+        # more round, or interrupted: that one resumes, so its own settings are checked)
+        cut = min(first_forced, pending + 1)
+        self._check_settings(stages[:cut])
         self.work.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.work / "config.yaml")
-        for stage in stale:
+        for stage in stages[cut:]:
             self._clear(stage)
         ran = []
         for i, stage in enumerate(stages, 1):
