@@ -19,8 +19,8 @@ from selflabel.distributed import dist_info
 from selflabel.errors import SelflabelError
 from selflabel.inference import Predictor, largest_components, predict_folder, resolve_parts, shard
 from selflabel.io import Case, list_cases, load_dataset, read_image, write_nifti
-from selflabel.models.slicewise import predict_volume, slice_probabilities
-from selflabel.preprocess import preprocess_cases
+from selflabel.models.slicewise import predict_volume, resized_argmax, slice_probabilities
+from selflabel.preprocess import preprocess_cases, resize_slices
 from selflabel.train import ModelSpec, train_model
 from tests.conftest import blob_case, make_dataset, run_cli, torchrun_cli
 from tests.test_train import TINY
@@ -347,6 +347,39 @@ def test_flip_tta_averages_the_unflipped_predictions_of_the_flipped_inputs():
         probs += [torch.flip(torch.softmax(model(torch.flip(x, (d,))), 1), (d,)) for d in (-1, -2)]
     assert torch.allclose(tta, sum(probs) / 3, atol=1e-6)
     assert not torch.allclose(tta, probs[0], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("low", "out_hw", "blur"),
+    [
+        ((3, 40, 40), (97, 130), 2.0),
+        ((2, 24, 31), (24, 64), 1.0),
+        ((2, 50, 50), (50, 50), 1.0),
+        ((2, 64, 64), (40, 80), 1.0),
+    ],
+)
+def test_resized_argmax_equals_the_argmax_of_the_resized_probabilities(low, out_hw, blur):
+    """Upsampling (borders only interpolated), same size, and shrinking in one axis (the full resize)."""
+    torch.manual_seed(0)
+    logits = torch.nn.functional.interpolate(torch.randn(low[0], 5, 6, 6) * 6, size=low[1:], mode="bicubic")
+    probs = torch.softmax(logits / blur, 1).contiguous(memory_format=torch.channels_last)
+    expected = resize_slices(probs, out_hw).argmax(1).to(torch.uint8)
+    labels = resized_argmax(probs, out_hw, max_mixed=1.0)  # the shortcut however many borders
+    assert labels.dtype == torch.uint8 and labels.shape == (low[0], *out_hw)
+    assert len(labels.unique()) >= 3
+    assert torch.equal(labels, expected)
+    assert torch.equal(resized_argmax(probs, out_hw, max_mixed=0.0), expected)  # any border: the full resize
+
+
+def test_resized_argmax_on_real_organ_borders(real_ct):
+    """The label of the real CT made soft at 64x64 and brought back to 224x224: most pixels take the shortcut."""
+    volume = np.asarray(nib.load(real_ct["label"]).dataobj).astype(np.int64)
+    labels = torch.from_numpy(volume[:, :, ::20]).permute(2, 0, 1)
+    onehot = torch.nn.functional.one_hot(labels, 14).permute(0, 3, 1, 2).float()
+    probs = torch.softmax(6 * resize_slices(onehot, 64), 1)
+    expected = resize_slices(probs, 224).argmax(1).to(torch.uint8)
+    assert len(expected.unique()) > 5
+    assert torch.equal(resized_argmax(probs, (224, 224)), expected)
 
 
 def test_bad_part_id_is_an_error():

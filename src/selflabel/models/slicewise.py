@@ -73,6 +73,50 @@ def slice_probabilities(
         yield start, probs / len(flips)
 
 
+def _source_index(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each of `n_out` pixels of a bilinear upsampling (align_corners=False): the two source pixels and the
+    weight of the second, as `F.interpolate` computes them."""
+    src = ((torch.arange(n_out, dtype=torch.float64, device=device) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    first = src.long()
+    return first, (first + 1).clamp_max(n_in - 1), (src - first).float()
+
+
+def resized_argmax(probs: torch.Tensor, out_hw: tuple[int, int], max_mixed: float = 0.1) -> torch.Tensor:
+    """Arg-max over classes of `probs` (B, C, h, w) resized bilinearly to `out_hw`: (B, H, W) uint8.
+
+    The same labels as `resize_slices(probs, out_hw).argmax(1)` without resizing every class everywhere: when
+    upsampling, an output pixel is a convex combination of its 2x2 source pixels, so where those four share an
+    arg-max the result has it too; only the other pixels (organ borders, ~1 %) are interpolated. Falls back to the
+    full resize when shrinking (antialiased) or when more than `max_mixed` of the pixels are borders.
+    On one CPU thread, 8 slices 224 -> 512: 170 ms -> 35 ms.
+    """
+    (h, w), (out_h, out_w) = probs.shape[-2:], out_hw
+    if out_h < h or out_w < w:
+        return resize_slices(probs, out_hw).argmax(1).to(torch.uint8)
+    low = probs.argmax(1).to(torch.uint8)
+    if (out_h, out_w) == (h, w):
+        return low
+    y0, y1, wy = _source_index(h, out_h, probs.device)
+    x0, x1, wx = _source_index(w, out_w, probs.device)
+    edge = torch.cat([low, low[:, -1:]], 1)
+    edge = torch.cat([edge, edge[:, :, -1:]], 2)  # one more row and column: the clamped neighbours
+    corner = edge[:, :-1, :-1]
+    same = (corner == edge[:, 1:, :-1]) & (corner == edge[:, :-1, 1:]) & (corner == edge[:, 1:, 1:])
+    mixed = ~same.index_select(1, y0).index_select(2, x0)
+    if mixed.sum() > max_mixed * mixed.numel():
+        return resize_slices(probs, out_hw).argmax(1).to(torch.uint8)
+    labels = low.index_select(1, y0).index_select(2, x0)
+    n, i, j = mixed.nonzero(as_tuple=True)
+    p = probs.permute(0, 2, 3, 1)  # (B, h, w, C)
+    r0, r1, c0, c1 = y0[i], y1[i], x0[j], x1[j]
+    b1, a1 = wy[i, None], wx[j, None]
+    b0, a0 = 1 - b1, 1 - a1
+    # Summed in the order of PyTorch's CPU kernel, so that near-ties round the same way.
+    mix = (b0 * a0) * p[n, r0, c0] + (b0 * a1) * p[n, r0, c1] + (b1 * a0) * p[n, r1, c0] + (b1 * a1) * p[n, r1, c1]
+    labels[n, i, j] = mix.argmax(1).to(torch.uint8)
+    return labels
+
+
 @dataclass
 class VolumePrediction:
     """Labels (Z, H, W) uint8 and, on request, per-voxel confidence maps at the same grid (float16).
@@ -116,9 +160,11 @@ def predict_volume(
             top, arg = probs.max(1)
             lowres[start:stop] = arg.to(torch.uint8).cpu().numpy()
             lowres_conf[start:stop] = top.half().cpu().numpy()
-        full = resize_slices(probs, out_hw)
-        labels[start:stop] = full.argmax(1).to(torch.uint8).cpu().numpy()
-        if confidence is not None:
+        if confidence is None:
+            labels[start:stop] = resized_argmax(probs, out_hw).cpu().numpy()
+        else:
+            full = resize_slices(probs, out_hw)
+            labels[start:stop] = full.argmax(1).to(torch.uint8).cpu().numpy()
             confidence[start:stop] = full.amax(1).half().cpu().numpy()
             ent = -(full * torch.log(full.clamp_min(1e-8))).sum(1)
             entropy[start:stop] = ent.half().cpu().numpy()

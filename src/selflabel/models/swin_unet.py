@@ -45,6 +45,7 @@ __all__ = [
     "PatchEmbed",
     "PatchMerging",
     "PatchExpand",
+    "PixelExpand",
     "load_official_state_dict",
     "permute_tokens",
     "swin_unet",
@@ -359,7 +360,7 @@ class PatchExpand(nn.Module):
     """Upsample `scale`x: Linear C -> scale^2 * out_dim without bias, split the channels as (row offset,
     column offset, channel), LayerNorm out_dim. (B, H*W, C) -> (B, sH*sW, out_dim).
 
-    scale 2 uses out_dim = C/2 (decoder), scale 4 out_dim = C (the final expansion to pixels).
+    The decoder uses scale 2 and out_dim = C/2; the final 4x expansion to pixels is `PixelExpand`.
     """
 
     def __init__(self, input_resolution: tuple[int, int], dim: int, scale: int = 2, out_dim: int | None = None):
@@ -377,6 +378,22 @@ class PatchExpand(nn.Module):
         b, length, _ = x.shape
         x = self.expand(x).view(b, length * self.scale * self.scale, self.out_dim)
         return self.norm(permute_tokens(x, self.order, self.inverse))
+
+
+class PixelExpand(nn.Module):
+    """The final expansion of each token to scale x scale pixels: Linear C -> scale^2 * C without bias, channels
+    split as (row offset, column offset, channel), LayerNorm C. (..., C) -> (..., scale, scale, C): the pixels stay
+    grouped by token; `SwinUnet.to_pixels` puts them in image order after the classifier."""
+
+    def __init__(self, dim: int, scale: int):
+        super().__init__()
+        self.dim = dim
+        self.scale = scale
+        self.expand = nn.Linear(dim, scale * scale * dim, bias=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.expand(x).unflatten(-1, (self.scale, self.scale, self.dim)))
 
 
 class SwinStage(nn.Module):
@@ -521,7 +538,7 @@ class SwinUnet(nn.Module):
                 )
             )
         self.norm_up = nn.LayerNorm(embed_dim)
-        self.up = PatchExpand(resolution(0), embed_dim, scale=patch_size, out_dim=embed_dim)
+        self.up = PixelExpand(embed_dim, scale=patch_size)
         self.output = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
         #: Encoder stages as timm's feature_info: channels and stride (pixels per token) of each stage's output.
         self.feature_info = [
@@ -576,9 +593,20 @@ class SwinUnet(nn.Module):
         for i in range(1, self.num_layers):
             x = torch.cat([x, skips[self.num_layers - 1 - i]], dim=-1)
             x = self.layers_up[i](self.concat_back_dim[i](x))
-        x = self.up(self.norm_up(x))  # (B, H*W, embed_dim)
-        b, size = x.shape[0], self.img_size
-        return self.output(x.view(b, size, size, self.embed_dim).permute(0, 3, 1, 2))
+        return self.to_pixels(self.norm_up(x))
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder tokens (B, h*w, C) -> logits (B, num_classes, H, W): the final expansion, then the 1x1 classifier.
+
+        The same numbers as expanding, putting the pixels in image order and convolving, but the reordering moves
+        num_classes channels instead of C, and the work goes one image at a time so that the 16C-channel expansion
+        (19 MB per 224x224 image) stays small (CPU, one thread, batch 8: 0.59 -> 0.38 s for this step).
+        """
+        b, s, side = x.shape[0], self.patch_size, self.img_size // self.patch_size
+        classifier = self.output.weight.flatten(1)  # (num_classes, C)
+        logits = torch.stack([F.linear(self.up(tokens), classifier) for tokens in x.unbind(0)])  # (B, h*w, s, s, K)
+        logits = logits.view(b, side, side, s, s, -1).permute(0, 5, 1, 3, 2, 4)  # (B, K, h, s, w, s)
+        return logits.reshape(b, -1, side * s, side * s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, img_size, img_size) float -> logits (B, num_classes, img_size, img_size)."""
