@@ -13,6 +13,7 @@ Swin-Unet at 224 (random weights, 14 classes, one input channel), everything on 
   to 224x224, softmax, arg-max, `zoom` nearest (order 0) back; the same reading, normalisation and writing.
 * floor: 2 x multiply-adds per case / the GFLOP/s of a 1024x1024 matrix product measured here, same dtype.
 * stages: selflabel's time per step (read, preprocess, model, resize + arg-max, reorient, write).
+* Both routes are timed in the steady state of a long job: one 2-slice case goes through each first.
 * shards: cases per second of one process of one thread, and of two such processes on the two halves of the cases
   (`--num-parts 2 --part-id i`), run alternately `--shard-repeats` times.
 
@@ -43,6 +44,7 @@ from selflabel.config import FLARE22_LABELS, config_to_dict, load_config
 from selflabel.inference import Predictor, predict_folder
 from selflabel.io import from_canonical, read_image, to_canonical, write_nifti
 from selflabel.models import multiply_adds
+from selflabel.models.slicewise import resized_argmax
 from selflabel.preprocess import normalize_intensity, prepare_image, resize_slices
 from selflabel.train import ModelSpec, save_checkpoint
 
@@ -181,13 +183,37 @@ def stages(predictor: Predictor, path: Path, out: Path) -> dict[str, Timing]:
         start, probs = item
 
         def post(start=start, probs=probs):
-            full = resize_slices(probs.contiguous(memory_format=torch.channels_last), out_hw)
-            labels[start : start + len(probs)] = full.argmax(1).to(torch.uint8).numpy()
+            probs = probs.contiguous(memory_format=torch.channels_last)
+            labels[start : start + len(probs)] = resized_argmax(probs, out_hw).numpy()
 
         timed("resize probabilities + arg-max", post)
     back = timed("back to the input orientation", lambda: np.asfortranarray(from_canonical(labels, image.affine)))
     timed("write NIfTI (gzip)", lambda: write_nifti(out, back, reference=image))
     return times
+
+
+def organ_argmax(size: int, slices: int, batch_size: int) -> tuple[Timing, Timing, float] | None:
+    """Resize + arg-max of organ-shaped probabilities (the real CT's label, one-hot at 224 and softened) to
+    SIZE x SIZE: (full resize, borders only, fraction of border pixels). The random-weight model's probabilities
+    are noise, every pixel a border, so its own run always takes the full resize."""
+    source = REAL_CT.parent / "flare13" / "example_ct_label_flare13.nii.gz"
+    if not source.is_file():
+        return None
+    label = torch.from_numpy(np.asarray(nib.load(source).dataobj, dtype=np.int64)).permute(2, 0, 1)
+    index = torch.linspace(0, label.shape[0] - 1, slices).round().long()
+    onehot = torch.nn.functional.one_hot(label[index], NUM_CLASSES).permute(0, 3, 1, 2).float()
+    probs = torch.softmax(6 * resize_slices(onehot, IMAGE_SIZE), 1).contiguous(memory_format=torch.channels_last)
+    batches = probs.split(batch_size)
+    with Clock() as full:
+        for batch in batches:
+            resize_slices(batch, size).argmax(1).to(torch.uint8)
+    with Clock() as borders:
+        for batch in batches:
+            resized_argmax(batch, (size, size), max_mixed=1.0)
+    low = probs.argmax(1)
+    same = (low[:, :-1, :-1] == low[:, 1:, :-1]) & (low[:, :-1, :-1] == low[:, :-1, 1:])
+    same &= low[:, :-1, :-1] == low[:, 1:, 1:]
+    return full.timing, borders.timing, 1 - same.float().mean().item()
 
 
 # ---- shards ----
@@ -278,6 +304,11 @@ def main() -> None:
         shape = f"{args.size}x{args.size}x{args.slices}"
         rows: list[tuple[str, Timing, int]] = []
 
+        # Steady state, as in a long job: one small case through each route first (oneDNN set-up, allocator).
+        warm = make_scan(tmp / "warm" / "case_00000_0000.nii.gz", args.size, 2)
+        selflabel_case(run, warm.parent, tmp / "out_warm", "none")
+        naive_case(predictor.model, warm, tmp / "naive_warm.nii.gz", cfg)
+
         per_case, _ = selflabel_case(run, scans, tmp / "out_fp32", "none")
         rows.append(("selflabel fp32", per_case, args.slices))
         print(f"selflabel fp32: {per_case.cpu:.1f} CPU s, {per_case.wall:.1f} wall s per case")
@@ -310,6 +341,14 @@ def main() -> None:
             print(f"\nselflabel fp32, time per step on one {shape} case (CPU s; share; wall s):")
             for name, t in times.items():
                 print(f"  {name:52s} {t.cpu:8.2f}  {100 * t.cpu / total:5.1f} %  {t.wall:8.2f}")
+            model = times["model + softmax"].cpu
+            rest = (total - model) / floor.cpu
+            print(f"  the model alone: {model / floor.cpu:.2f}x the fp32 floor; the other steps: {rest:.2f}x")
+            organs = organ_argmax(args.size, args.slices, args.batch_size)
+            if organs:
+                full, borders, fraction = organs
+                print(f"  resize + arg-max of organ-shaped probabilities ({100 * fraction:.1f} % borders at 224): "
+                      f"full resize {full.cpu:.2f} CPU s, borders only {borders.cpu:.2f} CPU s")  # fmt: skip
 
         if args.shard_cases:
             shard_dir = tmp / "shard_scans"
