@@ -88,7 +88,7 @@ def resized_argmax(probs: torch.Tensor, out_hw: tuple[int, int], max_mixed: floa
     upsampling, an output pixel is a convex combination of its 2x2 source pixels, so where those four share an
     arg-max the result has it too; only the other pixels (organ borders, ~1 %) are interpolated. Falls back to the
     full resize when shrinking (antialiased) or when more than `max_mixed` of the pixels are borders.
-    On one CPU thread, 8 slices 224 -> 512: 170 ms -> 35 ms.
+    On one CPU thread, 100 organ-shaped slices 224 -> 512: 2.25 -> 0.49 s (benchmarks/infer_speed.py).
     """
     (h, w), (out_h, out_w) = probs.shape[-2:], out_hw
     if out_h < h or out_w < w:
