@@ -39,7 +39,7 @@ timeout 120 python3 benchmarks/model_speed.py --device cuda --amp bf16 --channel
 
 if [ -f benchmarks/infer_speed.py ]; then
   step "inference benchmark (GPU)"
-  timeout 150 python3 benchmarks/infer_speed.py --device cuda || true
+  timeout 150 python3 benchmarks/infer_speed.py --device cuda || true  # batch 32, bf16 on the whole scan
 fi
 
 step "the recipe end to end on the synthetic cohort, paper model, GPU"
