@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -26,3 +29,36 @@ def test_rank_variables_without_a_rendezvous_give_one_clear_line(monkeypatch):
     with pytest.raises(SelflabelError, match="launch with torchrun, or unset RANK/WORLD_SIZE") as caught:
         init_distributed(dist_info(), torch.device("cpu"))
     assert "\n" not in str(caught.value)
+
+
+FAULTS = """
+import resource, sys, torch
+from selflabel.distributed import keep_freed_memory
+from selflabel.models.swin_unet import SwinUnet
+if sys.argv[1] == "keep" and not keep_freed_memory():
+    print("unsupported"); sys.exit()
+torch.set_num_threads(1)
+model = SwinUnet(num_classes=14, embed_dim=24, num_heads=(1, 2, 4, 8)).eval()
+x = torch.randn(2, 1, 224, 224)
+with torch.inference_mode():
+    model(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        model(x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
+"""
+
+
+def _page_faults_per_forward(mode: str) -> str:
+    done = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_kept_memory_spares_the_page_faults_of_every_forward_pass():
+    """A Swin-Unet forward on a CPU page-faults its activations in anew each time, unless freed memory is kept."""
+    kept = _page_faults_per_forward("keep")
+    if kept == "unsupported":
+        pytest.skip("not glibc")
+    default = int(_page_faults_per_forward("default"))
+    assert default > 1000
+    assert int(kept) < default / 4
