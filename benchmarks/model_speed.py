@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from selflabel.config import load_config
+from selflabel.distributed import keep_freed_memory
 from selflabel.models import build_model, count_parameters, multiply_adds
 
 
@@ -126,10 +127,15 @@ def main() -> None:
     parser.add_argument("--num-classes", type=int, default=14)
     parser.add_argument("--in-channels", type=int, default=1)
     parser.add_argument("--models", default="published,cpu,unet", help="comma list of published, cpu, unet")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="CPU: glibc's malloc as it is (selflabel keeps freed memory)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cpu" and not args.default_malloc:
+        print(f"keep_freed_memory: {keep_freed_memory()}")  # as selflabel's commands do on a CPU
     dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
     size = 4096 if device.type == "cuda" else 1024
     peak = matmul_gflops(device, dtype, size, iters=20 if device.type == "cuda" else 10)
