@@ -66,7 +66,7 @@ def keep_freed_memory() -> bool:
 
     By default glibc maps buffers over ~128 KB-32 MB straight from the kernel and unmaps them when freed, so every
     forward pass on a CPU page-faults its activations in again. Keeping them (what jemalloc or tcmalloc would do,
-    with no library to preload) makes the published Swin-Unet's forward ~7 % faster on a CPU for ~6 % more peak
+    with no library to preload) makes the published Swin-Unet's forward 4-8 % faster on a CPU for ~6 % more peak
     memory (benchmarks/RESULTS.md). torch exposes no such setting, hence the C call.
     """
     try:
