@@ -539,6 +539,7 @@ class SwinUnet(nn.Module):
             )
         self.norm_up = nn.LayerNorm(embed_dim)
         self.up = PixelExpand(embed_dim, scale=patch_size)
+        # A 1x1 convolution, as in the official state_dict; `to_pixels` applies its weight as a matrix product.
         self.output = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
         #: Encoder stages as timm's feature_info: channels and stride (pixels per token) of each stage's output.
         self.feature_info = [
