@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from operator import attrgetter
 from pathlib import Path
 
 import nibabel as nib
@@ -46,7 +47,7 @@ from selflabel.config import FLARE22_LABELS, config_to_dict, load_config
 from selflabel.inference import Predictor, predict_folder
 from selflabel.io import from_canonical, read_image, to_canonical, write_nifti
 from selflabel.models import multiply_adds
-from selflabel.models.slicewise import resized_argmax
+from selflabel.models.slicewise import resized_argmax, source_borders
 from selflabel.preprocess import normalize_intensity, prepare_image, resize_slices
 from selflabel.train import ModelSpec, save_checkpoint
 
@@ -219,10 +220,7 @@ def organ_argmax(size: int, slices: int, batch_size: int, device: torch.device) 
     with Clock() as borders:
         for batch in batches:
             resized_argmax(batch, (size, size), max_mixed=1.0)
-    low = probs.argmax(1)
-    same = (low[:, :-1, :-1] == low[:, 1:, :-1]) & (low[:, :-1, :-1] == low[:, :-1, 1:])
-    same &= low[:, :-1, :-1] == low[:, 1:, 1:]
-    return full.timing, borders.timing, 1 - same.float().mean().item()
+    return full.timing, borders.timing, source_borders(probs.argmax(1)).float().mean().item()
 
 
 # ---- shards ----
@@ -269,9 +267,9 @@ def run_shards(run: Path, inputs: Path, outputs: Path, processes: int) -> dict[s
 # ---- main ----
 
 
-def report_routes(rows: list[tuple[str, Timing, int]], naive: Timing, floor: Timing, slices: int, key) -> None:
-    """The table: each route's time per case, against the naive loop and the fp32 floor (`key`: CPU or wall)."""
-    unit = "CPU" if key(Timing(0.0, 1.0)) else "wall"
+def report_routes(rows: list[tuple[str, Timing, int]], naive: Timing, floor: Timing, slices: int, by: str) -> None:
+    """The table: each route's time per case, against the naive loop and the fp32 floor (ratios `by` cpu or wall)."""
+    key, unit = attrgetter(by), {"cpu": "CPU", "wall": "wall"}[by]
     print(f"| route | slices | CPU s/case | wall s/case | slices/s ({unit}) | vs naive ({unit}) | vs fp32 floor |")
     print("|---|---|---|---|---|---|---|")
     naive_per_slice = key(naive) / slices
@@ -281,9 +279,10 @@ def report_routes(rows: list[tuple[str, Timing, int]], naive: Timing, floor: Tim
               f"{naive_per_slice / per_slice:.2f}x | {per_slice / (key(floor) / slices):.2f}x |")  # fmt: skip
 
 
-def report_stages(predictor: Predictor, scan: Path, out: Path, floor: Timing, args, key) -> None:
+def report_stages(predictor: Predictor, scan: Path, out: Path, floor: Timing, args, by: str) -> None:
     """selflabel's time per step (amp as `inference.amp: auto`: off on a CPU, bf16 on a GPU, and `floor` the
     matching one), the model against the floor, and resize + arg-max on organ-shaped probabilities."""
+    key = attrgetter(by)
     times = stages(predictor, scan, out)
     total = sum(key(t) for t in times.values())
     print("\nselflabel (amp auto), time per step on one case (CPU s; share; wall s):")
@@ -358,7 +357,8 @@ def main() -> None:
     gpu = device.type == "cuda"
     if gpu:
         Clock.sync = staticmethod(lambda: torch.cuda.synchronize(device))
-    key = (lambda t: t.wall) if gpu else (lambda t: t.cpu)  # CPU time is the steady figure on shared cores
+    by = "wall" if gpu else "cpu"  # CPU time is the steady figure on shared cores
+    key = attrgetter(by)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     where = torch.cuda.get_device_name(device) if gpu else f"{args.threads} CPU thread(s)"
@@ -405,10 +405,10 @@ def main() -> None:
         floor = Timing(gflop_case / fp32.wall, gflop_case / fp32.cpu)
         print(f"\nscan {args.size}x{args.size}x{args.slices}; compute floor fp32 {floor.cpu:.1f} s per case by CPU "
               f"time, {floor.wall:.1f} s by wall clock\n")  # fmt: skip
-        report_routes(rows, naive_t, floor, args.slices, key)
+        report_routes(rows, naive_t, floor, args.slices, by)
         if not args.no_stages:
             amp_floor = Timing(gflop_case / bf16.wall, gflop_case / bf16.cpu) if gpu else floor
-            report_stages(predictor, scan, tmp / "stages.nii.gz", amp_floor, args, key)
+            report_stages(predictor, scan, tmp / "stages.nii.gz", amp_floor, args, by)
         if args.shard_cases:
             report_shards(run, tmp, args)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}")

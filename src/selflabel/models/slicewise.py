@@ -81,6 +81,14 @@ def _source_index(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Te
     return first, (first + 1).clamp_max(n_in - 1), (src - first).float()
 
 
+def source_borders(labels: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) bool: True where the 2x2 block from a pixel down and right (edges repeated) holds two labels."""
+    edge = torch.cat([labels, labels[:, -1:]], 1)
+    edge = torch.cat([edge, edge[:, :, -1:]], 2)
+    corner = edge[:, :-1, :-1]
+    return (corner != edge[:, 1:, :-1]) | (corner != edge[:, :-1, 1:]) | (corner != edge[:, 1:, 1:])
+
+
 def resized_argmax(probs: torch.Tensor, out_hw: tuple[int, int], max_mixed: float = 0.1) -> torch.Tensor:
     """Arg-max over classes of `probs` (B, C, h, w) resized bilinearly to `out_hw`: (B, H, W) uint8.
 
@@ -96,15 +104,12 @@ def resized_argmax(probs: torch.Tensor, out_hw: tuple[int, int], max_mixed: floa
     low = probs.argmax(1).to(torch.uint8)
     if (out_h, out_w) == (h, w):
         return low
-    edge = torch.cat([low, low[:, -1:]], 1)
-    edge = torch.cat([edge, edge[:, :, -1:]], 2)  # one more row and column: the clamped neighbours
-    corner = edge[:, :-1, :-1]
-    same = (corner == edge[:, 1:, :-1]) & (corner == edge[:, :-1, 1:]) & (corner == edge[:, 1:, 1:])
-    if same.numel() - same.sum() > max_mixed * same.numel():
+    borders = source_borders(low)
+    if borders.sum() > max_mixed * borders.numel():
         return resize_slices(probs, out_hw).argmax(1).to(torch.uint8)
     y0, y1, wy = _source_index(h, out_h, probs.device)
     x0, x1, wx = _source_index(w, out_w, probs.device)
-    mixed = ~same.index_select(1, y0).index_select(2, x0)
+    mixed = borders.index_select(1, y0).index_select(2, x0)
     labels = low.index_select(1, y0).index_select(2, x0)
     n, i, j = mixed.nonzero(as_tuple=True)
     p = probs.permute(0, 2, 3, 1)  # (B, h, w, C)
