@@ -1,0 +1,52 @@
+"""FLARE22's 13 target organs: the one table of indices, names, short names, paper columns and NSD tolerances.
+
+Every other module takes organ facts from here: the label map of a dataset.json (`FLARE22_LABELS`), FLARE's CSV
+columns (`Organ.short`), the paper's table columns (`Organ.paper`), and the scoring rules (tolerance, z-range).
+Tolerances and the z-range rule are those of FLARE22's evaluation script (FLARE22_DSC_NSD_Eval.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Label value of voxels the loss ignores (pseudo-label voxels under the confidence threshold).
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class Organ:
+    """One FLARE22 target.
+
+    index: label value. name: dataset.json key. short: FLARE's CSV short name. paper: the paper's table column.
+    tolerance_mm: NSD tolerance. z_range: scored only on the ground truth's axial range (aorta, IVC, esophagus).
+    """
+
+    index: int
+    name: str
+    short: str
+    paper: str
+    tolerance_mm: float
+    z_range: bool = False
+
+
+FLARE22_ORGANS: tuple[Organ, ...] = (
+    Organ(1, "liver", "Liver", "Liver", 5.0),
+    Organ(2, "right_kidney", "RK", "RKidney", 3.0),
+    Organ(3, "spleen", "Spleen", "Spleen", 3.0),
+    Organ(4, "pancreas", "Pancreas", "Pancreas", 5.0),
+    Organ(5, "aorta", "Aorta", "Aorta", 2.0, z_range=True),
+    Organ(6, "inferior_vena_cava", "IVC", "IVC", 2.0, z_range=True),
+    Organ(7, "right_adrenal_gland", "RAG", "RAG", 2.0),
+    Organ(8, "left_adrenal_gland", "LAG", "LAG", 2.0),
+    Organ(9, "gallbladder", "Gallbladder", "Gallbladder", 2.0),
+    Organ(10, "esophagus", "Esophagus", "Esophagus", 3.0, z_range=True),
+    Organ(11, "stomach", "Stomach", "Stomach", 5.0),
+    Organ(12, "duodenum", "Duodenum", "Duodenum", 7.0),
+    Organ(13, "left_kidney", "LK", "LKidney", 3.0),
+)
+
+#: FLARE22's dataset.json label map, name -> index, background included.
+FLARE22_LABELS: dict[str, int] = {"background": 0, **{o.name: o.index for o in FLARE22_ORGANS}}
+
+#: Organ by label value.
+BY_INDEX: dict[int, Organ] = {o.index: o for o in FLARE22_ORGANS}
