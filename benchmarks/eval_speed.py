@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from selflabel.io import read_label
-from selflabel.metrics import FLARE22_ORGANS, NSD_MIN_DICE, score_case
+from selflabel.labels import FLARE22_ORGANS
+from selflabel.metrics import NSD_MIN_DICE, score_case
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator_example" / "flare13"
 
@@ -32,9 +33,9 @@ def flare_script(gt: np.ndarray, seg: np.ndarray, spacing) -> dict[str, tuple[fl
     for organ in FLARE22_ORGANS:
         i = organ.index
         if np.sum(gt == i) == 0 and np.sum(seg == i) == 0:
-            out[organ.name] = (1.0, 1.0)
+            out[organ.short] = (1.0, 1.0)
         elif np.sum(gt == i) == 0 or np.sum(seg == i) == 0:
-            out[organ.name] = (0.0, 0.0)
+            out[organ.short] = (0.0, 0.0)
         else:
             if organ.z_range:
                 z = np.where(gt == i)[2]
@@ -46,7 +47,7 @@ def flare_script(gt: np.ndarray, seg: np.ndarray, spacing) -> dict[str, tuple[fl
             if dsc >= NSD_MIN_DICE:
                 distances = sd.compute_surface_distances(g, s, spacing)
                 nsd = sd.compute_surface_dice_at_tolerance(distances, organ.tolerance_mm)
-            out[organ.name] = (float(dsc), float(nsd))
+            out[organ.short] = (float(dsc), float(nsd))
     return out
 
 

@@ -43,13 +43,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from selflabel.config import FLARE22_LABELS, config_to_dict, load_config
+from selflabel.checkpoints import ModelSpec, save_checkpoint
+from selflabel.config import config_to_dict, load_config
 from selflabel.inference import Predictor, predict_folder
 from selflabel.io import from_canonical, read_image, to_canonical, write_nifti
+from selflabel.labels import FLARE22_LABELS
 from selflabel.models import multiply_adds
-from selflabel.models.slicewise import resized_argmax, source_borders
 from selflabel.preprocess import normalize_intensity, prepare_image, resize_slices
-from selflabel.train import ModelSpec, save_checkpoint
+from selflabel.slicewise import resized_argmax, source_borders
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator_example" / "original"
 NUM_CLASSES = 14
@@ -117,7 +118,7 @@ def make_scan(path: Path, size: int, slices: int) -> Path:
 def make_run(folder: Path, batch_size: int, device: str) -> Path:
     """A run folder holding the published Swin-Unet at 224 with random weights (seed 0)."""
     cfg = load_config(overrides={"inference.batch_size": batch_size, "inference.device": device})
-    spec = ModelSpec.from_config(cfg, NUM_CLASSES)
+    spec = ModelSpec.from_config(cfg.model, cfg.preprocess.image_size, NUM_CLASSES)
     torch.manual_seed(0)
     model = spec.build()
     state = {"model": model.state_dict(), "model_spec": asdict(spec), "config": config_to_dict(cfg)}
@@ -131,9 +132,10 @@ def make_run(folder: Path, batch_size: int, device: str) -> Path:
 def selflabel_case(run: Path, inputs: Path, outputs: Path, amp: str, device: str) -> tuple[Timing, float]:
     """(time per case from read to written, wall seconds of the batch report) through `predict_folder`."""
     with Clock() as load:
-        Predictor.from_run(run, device)
+        Predictor.from_run(run, overrides={"inference.device": device})
     with Clock() as c:
-        report = predict_folder(run, inputs, outputs, overwrite=True, device=device, progress=False, amp=amp)
+        overrides = {"inference.device": device, "inference.amp": amp}
+        report = predict_folder(run, inputs, outputs, overwrite=True, progress=False, overrides=overrides)
     if report.failed:
         raise RuntimeError(report.failed)
     n = len(report.written)
@@ -167,7 +169,7 @@ def naive_case(model: torch.nn.Module, path: Path, out: Path, cfg) -> tuple[Timi
 def stages(predictor: Predictor, path: Path, out: Path) -> dict[str, Timing]:
     """selflabel's per-step time on one case (the steps of `Predictor.predict` and `predict_volume`, timed apart)."""
     from selflabel.io import canonical_axes
-    from selflabel.models.slicewise import slice_probabilities
+    from selflabel.slicewise import slice_probabilities
 
     s = predictor.settings
     times: dict[str, Timing] = {}
@@ -184,7 +186,7 @@ def stages(predictor: Predictor, path: Path, out: Path) -> dict[str, Timing]:
     tensor, _ = timed("preprocess (canonical, percentile z-score, resize)", lambda: prepare_image(image, preprocess))
     out_hw = canonical_axes(image.array.shape, image.affine)[1:]
     labels = np.empty((tensor.shape[0], *out_hw), dtype=np.uint8)
-    batches = slice_probabilities(predictor.model, tensor, 0, s.batch_size, s.amp, s.tta_flip)
+    batches = slice_probabilities(predictor.model, tensor, batch_size=s.batch_size, amp=s.amp, tta_flip=s.tta_flip)
     while True:
         item = timed("model + softmax", lambda: next(batches, None))
         if item is None:
@@ -230,9 +232,12 @@ def worker(args: argparse.Namespace) -> None:
     """One shard process: `predict_folder` on part `part_id`; prints the wall and CPU seconds of its work."""
     torch.set_num_threads(1)
     with Clock() as load:
-        Predictor.from_run(args.run, "cpu")
+        Predictor.from_run(args.run, overrides={"inference.device": "cpu"})
     with Clock() as c:
-        report = predict_folder(args.run, args.input, args.output, True, args.num_parts, args.part_id, "cpu", False)
+        report = predict_folder(
+            args.run, args.input, args.output, overwrite=True, num_parts=args.num_parts, part_id=args.part_id,
+            progress=False, overrides={"inference.device": "cpu"},
+        )  # fmt: skip
     work = c.timing - load.timing  # predict_folder loads the model once more: leave that out
     result = {"cases": len(report.written), "load": load.timing.wall, "wall": work.wall, "cpu": work.cpu}
     print(json.dumps(result))
@@ -366,7 +371,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="infer_speed_") as tmp:
         tmp = Path(tmp)
         run = make_run(tmp / "run", args.batch_size, args.device)
-        predictor = Predictor.from_run(run, args.device)
+        predictor = Predictor.from_run(run, overrides={"inference.device": args.device})
         cfg = predictor.config
         macs = multiply_adds(predictor.model, 1, IMAGE_SIZE)
         gflop_case = 2 * macs * args.slices / 1e9

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from selflabel.config import load_config
-from selflabel.distributed import keep_freed_memory
 from selflabel.models import build_model, count_parameters, multiply_adds
+from selflabel.runtime import tune_cpu_allocator
 
 
 @dataclass
@@ -135,7 +135,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu" and not args.default_malloc:
-        print(f"keep_freed_memory: {keep_freed_memory()}")  # as selflabel's commands do on a CPU
+        print(f"tune_cpu_allocator: {tune_cpu_allocator()}")  # as selflabel's commands do on a CPU
     dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
     size = 4096 if device.type == "cuda" else 1024
     peak = matmul_gflops(device, dtype, size, iters=20 if device.type == "cuda" else 10)

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selflabel.checkpoints import ModelSpec
 from selflabel.config import load_config
 from selflabel.data import SliceDataset, SliceSampler, Source, build_augmentation
 from selflabel.io import load_dataset
-from selflabel.models.slicewise import amp_dtype, autocast
+from selflabel.losses import DiceCELoss
 from selflabel.phantom import write_cohort
 from selflabel.preprocess import preprocess_cases
-from selflabel.train import DiceCELoss, ModelSpec
+from selflabel.runtime import amp_dtype, autocast
 
 
 def _sync(device: torch.device) -> None:
@@ -88,7 +89,9 @@ def main() -> None:
         names = tuple(c.name for c in dataset_info.training)
         augment = build_augmentation(cfg.augment)
         dataset = SliceDataset([Source(root / "cache", names)], cfg.preprocess.image_size, cfg.model.context, augment)
-        sampler = SliceSampler(dataset, batch, iterations, seed=0, foreground_fraction=cfg.train.foreground_fraction)
+        sampler = SliceSampler(
+            dataset, batch_size=batch, num_batches=iterations, seed=0, foreground_fraction=cfg.train.foreground_fraction
+        )
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=batch,
@@ -105,7 +108,7 @@ def main() -> None:
 
         def fresh():
             torch.manual_seed(0)
-            model = ModelSpec.from_config(cfg, 14).build().to(device)
+            model = ModelSpec.from_config(cfg.model, cfg.preprocess.image_size, 14).build().to(device)
             if cfg.train.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             model.train()

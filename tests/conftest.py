@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selflabel.config import FLARE22_LABELS
 from selflabel.io import write_dataset_json, write_nifti
+from selflabel.labels import FLARE22_LABELS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalsegmentator_example"
 

@@ -33,8 +33,8 @@ def test_rank_variables_without_a_rendezvous_give_one_clear_line(monkeypatch):
 
 HEAP_GROWTH = """
 import ctypes, sys
-from selflabel.distributed import keep_freed_memory
-if sys.argv[1] == "keep" and not keep_freed_memory():
+from selflabel.runtime import tune_cpu_allocator
+if sys.argv[1] == "keep" and not tune_cpu_allocator():
     print("unsupported"); sys.exit()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

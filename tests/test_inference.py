@@ -1,4 +1,4 @@
-"""selflabel.inference and selflabel.models.slicewise: geometry on a real CT in several orientations, resume,
+"""selflabel.inference and selflabel.slicewise: geometry on a real CT in several orientations, resume,
 sharding, a corrupt input among good ones, largest components and flip TTA."""
 
 from __future__ import annotations
@@ -13,15 +13,18 @@ import torch
 from nibabel.orientations import aff2axcodes, axcodes2ornt, io_orientation, ornt_transform
 
 from selflabel import inference
-from selflabel.config import FLARE22_LABELS, load_config
+from selflabel.batch import resolve_parts, shard
+from selflabel.checkpoints import ModelSpec
+from selflabel.config import load_config
 from selflabel.data import Source
 from selflabel.distributed import dist_info
 from selflabel.errors import SelflabelError
-from selflabel.inference import Predictor, largest_components, predict_folder, resolve_parts, shard
+from selflabel.inference import Predictor, largest_components, predict_folder
 from selflabel.io import Case, list_cases, load_dataset, read_image, write_nifti
-from selflabel.models.slicewise import predict_volume, resized_argmax, slice_probabilities
+from selflabel.labels import FLARE22_LABELS
 from selflabel.preprocess import preprocess_cases, resize_slices
-from selflabel.train import ModelSpec, train_model
+from selflabel.slicewise import predict_volume, resized_argmax, slice_probabilities
+from selflabel.train import train_model
 from tests.conftest import blob_case, make_dataset, run_cli, torchrun_cli
 from tests.test_train import TINY
 
@@ -48,7 +51,9 @@ def train_tiny_run(folder: Path) -> Path:
     preprocess_cases(load_dataset(root).training, cache, cfg.preprocess, workers=1, progress=False)
     run = folder / "run"
     sources = [Source(cache, ("FLARE22_Tr_0001",))]
-    train_model(cfg, run, sources, ["FLARE22_Tr_0002"], cache, FLARE22_LABELS, progress=False)
+    train_model(
+        cfg, run, sources=sources, val_cases=["FLARE22_Tr_0002"], val_cache=cache, labels=FLARE22_LABELS, progress=False
+    )
     return run
 
 
@@ -139,7 +144,7 @@ def test_label_oracle_comes_back_as_the_label_in_every_orientation(oracle_scans,
     folder, labels = oracle_scans
     predictor = lookup_predictor(14, 25.5, 101)  # label * 10 HU -> x = label * 10 / 255 -> label
     monkeypatch.setattr(inference.Predictor, "from_run", lambda *args, **kwargs: predictor)
-    report = predict_folder("unused", folder, tmp_path, device="cpu", progress=False)
+    report = predict_folder("unused", folder, tmp_path, progress=False)
     assert len(report.written) == len(ORIENTATIONS) and not report.failed
     # The model is shown axial slices, canonical (S, P, L): for the RAS file (x, y, z) that is array[z, y, x]
     # with y running anterior -> posterior and x right -> left, i.e. both in-plane axes reversed.

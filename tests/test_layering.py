@@ -1,7 +1,8 @@
-"""Imports go one way: io -> preprocess -> data -> models -> train -> inference -> pseudolabel -> pipeline -> cli.
+"""Imports go one way: io -> preprocess -> data -> models -> slicewise/checkpoints -> train -> inference ->
+pseudolabel -> pipeline -> cli.
 
-`metrics`, `evaluate`, `efficiency` and `report` sit beside the chain: anything may use them, and they use only
-the foundation (errors, atomic, config, io) and each other.
+`metrics`, `evaluate`, `efficiency`, `training_log` and `report` sit beside the chain: anything may use them, and
+they use only the foundation (errors, atomic, labels, config, distributed, runtime, io, batch) and each other.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "selflabel"
 
 CHAIN = [
-    {"errors", "atomic", "config", "distributed"},
-    {"io"},
+    {"errors", "atomic", "labels", "config", "distributed", "runtime"},
+    {"io", "batch"},
     {"preprocess", "phantom"},
     {"data"},
-    {"models"},
+    {"models", "losses"},
+    {"slicewise", "checkpoints"},
     {"train"},
     {"inference"},
     {"pseudolabel"},
     {"pipeline"},
     {"cli"},
 ]
-SIDE = {"metrics", "evaluate", "efficiency", "report"}
+SIDE = {"metrics", "evaluate", "efficiency", "training_log", "report"}
 FOUNDATION = CHAIN[0] | CHAIN[1]
 
 

@@ -12,6 +12,7 @@ from selflabel.config import PreprocessConfig, load_config
 from selflabel.io import load_dataset, read_image, write_nifti
 from selflabel.preprocess import (
     CacheEntry,
+    cache_size,
     is_cached,
     normalize_intensity,
     prepare_image,
@@ -61,7 +62,7 @@ def test_cache_is_small_memory_mappable_and_canonical(tiny_dataset, tmp_path):
     assert meta["foreground_slices"] == list(range(2, 10))  # the organs span z = 2..9 in the fixture
     assert set(meta["label_values"]) == {0, 1, 3}
     assert not CacheEntry(tmp_path / "c", "FLARETs_0001").seg.exists()  # test labels are never trained on
-    assert report.bytes == sum(p.stat().st_size for p in (tmp_path / "c").iterdir())
+    assert cache_size(tmp_path / "c") == sum(p.stat().st_size for p in (tmp_path / "c").iterdir())
 
 
 def test_cache_scales_to_flare_sizes(tmp_path):
@@ -70,8 +71,8 @@ def test_cache_scales_to_flare_sizes(tmp_path):
     path = write_nifti(tmp_path / "big_0000.nii.gz", rng.integers(-1000, 1000, (512, 512, 100), dtype=np.int16))
     from selflabel.io import Case
 
-    report = preprocess_cases([Case("big", path)], tmp_path / "c", PreprocessConfig(), progress=False)
-    assert 9.5e6 < report.bytes < 10.5e6
+    preprocess_cases([Case("big", path)], tmp_path / "c", PreprocessConfig(), progress=False)
+    assert 9.5e6 < cache_size(tmp_path / "c") < 10.5e6
 
 
 def test_up_to_date_cases_are_skipped_and_changes_recached(tiny_dataset, tmp_path):

@@ -8,7 +8,6 @@ import csv
 import json
 import math
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -16,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from selflabel.config import FLARE22_LABELS, PseudoLabelConfig
+from selflabel.config import PseudoLabelConfig
 from selflabel.inference import Predictor
 from selflabel.io import list_cases, to_canonical
+from selflabel.labels import FLARE22_LABELS
 from selflabel.pseudolabel import (
     STAT_FIELDS,
     changed_fraction,
@@ -134,9 +134,11 @@ def test_oracle_pseudolabels_on_the_real_ct(real_ct, tmp_path):
         nib.save(image, folder / f"{name}_0000.nii.gz")
         labels[name] = lab
     predictor = lookup_predictor(14, 25.5, 101, sharpness=5.0)
-    predictor.config = replace(predictor.config, pseudolabel=PseudoLabelConfig(confidence_tau=0.9))
+    predictor = predictor.with_overrides({"pseudolabel.confidence_tau": 0.9})
     out = tmp_path / "out"
-    report, selection = pseudolabel_cases(predictor, list_cases(folder), tmp_path / "cache", out, progress=False)
+    report, selection = pseudolabel_cases(
+        predictor, list_cases(folder), cache_dir=tmp_path / "cache", out_dir=out, progress=False
+    )
     assert sorted(report.written) == sorted(labels) and not report.failed
     assert selection.kept == sorted(labels)
     organ_conf = {c: _lookup_softmax(c)[c] for c in range(1, 14)}
@@ -189,7 +191,7 @@ def test_pseudolabel_command_end_to_end(tiny_run, tmp_path, capsys):
     assert "3 written, 0 skipped, 0 failed" in out and "3 case(s) selected, 0 dropped" in out
 
     # Voxel confidences at the model grid, to choose a tau that splits them (a float16 number, as they are stored).
-    predictor = Predictor.from_run(tiny_run, "cpu")
+    predictor = Predictor.from_run(tiny_run, overrides={"inference.device": "cpu"})
     names = [p.name.removesuffix("_0000.nii.gz") for p in scans]
     plain, conf = {}, {}
     for name in names:

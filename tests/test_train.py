@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from selflabel.config import FLARE22_LABELS, load_config
+from selflabel.checkpoints import load_checkpoint
+from selflabel.config import load_config
 from selflabel.data import Source
 from selflabel.io import Case, load_dataset
+from selflabel.labels import FLARE22_LABELS
+from selflabel.losses import DiceCELoss
 from selflabel.preprocess import preprocess_cases
-from selflabel.train import DiceCELoss, is_improvement, load_checkpoint, poly_lr, selection_score, train_model
+from selflabel.train import is_improvement, poly_lr, selection_score, train_model
 from tests.conftest import torchrun_cli
 
 TINY = {
@@ -90,8 +93,9 @@ def tiny_cache(tmp_path_factory):
 def _run(cfg, run_dir, cache, stop_after=None):
     sources = [Source(cache, ("FLARE22_Tr_0001", "FLARE22_Tr_0002"))]
     return train_model(
-        cfg, run_dir, sources, ["FLARE22_Tr_0003"], cache, FLARE22_LABELS, progress=False, stop_after=stop_after
-    )
+        cfg, run_dir, sources=sources, val_cases=["FLARE22_Tr_0003"], val_cache=cache, labels=FLARE22_LABELS,
+        progress=False, stop_after=stop_after,
+    )  # fmt: skip
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -203,7 +207,10 @@ def test_overfits_the_real_ct(real_ct, tmp_path):
     )
     cache = tmp_path / "cache"
     preprocess_cases([Case("ct", real_ct["image"], real_ct["label"])], cache, cfg.preprocess, progress=False)
-    train_model(cfg, tmp_path / "run", [Source(cache, ("ct",))], ["ct"], cache, FLARE22_LABELS, progress=False)
+    sources = [Source(cache, ("ct",))]
+    train_model(
+        cfg, tmp_path / "run", sources=sources, val_cases=["ct"], val_cache=cache, labels=FLARE22_LABELS, progress=False
+    )
     organs = json.loads((tmp_path / "run" / "log_epochs.jsonl").read_text().splitlines()[-1])["organs"]
     for organ in ("Liver", "Spleen", "RK", "LK"):
         assert organs[organ]["dsc"] > 0.9, (organ, organs[organ])

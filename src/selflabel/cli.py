@@ -51,13 +51,16 @@ def parse_sets(values: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave (those not None), as dotted config overrides."""
+    return {key: value for key, value in options.items() if value is not None}
+
+
 def build_config(preset: str, config: Path | None, sets: list[str] | None, **options: Any):
     """Preset, then YAML, then --set, then the command's own options (those not None)."""
     from selflabel.config import load_config
 
-    overrides = parse_sets(sets)
-    overrides.update({key: value for key, value in options.items() if value is not None})
-    return load_config(preset, config, overrides)
+    return load_config(preset, config, {**parse_sets(sets), **_given(options)})
 
 
 # ---- commands (each: parse, call one library function) ----
@@ -170,7 +173,9 @@ PartOption = Annotated[int | None, typer.Option(help="Which part this process do
 BatchOption = Annotated[int | None, typer.Option(help="Slices per forward pass (inference.batch_size).")]
 TtaOption = Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average over in-plane flips.")]
 LccOption = Annotated[bool | None, typer.Option("--lcc/--no-lcc", help="Keep each organ's largest component.")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DeviceOption = Annotated[
+    str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: the run's inference.device).")
+]
 
 
 @app.command()
@@ -184,7 +189,7 @@ def predict(
     batch_size: BatchOption = None,
     tta: TtaOption = None,
     lcc: LccOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = None,
     profile: Annotated[
         Path | None, typer.Option(help="Write FLARE's efficiency record (JSON + PNG) into this folder.")
     ] = None,
@@ -193,10 +198,15 @@ def predict(
     """Segment every scan of a folder; NIfTI out with the input's geometry; resumable and sharded."""
     from selflabel.inference import predict_folder
 
+    overrides = _given(
+        {"inference.batch_size": batch_size, "inference.tta_flip": tta, "inference.largest_component": lcc,
+         "inference.device": device}
+    )  # fmt: skip
+
     def run():
         return predict_folder(
-            model, input_dir, output_dir, overwrite, num_parts, part_id, device, not quiet,
-            batch_size=batch_size, tta_flip=tta, largest_component=lcc,
+            model, input_dir, output_dir, overwrite=overwrite, num_parts=num_parts, part_id=part_id,
+            progress=not quiet, overrides=overrides,
         )  # fmt: skip
 
     if profile is None:
@@ -231,17 +241,20 @@ def pseudolabel(
     part_id: PartOption = None,
     batch_size: BatchOption = None,
     tta: TtaOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Pseudo-label unlabelled scans with a trained model; confidence table and case selection included."""
     from selflabel.pseudolabel import pseudolabel_folder
 
-    options = {"confidence_tau": tau, "drop_least_confident": drop_least_confident}
-    options["drop_most_changed"] = drop_most_changed
+    overrides = _given(
+        {"pseudolabel.confidence_tau": tau, "pseudolabel.drop_least_confident": drop_least_confident,
+         "pseudolabel.drop_most_changed": drop_most_changed, "inference.batch_size": batch_size,
+         "inference.tta_flip": tta, "inference.device": device}
+    )  # fmt: skip
     report, selection = pseudolabel_folder(
-        model, input_dir, output_dir, cache, previous, device, overwrite, num_parts, part_id, not quiet,
-        pseudolabel=options, batch_size=batch_size, tta_flip=tta,
+        model, input_dir, output_dir, cache_dir=cache, previous_dir=previous, overwrite=overwrite,
+        num_parts=num_parts, part_id=part_id, progress=not quiet, overrides=overrides,
     )  # fmt: skip
     typer.echo(f"{output_dir}: {report.summary()}")
     if selection is not None:
@@ -257,11 +270,14 @@ def evaluate(
         Path, typer.Option("--out", help="CSV to write (FLARE's columns); a _summary.json goes beside.")
     ] = Path("metrics.csv"),
     workers: Annotated[int | None, typer.Option(help="Parallel processes (default: CPU count, at most 4).")] = None,
+    nsd_min_dice: Annotated[
+        float, typer.Option(help="NSD is 0 below this DSC (FLARE's later rule); 0 reproduces FLARE22's own script.")
+    ] = 0.2,
 ) -> None:
     """Score predictions against ground truth with FLARE22's DSC and NSD; one CSV row per case and a summary."""
     from selflabel.evaluate import evaluate_folders, format_summary
 
-    result = evaluate_folders(pred, gt, out, workers=workers)
+    result = evaluate_folders(pred, gt, out, workers=workers, nsd_min_dice=nsd_min_dice)
     typer.echo(format_summary(result))
 
 
@@ -311,7 +327,7 @@ def train(
     quiet: QuietOption = False,
 ) -> None:
     """Train a model on the labelled cases (works under torchrun for several GPUs or machines)."""
-    from selflabel.train import train_on_dataset
+    from selflabel.pipeline import train_on_dataset
 
     cfg = build_config(
         preset,
@@ -325,7 +341,7 @@ def train(
             "train.device": device,
         },
     )
-    result = train_on_dataset(data_dir, out, cfg, cache, split, progress=not quiet)
+    result = train_on_dataset(data_dir, out, cfg, cache_dir=cache, split_file=split, progress=not quiet)
     typer.echo(f"{out}: trained {result.epochs} epochs in {result.seconds:.0f} s; best epoch {result.best_epoch}")
 
 
@@ -339,12 +355,13 @@ def preprocess(
     workers: Annotated[int | None, typer.Option(help="Parallel processes (default: all cores).")] = None,
 ) -> None:
     """Normalise and resize every case into a memory-mappable cache, skipping cases already up to date."""
-    from selflabel.preprocess import preprocess_dataset, raise_if_failed
+    from selflabel.preprocess import cache_size, preprocess_dataset
 
     cfg = build_config(preset, config, sets)
     report = preprocess_dataset(data_dir, cache_dir, cfg.preprocess, workers=workers)
-    typer.echo(f"{cache_dir}: {report.summary()}")
-    raise_if_failed(report)
+    summary = report.summary(written="cached", skipped="up to date")
+    typer.echo(f"{cache_dir}: {summary}; cache size {cache_size(cache_dir) / 1e6:.1f} MB")
+    report.raise_if_failed()
 
 
 def main() -> None:

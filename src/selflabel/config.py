@@ -1,9 +1,11 @@
-"""The one typed configuration of selflabel; defaults are the seed paper's settings (Zhu and Tian, FLARE 2022).
+"""The one typed configuration of selflabel; defaults are the paper's settings (Zhu and Tian, FLARE 2022).
 
 A `Config` is a tree of frozen dataclasses. Build one with `load_config(preset, yaml_path, overrides)`:
 a named preset (`paper`, the default, or `cpu`), then a YAML file, then dotted overrides such as
 `{"train.epochs": 5}`. Unknown keys and ill-typed values raise `ConfigError` naming the key.
-Every stage saves the resolved config beside its outputs (`save_config`).
+Every change of settings, by a user or by a stage (a student's epochs, a predictor's device), goes through
+`apply_overrides`, which validates the result. Training runs and the pipeline save the resolved config beside their
+outputs (`save_config`).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The seed's "random rotation and flip", with the Swin-Unet code's probabilities.
+    """The paper's "random rotation and flip", with the Swin-Unet code's probabilities.
 
     rot90_flip_prob: probability of a random multiple-of-90-degree rotation followed by a random axis flip.
     rotate_prob: probability of a rotation by a uniform angle in [-rotate_degrees, rotate_degrees].
@@ -150,16 +152,14 @@ class PseudoLabelConfig:
     low_confidence_tau: threshold used only for the per-case "fraction of uncertain foreground" statistic.
     drop_least_confident: fraction of cases with the lowest mean confidence left out of student training.
     drop_most_changed: fraction of cases whose labels changed most between rounds left out (rounds >= 2).
-    tta_flip, largest_component: make pseudo-labels with flip TTA / keep each organ's largest component (on top of
-        the `inference` settings, which also apply).
+
+    The teacher predicts with the `inference` settings (flip TTA, largest component), as every prediction does.
     """
 
     confidence_tau: float = 0.0
     low_confidence_tau: float = 0.9
     drop_least_confident: float = 0.0
     drop_most_changed: float = 0.0
-    tta_flip: bool = False
-    largest_component: bool = False
 
 
 @dataclass(frozen=True)

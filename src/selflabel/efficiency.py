@@ -28,8 +28,6 @@ case alone in a temporary input folder, as FLARE's harness (resource_eval.py) co
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import math
 import shutil
@@ -45,8 +43,9 @@ from typing import Any
 
 import psutil
 
-from selflabel.atomic import atomic_path, atomic_write_text
+from selflabel.atomic import atomic_path, atomic_write_csv, atomic_write_text
 from selflabel.errors import InputError, SelflabelError
+from selflabel.io import case_files
 
 __all__ = [
     "GPU_TOLERANCE_MB",
@@ -391,14 +390,7 @@ def _run_measured(command: list[str], interval: float, gpu_index: int, **meta: A
 
 
 def _case_groups(folder: Path, file_ending: str) -> dict[str, list[Path]]:
-    from selflabel.io import case_name
-
-    if not folder.is_dir():
-        raise InputError(folder, "input folder not found")
-    groups: dict[str, list[Path]] = {}
-    for path in sorted(folder.glob(f"*{file_ending}")):
-        if not path.name.startswith("."):
-            groups.setdefault(case_name(path, file_ending), []).append(path)
+    groups = case_files(folder, file_ending)
     if not groups:
         raise InputError(folder, f"no cases ending in {file_ending}")
     return groups
@@ -453,11 +445,7 @@ def profile_command(
             result.save(out_dir / f"{name}.json", out_dir / f"{name}.png")
             results.append(result)
             rows.append(_csv_row(name + file_ending, result))
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(rows)
-        atomic_write_text(out_dir / "efficiency.csv", buffer.getvalue())
+        atomic_write_csv(out_dir / "efficiency.csv", CSV_COLUMNS, rows)
     failed = [f"{n} (exit {r.meta['exit_code']})" for n, r in zip(names, results, strict=True) if r.meta["exit_code"]]
     if failed:
         raise SelflabelError(f"the command failed for {', '.join(failed)}; records in {out_dir}")

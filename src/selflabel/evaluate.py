@@ -14,8 +14,6 @@ written beside the CSV as ``<csv stem>_summary.json``.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import multiprocessing
@@ -25,12 +23,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from selflabel.atomic import atomic_write_text
+from selflabel.atomic import atomic_write_csv, atomic_write_text
 from selflabel.errors import InputError, SelflabelError
-from selflabel.io import Volume, case_name, read_label
-from selflabel.metrics import FLARE22_ORGANS, NSD_MIN_DICE, CaseScores, ScoreSummary, score_case, summarize
+from selflabel.io import case_name, check_same_grid, read_label, single_files
+from selflabel.labels import FLARE22_ORGANS
+from selflabel.metrics import NSD_MIN_DICE, CaseScores, ScoreSummary, score_case, summarize
 
 __all__ = [
     "CaseResult",
@@ -45,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 CSV_COLUMNS: tuple[str, ...] = (
     "Name",
-    *(f"{o.name}_DSC" for o in FLARE22_ORGANS),
-    *(f"{o.name}_NSD" for o in FLARE22_ORGANS),
+    *(f"{o.short}_DSC" for o in FLARE22_ORGANS),
+    *(f"{o.short}_NSD" for o in FLARE22_ORGANS),
 )
 
 
@@ -77,13 +74,6 @@ def summary_path(out_csv: str | Path) -> Path:
     return out_csv.with_name(out_csv.name.removesuffix(".csv") + "_summary.json")
 
 
-def _check_same_grid(gt: Volume, pred: Volume, atol_mm: float = 1e-3) -> None:
-    if pred.array.shape != gt.array.shape:
-        raise InputError(pred.path, f"shape {pred.array.shape} differs from the ground truth's {gt.array.shape}")
-    if not np.allclose(pred.affine, gt.affine, atol=atol_mm, rtol=1e-5):
-        raise InputError(pred.path, "affine (orientation/spacing/origin) differs from the ground truth's")
-
-
 def score_files(pred_path: str | Path, gt_path: str | Path, nsd_min_dice: float = NSD_MIN_DICE) -> CaseScores:
     """FLARE22 scores (unrounded) of one prediction file against its ground-truth file.
 
@@ -92,7 +82,7 @@ def score_files(pred_path: str | Path, gt_path: str | Path, nsd_min_dice: float 
     """
     gt = read_label(gt_path)
     pred = read_label(pred_path)
-    _check_same_grid(gt, pred)
+    check_same_grid(gt, pred, "the ground truth's")
     return score_case(pred.array, gt.array, gt.spacing, axial_axis=gt.axial_axis, nsd_min_dice=nsd_min_dice)
 
 
@@ -105,28 +95,9 @@ def _score_job(job: tuple[Path, Path, float]) -> tuple[str, object]:
         return "error", (str(exc.path), exc.problem)
 
 
-def _label_files(folder: Path, file_ending: str, what: str) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise InputError(folder, f"{what} folder not found")
-    files: dict[str, Path] = {}
-    for path in sorted(folder.glob(f"*{file_ending}")):
-        if path.name.startswith("."):
-            continue
-        name = case_name(path, file_ending)
-        if name in files:
-            raise InputError(path, f"maps to the same case {name!r} as {files[name].name}")
-        files[name] = path
-    return files
-
-
 def _write_csv(path: Path, cases: Sequence[CaseResult]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for case in cases:
-        row = case.scores.row()
-        writer.writerow([case.name, *(repr(float(row[c])) for c in CSV_COLUMNS[1:])])
-    atomic_write_text(path, buffer.getvalue())
+    rows = ([case.name, *(repr(float(case.scores.row()[c])) for c in CSV_COLUMNS[1:])] for case in cases)
+    atomic_write_csv(path, CSV_COLUMNS, rows)
 
 
 def evaluate_folders(
@@ -157,8 +128,8 @@ def evaluate_folders(
         workers = min(4, os.cpu_count() or 1)
     if workers < 1:
         raise SelflabelError(f"--workers must be at least 1, got {workers}")
-    gts = _label_files(gt_dir, file_ending, "ground-truth")
-    preds = _label_files(pred_dir, file_ending, "prediction")
+    gts = single_files(gt_dir, file_ending, "ground-truth")
+    preds = single_files(pred_dir, file_ending, "prediction")
     if not gts:
         raise InputError(gt_dir, f"no ground-truth files ending in {file_ending}")
     missing = [name for name in gts if name not in preds]

@@ -14,7 +14,7 @@ grid (found here with a k-d tree, see `_near`). A surfel counts when its distanc
 
 FLARE22 rules (JunMa11/FLARE, FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py), applied by `score_organ`/`score_case`:
 
-* tolerance per organ in mm (see `FLARE22_ORGANS`);
+* tolerance per organ in mm (`selflabel.labels.FLARE22_ORGANS`);
 * both masks empty -> DSC = NSD = 1; exactly one empty -> DSC = NSD = 0;
 * aorta, IVC and esophagus are scored only on the axial slices from the ground truth's lowest labelled slice up to,
   but not including, its highest (FLARE slices ``[z_lower:z_upper]``, end-exclusive). When the organ sits on a single
@@ -42,11 +42,11 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from selflabel.labels import FLARE22_ORGANS, Organ
+
 __all__ = [
-    "FLARE22_ORGANS",
     "NSD_MIN_DICE",
     "CaseScores",
-    "Organ",
     "OrganSummary",
     "ScoreSummary",
     "dice",
@@ -57,33 +57,6 @@ __all__ = [
 ]
 
 NSD_MIN_DICE = 0.2
-
-
-@dataclass(frozen=True)
-class Organ:
-    """One FLARE22 target: label index, FLARE CSV short name, NSD tolerance (mm), z-range rule."""
-
-    index: int
-    name: str
-    tolerance_mm: float
-    z_range: bool = False
-
-
-FLARE22_ORGANS: tuple[Organ, ...] = (
-    Organ(1, "Liver", 5.0),
-    Organ(2, "RK", 3.0),
-    Organ(3, "Spleen", 3.0),
-    Organ(4, "Pancreas", 5.0),
-    Organ(5, "Aorta", 2.0, z_range=True),
-    Organ(6, "IVC", 2.0, z_range=True),
-    Organ(7, "RAG", 2.0),
-    Organ(8, "LAG", 2.0),
-    Organ(9, "Gallbladder", 2.0),
-    Organ(10, "Esophagus", 3.0, z_range=True),
-    Organ(11, "Stomach", 5.0),
-    Organ(12, "Duodenum", 7.0),
-    Organ(13, "LK", 3.0),
-)
 
 
 # ---- checks ----
@@ -275,8 +248,8 @@ def _score_in_box(
 def _score_boxes(
     pred_labels: np.ndarray,
     gt_labels: np.ndarray,
-    pred_value: int | bool,
-    gt_value: int | bool,
+    *,
+    value: int | bool,
     pred_box: Box | None,
     gt_box: Box | None,
     spacing: tuple[float, float, float],
@@ -286,6 +259,7 @@ def _score_boxes(
     crop: bool,
     nsd_min_dice: float,
 ) -> tuple[float, float]:
+    """FLARE's (DSC, NSD) of the voxels equal to `value`, given each mask's bounding box (None when empty)."""
     if gt_box is None and pred_box is None:
         return 1.0, 1.0
     if gt_box is None or pred_box is None:
@@ -296,7 +270,7 @@ def _score_boxes(
         axial = box[axial_axis]
         box[axial_axis] = slice(max(axial.start, slab.start), min(axial.stop, slab.stop))
     box = tuple(box)
-    pred, gt = pred_labels[box] == pred_value, gt_labels[box] == gt_value
+    pred, gt = pred_labels[box] == value, gt_labels[box] == value
     return _score_in_box(pred, gt, spacing, tolerance_mm, nsd_min_dice)
 
 
@@ -325,8 +299,9 @@ def score_organ(
     spacing = _check_pair(pred, gt, spacing)
     pred, gt = pred.astype(bool, copy=False), gt.astype(bool, copy=False)
     return _score_boxes(
-        pred, gt, True, True, _bbox(pred), _bbox(gt), spacing, tolerance_mm, z_range, axial_axis, True, nsd_min_dice
-    )
+        pred, gt, value=True, pred_box=_bbox(pred), gt_box=_bbox(gt), spacing=spacing, tolerance_mm=tolerance_mm,
+        z_range=z_range, axial_axis=axial_axis, crop=True, nsd_min_dice=nsd_min_dice,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -359,7 +334,7 @@ class CaseScores:
     @classmethod
     def zeros(cls, organs: Sequence[Organ] = FLARE22_ORGANS) -> CaseScores:
         """Scores of a case with no prediction: 0 for every organ."""
-        return cls({o.name: 0.0 for o in organs}, {o.name: 0.0 for o in organs})
+        return cls({o.short: 0.0 for o in organs}, {o.short: 0.0 for o in organs})
 
 
 def score_case(
@@ -404,20 +379,11 @@ def score_case(
     nsd: dict[str, float] = {}
     for organ in organs:
         i = organ.index
-        dsc[organ.name], nsd[organ.name] = _score_boxes(
-            pred_labels,
-            gt_labels,
-            i,
-            i,
-            pred_boxes[i - 1],
-            gt_boxes[i - 1],
-            spacing,
-            organ.tolerance_mm,
-            organ.z_range,
-            axial_axis,
-            crop,
-            nsd_min_dice,
-        )
+        dsc[organ.short], nsd[organ.short] = _score_boxes(
+            pred_labels, gt_labels, value=i, pred_box=pred_boxes[i - 1], gt_box=gt_boxes[i - 1], spacing=spacing,
+            tolerance_mm=organ.tolerance_mm, z_range=organ.z_range, axial_axis=axial_axis, crop=crop,
+            nsd_min_dice=nsd_min_dice,
+        )  # fmt: skip
     return CaseScores(dsc, nsd)
 
 

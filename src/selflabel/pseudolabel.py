@@ -12,11 +12,9 @@ kept cases and why others were dropped.
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +22,14 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from selflabel.atomic import atomic_path, atomic_write_json, atomic_write_text
-from selflabel.config import PseudoLabelConfig
-from selflabel.data import IGNORE_INDEX
+from selflabel.atomic import atomic_path, atomic_write_csv, atomic_write_json
+from selflabel.batch import BatchReport, resolve_parts, run_cases, shard
+from selflabel.config import PseudoLabelConfig, save_config
 from selflabel.distributed import barrier, dist_info, init_distributed
 from selflabel.errors import InputError, SelflabelError
-from selflabel.inference import BatchReport, Predictor, output_name, resolve_parts, run_cases, shard
+from selflabel.inference import Predictor, output_name
 from selflabel.io import Case, Volume, from_canonical, list_cases, write_nifti
+from selflabel.labels import IGNORE_INDEX
 from selflabel.preprocess import CacheEntry, preprocess_cases
 
 STAT_FIELDS = ["case", "mean_confidence", "mean_entropy", "uncertain_fraction", "foreground_fraction", "changed"]
@@ -109,13 +108,7 @@ class PseudoLabeller:
     """Writes pseudo-labels of cached cases with `predictor` into `out_dir`."""
 
     def __init__(self, predictor: Predictor, cache_dir: Path, out_dir: Path, previous_dir: Path | None = None):
-        cfg = predictor.config
-        inference = replace(
-            cfg.inference,
-            tta_flip=cfg.inference.tta_flip or cfg.pseudolabel.tta_flip,
-            largest_component=cfg.inference.largest_component or cfg.pseudolabel.largest_component,
-        )
-        self.predictor = replace(predictor, config=replace(cfg, inference=inference))
+        self.predictor = predictor
         self.cache_dir = Path(cache_dir)
         self.out_dir = Path(out_dir)
         self.train_dir = self.out_dir / "train"
@@ -197,13 +190,13 @@ def write_table(out_dir: str | Path, cfg: PseudoLabelConfig) -> Selection:
         raise SelflabelError(f"{out_dir}: no pseudo-labels to summarise")
     organs = list(stats[0]["volumes_ml"])
     selection = select_cases(stats, cfg)
-    buffer = _io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow([*STAT_FIELDS, "selected", *[f"{o}_ml" for o in organs]])
-    for row in stats:
-        values = [row["case"]] + [_fmt(row.get(k)) for k in STAT_FIELDS[1:]]
-        writer.writerow([*values, int(row["case"] in selection.kept), *[f"{row['volumes_ml'][o]:.2f}" for o in organs]])
-    atomic_write_text(out_dir / "pseudolabels.csv", buffer.getvalue())
+    header = [*STAT_FIELDS, "selected", *[f"{o}_ml" for o in organs]]
+    rows = (
+        [row["case"], *[_fmt(row.get(k)) for k in STAT_FIELDS[1:]], int(row["case"] in selection.kept),
+         *[f"{row['volumes_ml'][o]:.2f}" for o in organs]]
+        for row in stats
+    )  # fmt: skip
+    atomic_write_csv(out_dir / "pseudolabels.csv", header, rows)
     atomic_write_json(out_dir / "selected.json", {"kept": selection.kept, "dropped": selection.dropped})
     return selection
 
@@ -215,6 +208,7 @@ def _fmt(value: Any) -> str:
 def pseudolabel_cases(
     predictor: Predictor,
     cases: Sequence[Case],
+    *,
     cache_dir: str | Path,
     out_dir: str | Path,
     previous_dir: str | Path | None = None,
@@ -223,7 +217,7 @@ def pseudolabel_cases(
     part_id: int | None = None,
     progress: bool = True,
 ) -> tuple[BatchReport, Selection | None]:
-    """Cache (if needed) and pseudo-label `cases`; rank 0 then writes the table and the selection.
+    """Cache (if needed) and pseudo-label `cases`; rank 0 then writes the table, the selection and config.yaml.
 
     Sharded by `num_parts`/`part_id` or by torchrun rank; finished cases are skipped unless `overwrite`.
     """
@@ -233,12 +227,14 @@ def pseudolabel_cases(
     mine = shard(cases, parts, part)
     cached = preprocess_cases(mine, cache_dir, predictor.config.preprocess, progress=progress)
     labeller = PseudoLabeller(predictor, Path(cache_dir), Path(out_dir), Path(previous_dir) if previous_dir else None)
+    if info.is_main:
+        save_config(predictor.config, Path(out_dir) / "config.yaml")
 
     def done(case: Case) -> bool:
         return not overwrite and labeller.is_done(case)
 
     readable = [case for case in mine if case.name not in cached.failed]  # a bad scan must not stop the others
-    report = run_cases(readable, done, labeller.label, "pseudo-label", progress)
+    report = run_cases(readable, is_done=done, work=labeller.label, desc="pseudo-label", progress=progress)
     report.failed.update(cached.failed)
     barrier(info)
     selection = None
@@ -251,21 +247,22 @@ def pseudolabel_folder(
     run_dir: str | Path,
     input_dir: str | Path,
     out_dir: str | Path,
+    *,
     cache_dir: str | Path | None = None,
     previous_dir: str | Path | None = None,
-    device: str = "auto",
     overwrite: bool = False,
     num_parts: int | None = None,
     part_id: int | None = None,
     progress: bool = True,
-    pseudolabel: dict[str, Any] | None = None,
-    **inference: Any,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[BatchReport, Selection | None]:
-    """`selflabel pseudolabel`: pseudo-label every scan of a folder (``<case>_0000.nii.gz`` or ``<case>.nii.gz``)."""
-    predictor = Predictor.from_run(run_dir, device, **inference)
-    if pseudolabel:
-        changes = {k: v for k, v in pseudolabel.items() if v is not None}
-        predictor.config = replace(predictor.config, pseudolabel=replace(predictor.config.pseudolabel, **changes))
+    """`selflabel pseudolabel`: pseudo-label every scan of a folder (``<case>_0000.nii.gz`` or ``<case>.nii.gz``).
+
+    `overrides` change the run's saved settings (dotted keys, e.g. ``{"pseudolabel.confidence_tau": 0.9}``).
+    """
+    predictor = Predictor.from_run(run_dir, overrides=overrides)
     cache = Path(cache_dir) if cache_dir else Path(out_dir) / "cache"
-    cases = list_cases(input_dir)
-    return pseudolabel_cases(predictor, cases, cache, out_dir, previous_dir, overwrite, num_parts, part_id, progress)
+    return pseudolabel_cases(
+        predictor, list_cases(input_dir), cache_dir=cache, out_dir=out_dir, previous_dir=previous_dir,
+        overwrite=overwrite, num_parts=num_parts, part_id=part_id, progress=progress,
+    )  # fmt: skip

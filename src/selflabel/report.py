@@ -22,24 +22,12 @@ from typing import Any
 import numpy as np
 
 from selflabel.atomic import atomic_path, atomic_write_json, atomic_write_text
-from selflabel.io import read_image, read_label, to_canonical
+from selflabel.io import canonical_axes, read_image, read_label, to_canonical
+from selflabel.labels import FLARE22_ORGANS
+from selflabel.training_log import read_epochs, read_iterations
 
-#: The paper's column names for FLARE's organ short names, in the paper's order (Tables 4 and 5).
-PAPER_COLUMNS: dict[str, str] = {
-    "Liver": "Liver",
-    "RK": "RKidney",
-    "Spleen": "Spleen",
-    "Pancreas": "Pancreas",
-    "Aorta": "Aorta",
-    "IVC": "IVC",
-    "RAG": "RAG",
-    "LAG": "LAG",
-    "Gallbladder": "Gallbladder",
-    "Esophagus": "Esophagus",
-    "Stomach": "Stomach",
-    "Duodenum": "Duodenum",
-    "LK": "LKidney",
-}
+#: FLARE's organ short name -> the paper's column name, in the paper's order (Tables 4 and 5).
+PAPER_COLUMNS: dict[str, str] = {o.short: o.paper for o in FLARE22_ORGANS}
 
 
 @dataclass(frozen=True)
@@ -79,13 +67,11 @@ def _efficiency(eval_dir: Path) -> dict[str, Any] | None:
 
 
 def _training(run_dir: Path) -> dict[str, Any]:
-    epochs_path = run_dir / "log_epochs.jsonl"
-    epochs = [json.loads(line) for line in epochs_path.read_text().splitlines() if line.strip()]
+    epochs = read_epochs(run_dir)
     scored = [e for e in epochs if "score" in e]
     best = max(scored, key=lambda e: e["score"], default=None)
     seconds = None
-    with open(run_dir / "log_iterations.csv") as fh:
-        times = [float(row["time"]) for row in csv.DictReader(fh)]
+    times = [row["time"] for row in read_iterations(run_dir)]
     if len(times) > 1:
         seconds = times[-1] - times[0]
     return {
@@ -251,22 +237,20 @@ def plot_scores(summary: Mapping[str, Any], split: str, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_training(results: Sequence[ModelResult], path: Path) -> None:
-    """Loss per iteration and validation DSC/NSD per epoch, one row per model."""
+def plot_training(runs: Sequence[tuple[str, Path]], path: Path) -> None:
+    """Loss per iteration and validation DSC/NSD per epoch, one row per (name, run folder)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(len(results), 2, figsize=(11, 2.8 * len(results)), squeeze=False)
-    for row, result in zip(axes, results, strict=True):
-        with open(result.run_dir / "log_iterations.csv") as fh:
-            its = list(csv.DictReader(fh))
-        epochs = [json.loads(x) for x in (result.run_dir / "log_epochs.jsonl").read_text().splitlines() if x.strip()]
-        row[0].plot([int(r["iteration"]) for r in its], [float(r["loss"]) for r in its], lw=0.7)
-        row[0].set_title(f"{result.name}: training loss (Dice + CE)", fontsize=9)
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 2.8 * len(runs)), squeeze=False)
+    for row, (name, run_dir) in zip(axes, runs, strict=True):
+        its = read_iterations(run_dir)
+        row[0].plot([r["iteration"] for r in its], [r["loss"] for r in its], lw=0.7)
+        row[0].set_title(f"{name}: training loss (Dice + CE)", fontsize=9)
         row[0].set_xlabel("iteration")
-        scored = [e for e in epochs if "mean_dsc" in e]
+        scored = [e for e in read_epochs(run_dir) if "mean_dsc" in e]
         row[1].plot([e["epoch"] for e in scored], [e["mean_dsc"] for e in scored], marker="o", label="mean DSC")
         row[1].plot([e["epoch"] for e in scored], [e["mean_nsd"] for e in scored], marker="s", label="mean NSD")
         row[1].set_ylim(0, 1)
-        row[1].set_title(f"{result.name}: validation", fontsize=9)
+        row[1].set_title(f"{name}: validation", fontsize=9)
         row[1].set_xlabel("epoch")
         row[1].legend(fontsize=8)
     fig.tight_layout()
@@ -308,7 +292,7 @@ def plot_pseudolabels(cases: Mapping[str, tuple[Path, Path]], path: Path, max_ca
         img = to_canonical(image.array, image.affine)
         lab = to_canonical(labels.array, labels.affine)
         z, y, x = (int(np.mean(idx)) if idx.size else s // 2 for idx, s in zip(np.nonzero(lab), lab.shape, strict=True))
-        sz, sy, sx = (float(s) for s in _canonical_spacing(image))
+        sz, sy, sx = (float(s) for s in canonical_axes(image.spacing, image.affine))
         views = [
             (img[z], lab[z], sy / sx, "axial"),
             (img[::-1, y, :], lab[::-1, y, :], sz / sx, "coronal"),
@@ -320,12 +304,6 @@ def plot_pseudolabels(cases: Mapping[str, tuple[Path, Path]], path: Path, max_ca
             ax.axis("off")
     fig.tight_layout()
     _save(fig, path)
-
-
-def _canonical_spacing(image) -> tuple[float, float, float]:
-    from selflabel.io import canonical_axes
-
-    return canonical_axes(image.spacing, image.affine)
 
 
 def plot_confidence(summary: Mapping[str, Any], path: Path) -> None:
@@ -371,7 +349,7 @@ def write_report(
     splits = [s for s in ("validation", "test") if any(s in m["splits"] for m in summary["models"].values())]
     for split in splits:
         plot_scores(summary, split, out / f"scores_{split}.png")
-    plot_training(results, out / "training_curves.png")
+    plot_training([(r.name, r.run_dir) for r in results], out / "training_curves.png")
     if pseudo_dirs:
         last = Path(pseudo_dirs[-1])
         overlays = {n: (p, last / f"{n}.nii.gz") for n, p in images.items() if (last / f"{n}.nii.gz").is_file()}

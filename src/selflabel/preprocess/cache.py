@@ -1,8 +1,7 @@
-"""The seed's preprocessing and the on-disk cache that training and pseudo-labelling read.
+"""The on-disk cache that training and pseudo-labelling read: every case at the model's grid, made once.
 
-Per volume: cut off the top 5 % of the intensity histogram (clip at the 95th percentile) and z-score, or,
-optionally, a HU window scaled to [0, 1]. The volume is brought to the canonical (z, y, x) layout
-(`selflabel.io.to_canonical`) and every axial slice is resized to the model's in-plane size.
+Each case goes through `selflabel.preprocess.volume` (canonical (z, y, x) layout, the configured intensity
+normalisation, every axial slice resized to the model's in-plane size).
 
 Cache layout (one folder, flat, memory-mappable):
     <case>.npy       image, float16, (Z, S, S) with S = image_size
@@ -26,60 +25,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from selflabel.atomic import atomic_path, atomic_write_json
+from selflabel.batch import BatchReport
 from selflabel.config import PreprocessConfig
 from selflabel.errors import InputError, SelflabelError
-from selflabel.io import Case, Volume, canonical_axes, load_dataset, read_case, to_canonical
+from selflabel.io import Case, canonical_axes, load_dataset, read_case
+from selflabel.preprocess.volume import prepare_image, prepare_label
 
 CACHE_VERSION = 1
-
-
-def normalize_intensity(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, dict[str, float]]:
-    """Normalise a CT volume (HU, any shape) as the config says; return float32 voxels and the statistics used.
-
-    ``percentile_zscore``: clip above the `clip_percentile`-th percentile, then ``(x - mean) / std`` with the
-    mean and std of the clipped volume. ``hu_window``: clip to [low, high] HU, then scale to [0, 1].
-    """
-    if cfg.normalization == "hu_window":
-        low, high = cfg.hu_window
-        out = (np.clip(image, low, high, dtype=np.float32) - low) / (high - low)
-        return out.astype(np.float32, copy=False), {"low": float(low), "high": float(high)}
-    clip = float(np.percentile(image, cfg.clip_percentile))
-    clipped = np.minimum(image, clip, dtype=np.float32)
-    mean = float(clipped.mean(dtype=np.float64))
-    std = float(clipped.std(dtype=np.float64))
-    clipped -= mean
-    clipped /= max(std, 1e-6)
-    return clipped, {"clip": clip, "mean": mean, "std": std}
-
-
-def resize_slices(slices: torch.Tensor, size: int | tuple[int, int], label: bool = False) -> torch.Tensor:
-    """Resize a batch of slices (N, C, H, W) in-plane: bilinear (antialiased when shrinking) or nearest for labels."""
-    target = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(slices.shape[-2:]) == target:
-        return slices
-    if label:
-        return F.interpolate(slices, size=target, mode="nearest-exact")
-    shrinking = slices.shape[-2] > target[0] or slices.shape[-1] > target[1]
-    return F.interpolate(slices, size=target, mode="bilinear", align_corners=False, antialias=shrinking)
-
-
-def prepare_image(volume: Volume, cfg: PreprocessConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Image volume -> canonical, normalised, resized float32 tensor (Z, S, S), plus intensity statistics."""
-    canonical = np.ascontiguousarray(to_canonical(volume.array, volume.affine))
-    normalised, stats = normalize_intensity(canonical, cfg)
-    resized = resize_slices(torch.from_numpy(normalised)[:, None], cfg.image_size)[:, 0]
-    return resized, stats
-
-
-def prepare_label(volume: Volume, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label volume -> (canonical labels at the original grid (Z, H, W), labels resized to (Z, S, S)), uint8."""
-    canonical = np.ascontiguousarray(to_canonical(volume.array, volume.affine))
-    resized = resize_slices(torch.from_numpy(canonical)[:, None].float(), size, label=True)[:, 0]
-    return canonical, resized.to(torch.uint8).numpy()
 
 
 @dataclass(frozen=True)
@@ -190,22 +145,6 @@ def _write_case(case: Case, entry: CacheEntry, cfg: PreprocessConfig, label_valu
     return meta
 
 
-@dataclass
-class CacheReport:
-    """What `preprocess_cases` did."""
-
-    written: list[str]
-    skipped: list[str]
-    failed: dict[str, str]
-    bytes: int
-
-    def summary(self) -> str:
-        return (
-            f"{len(self.written)} cached, {len(self.skipped)} up to date, {len(self.failed)} failed; "
-            f"cache size {self.bytes / 1e6:.1f} MB"
-        )
-
-
 def cache_size(folder: Path) -> int:
     """Bytes taken by the cache's files."""
     return sum(p.stat().st_size for p in folder.glob("*") if p.is_file() and not p.name.startswith("."))
@@ -218,7 +157,7 @@ def preprocess_cases(
     label_values: Sequence[int] | None = None,
     workers: int | None = None,
     progress: bool = True,
-) -> CacheReport:
+) -> BatchReport:
     """Cache every case not already up to date, in parallel over cases, with a progress bar.
 
     A bad case does not stop the others; its error is collected in `failed` (case -> message).
@@ -226,20 +165,18 @@ def preprocess_cases(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cases if not is_cached(c, folder, cfg)]
-    skipped = [c.name for c in cases if c not in todo]
-    written: list[str] = []
-    failed: dict[str, str] = {}
+    report = BatchReport(skipped=[c.name for c in cases if c not in todo])
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress or not todo)
     if workers == 1:
         results = (_try_cache(c, folder, cfg, label_values) for c in todo)
-        _collect(results, written, failed, bar)
+        _collect(results, report, bar)
     else:
         with ProcessPoolExecutor(workers) as pool:
             futures = [pool.submit(_try_cache, c, folder, cfg, label_values) for c in todo]
-            _collect((f.result() for f in futures), written, failed, bar)
+            _collect((f.result() for f in futures), report, bar)
     bar.close()
-    return CacheReport(written, skipped, failed, cache_size(folder))
+    return report
 
 
 def _try_cache(case: Case, folder: Path, cfg: PreprocessConfig, label_values) -> tuple[str, str | None]:
@@ -250,30 +187,14 @@ def _try_cache(case: Case, folder: Path, cfg: PreprocessConfig, label_values) ->
         return case.name, str(exc)
 
 
-def _collect(results, written: list[str], failed: dict[str, str], bar: tqdm) -> None:
+def _collect(results, report: BatchReport, bar: tqdm) -> None:
     for name, error in results:
         if error is None:
-            written.append(name)
+            report.written.append(name)
         else:
-            failed[name] = error
+            report.failed[name] = error
             bar.write(f"error: {error}")
         bar.update(1)
-
-
-def raise_if_failed(report: CacheReport) -> None:
-    """Turn collected failures into one SelflabelError line (first failure named, count given)."""
-    if report.failed:
-        first = next(iter(report.failed.values()))
-        more = f" (and {len(report.failed) - 1} more case(s), listed above)" if len(report.failed) > 1 else ""
-        raise SelflabelError(f"{first}{more}")
-
-
-def load_cached_image(folder: Path, name: str) -> np.ndarray:
-    """Memory-mapped (Z, S, S) float16 image of a cached case."""
-    entry = CacheEntry(Path(folder), name)
-    if not entry.image.is_file():
-        raise InputError(entry.image, "not in the cache; run `selflabel preprocess` first")
-    return np.load(entry.image, mmap_mode="r")
 
 
 def preprocess_dataset(
@@ -283,7 +204,7 @@ def preprocess_dataset(
     groups: Sequence[str] = ("training", "test", "unlabeled"),
     workers: int | None = None,
     progress: bool = True,
-) -> CacheReport:
+) -> BatchReport:
     """Cache the chosen case groups of an nnU-Net raw dataset (labels of test cases are not cached)."""
 
     dataset = load_dataset(data_dir)

@@ -8,7 +8,6 @@ leave the device, so a 512x512 scan never holds a full (C, Z, H, W) probability 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,22 +15,7 @@ import numpy as np
 import torch
 
 from selflabel.preprocess import resize_slices
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for an AMP setting: ``auto`` is bf16 on CUDA and off elsewhere."""
-    if amp == "none" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "fp16":
-        return torch.float16
-    return torch.bfloat16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """`torch.autocast` for `dtype`, or a no-op context when it is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from selflabel.runtime import amp_dtype, autocast
 
 
 def context_stack(volume: torch.Tensor, start: int, stop: int, context: int) -> torch.Tensor:
@@ -45,6 +29,7 @@ def context_stack(volume: torch.Tensor, start: int, stop: int, context: int) -> 
 def slice_probabilities(
     model: torch.nn.Module,
     volume: torch.Tensor,
+    *,
     context: int = 0,
     batch_size: int = 32,
     amp: str = "auto",
@@ -96,7 +81,6 @@ def resized_argmax(probs: torch.Tensor, out_hw: tuple[int, int], max_mixed: floa
     upsampling, an output pixel is a convex combination of its 2x2 source pixels, so where those four share an
     arg-max the result has it too; only the other pixels (organ borders, ~1 %) are interpolated. Falls back to the
     full resize when shrinking (antialiased) or when more than `max_mixed` of the source pixels are borders.
-    On one CPU thread, 100 organ-shaped slices 224 -> 512: 2.25 -> 0.49 s (benchmarks/infer_speed.py).
     """
     (h, w), (out_h, out_w) = probs.shape[-2:], out_hw
     if out_h < h or out_w < w:
@@ -142,6 +126,7 @@ def predict_volume(
     model: torch.nn.Module,
     volume: torch.Tensor,
     out_hw: tuple[int, int],
+    *,
     context: int = 0,
     batch_size: int = 32,
     amp: str = "auto",
@@ -156,7 +141,9 @@ def predict_volume(
     entropy = np.empty((depth, *out_hw), dtype=np.float16) if with_confidence else None
     lowres = np.empty(tuple(volume.shape), dtype=np.uint8) if with_lowres else None
     lowres_conf = np.empty(tuple(volume.shape), dtype=np.float16) if with_lowres else None
-    for start, probs in slice_probabilities(model, volume, context, batch_size, amp, tta_flip):
+    for start, probs in slice_probabilities(
+        model, volume, context=context, batch_size=batch_size, amp=amp, tta_flip=tta_flip
+    ):
         stop = start + probs.shape[0]
         # Classes innermost: the resize keeps that layout, and the reductions over classes below read contiguous
         # memory (on CPU, resize + arg-max of 224x224 -> 512x512 slices in NCHW took 2-3x longer).

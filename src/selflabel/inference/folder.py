@@ -1,0 +1,57 @@
+"""`selflabel predict`: every scan of a folder to ``<case>.nii.gz`` with the input's geometry.
+
+Batch work skips cases already written, shards ``cases[part_id::num_parts]`` (by rank under torchrun), and
+reports bad cases by name at the end while the others still finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from selflabel.batch import BatchReport, resolve_parts, run_cases, shard
+from selflabel.distributed import barrier, dist_info, init_distributed
+from selflabel.inference.predictor import Predictor
+from selflabel.io import Case, list_cases, read_image, write_nifti
+
+
+def output_name(case: Case) -> str:
+    """FLARE's output naming: ``<case>.nii.gz``."""
+    return f"{case.name}.nii.gz"
+
+
+def predict_folder(
+    run_dir: str | Path,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    num_parts: int | None = None,
+    part_id: int | None = None,
+    progress: bool = True,
+    overrides: Mapping[str, Any] | None = None,
+) -> BatchReport:
+    """Every ``*.nii.gz`` of `input_dir` -> ``output_dir/<case>.nii.gz``; `overrides` change the run's settings.
+
+    The output folder holds only the segmentations (FLARE's submission shape); the settings are the run's own.
+    """
+    info = dist_info()
+    predictor = Predictor.from_run(run_dir, overrides=overrides)
+    init_distributed(info, next(predictor.model.parameters()).device)
+    parts, part = resolve_parts(num_parts, part_id, info)
+    cases = shard(list_cases(input_dir), parts, part)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    def work(case: Case) -> None:
+        image = read_image(case.image)
+        write_nifti(output_dir / output_name(case), predictor.predict(image), reference=image)
+
+    def done(case: Case) -> bool:
+        return not overwrite and (output_dir / output_name(case)).is_file()
+
+    desc = f"predict {part + 1}/{parts}" if parts > 1 else "predict"
+    report = run_cases(cases, is_done=done, work=work, desc=desc, progress=progress)
+    barrier(info)
+    return report

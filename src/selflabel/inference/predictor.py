@@ -1,0 +1,77 @@
+"""A loaded run folder that predicts volumes: the run's preprocessing, the network on every slice, clean-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from selflabel.checkpoints import ModelSpec, load_run_model
+from selflabel.config import Config, InferenceConfig, apply_overrides
+from selflabel.distributed import dist_info
+from selflabel.inference.postprocess import largest_components
+from selflabel.io import Volume, canonical_axes, from_canonical
+from selflabel.preprocess import prepare_image
+from selflabel.runtime import setup_device
+from selflabel.slicewise import VolumePrediction, predict_volume
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A loaded run: the model, its spec, and the settings its predictions use."""
+
+    model: torch.nn.Module
+    spec: ModelSpec
+    config: Config
+    labels: dict[str, int]
+
+    @classmethod
+    def from_run(
+        cls, run_dir: str | Path, *, which: str = "best", overrides: Mapping[str, Any] | None = None
+    ) -> Predictor:
+        """Load `best.pt` (or `latest.pt`) of a run folder; `overrides` change its saved settings (dotted keys).
+
+        The device is the resolved config's ``inference.device``.
+        """
+        state = load_run_model(run_dir, which, "cpu")
+        config = apply_overrides(state.config, overrides or {})
+        device = setup_device(config.inference.device, dist_info())
+        return cls(state.model.to(device), state.spec, config, state.labels)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Predictor:
+        """The same model with settings changed through the config's own override function."""
+        return Predictor(self.model, self.spec, apply_overrides(self.config, overrides), self.labels)
+
+    @property
+    def settings(self) -> InferenceConfig:
+        return self.config.inference
+
+    def predict_prepared(
+        self, volume: torch.Tensor, out_hw: tuple[int, int], with_confidence: bool = False
+    ) -> VolumePrediction:
+        """Predict a preprocessed canonical (Z, S, S) volume at the canonical in-plane grid `out_hw`."""
+        s = self.settings
+        pred = predict_volume(
+            self.model, volume, out_hw, context=self.spec.context, batch_size=s.batch_size, amp=s.amp,
+            tta_flip=s.tta_flip, with_confidence=with_confidence, with_lowres=with_confidence,
+        )  # fmt: skip
+        if s.largest_component:
+            largest_components(pred.labels)
+            if pred.lowres_labels is not None:
+                largest_components(pred.lowres_labels)
+        return pred
+
+    def predict(self, image: Volume) -> np.ndarray:
+        """Labels (uint8) of an image volume, in the image's own voxel order and grid.
+
+        Fortran-ordered, as nibabel reads and writes NIfTI voxels: for an input stored near RAS this is a view of
+        the canonical labels, with no transposing copy.
+        """
+        tensor, _ = prepare_image(image, self.config.preprocess)
+        out_hw = canonical_axes(image.array.shape, image.affine)[1:]
+        labels = self.predict_prepared(tensor, out_hw).labels
+        return np.asfortranarray(from_canonical(labels, image.affine))

@@ -1,0 +1,60 @@
+"""Single-purpose entry points built from the recipe's pieces: `selflabel train` and `selflabel demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selflabel.config import Config
+from selflabel.data import Source, read_split, split_cases
+from selflabel.distributed import barrier, dist_info
+from selflabel.errors import SelflabelError
+from selflabel.io import load_dataset
+from selflabel.pipeline.recipe import Pipeline, run_recipe
+from selflabel.pipeline.stages import say
+from selflabel.preprocess import preprocess_cases
+from selflabel.train import TrainResult, train_model
+
+#: The demo: a small synthetic cohort and the CPU preset, minutes on 2 cores.
+DEMO_COHORT = {"labeled": 6, "unlabeled": 16, "test": 8, "size": 128, "slices": 40}
+
+
+def train_on_dataset(
+    data_dir: str | Path,
+    run_dir: str | Path,
+    cfg: Config,
+    *,
+    cache_dir: str | Path | None = None,
+    split_file: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """`selflabel train`: split the labelled cases, cache them (rank 0), train on one part, validate on the other."""
+    run_dir = Path(run_dir)
+    cache = Path(cache_dir) if cache_dir else run_dir / "cache"
+    dataset = load_dataset(data_dir)
+    names = [c.name for c in dataset.training]
+    if not names:
+        raise SelflabelError(f"{data_dir}: no labelled cases (imagesTr/ + labelsTr/) to train on")
+    if split_file:
+        train, val = read_split(split_file, names)
+    else:
+        train, val = split_cases(names, cfg.pipeline.train_fraction, cfg.seed)
+    info = dist_info()
+    if info.is_main:
+        report = preprocess_cases(dataset.training, cache, cfg.preprocess, dataset.label_values, progress=progress)
+        report.raise_if_failed()
+    barrier(info)
+    return train_model(
+        cfg, run_dir, sources=[Source(cache, tuple(train))], val_cases=val, val_cache=cache, labels=dataset.labels,
+        progress=progress,
+    )  # fmt: skip
+
+
+def run_demo(out_dir: str | Path, cfg: Config, seed: int = 0, progress: bool = True) -> tuple[Pipeline, Path]:
+    """`selflabel demo`: make the synthetic cohort in OUT/data and run the recipe in OUT/work."""
+    from selflabel.phantom import write_cohort
+
+    out = Path(out_dir)
+    cohort = write_cohort(out / "data", seed=seed, **DEMO_COHORT)
+    say(f"synthetic cohort: {cohort}")
+    pipeline = run_recipe(out / "data", out / "work", cfg, progress=progress)
+    return pipeline, out / "work" / "report" / "report.md"

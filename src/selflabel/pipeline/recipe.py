@@ -1,0 +1,201 @@
+"""The self-labelling recipe as one resumable command (`selflabel run`).
+
+Stages (`selflabel.pipeline.stages` keeps the markers, settings checks and resume):
+
+1. ``prepare``: check the dataset, split the labelled cases (train/validation), cache labelled and unlabelled scans;
+2. ``teacher``: train on the labelled training cases only;
+3. ``pseudolabel1``: predict every unlabelled scan with the teacher (confidence statistics, case selection);
+4. ``student1``: train a new model from scratch on labelled + pseudo-labelled cases;
+   with ``pipeline.rounds = R`` > 1, ``pseudolabelR``/``studentR`` repeat with the last student as teacher;
+5. ``finetune`` (optional): the last student fine-tuned on the labelled cases;
+6. ``evaluate``: every model on the validation cases and, when present, on imagesTs/labelsTs, FLARE22 DSC/NSD and
+   FLARE's per-case efficiency figures;
+7. ``report``: tables, figures and ``summary.json``.
+
+Layout of WORK: config.yaml, split.json, stages/, cache/, models/<name>/ (run folders), pseudo/round<r>/,
+eval/<model>/<split>/ (pred/, metrics.csv, efficiency.json), report/.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selflabel.atomic import atomic_write_json
+from selflabel.config import Config, apply_overrides, config_to_dict, save_config
+from selflabel.data import Source, split_cases
+from selflabel.errors import SelflabelError
+from selflabel.inference import Predictor
+from selflabel.io import Case, Dataset, load_dataset
+from selflabel.pipeline.evaluation import evaluate_model
+from selflabel.pipeline.stages import Stage, StageRunner, say
+from selflabel.preprocess import preprocess_cases
+from selflabel.pseudolabel import pseudolabel_cases
+from selflabel.report import ModelResult, write_report
+from selflabel.train import train_model
+
+
+def model_names(cfg: Config) -> list[str]:
+    """Names of the models a run trains, in order: teacher, student(s), fine-tuned student."""
+    rounds = cfg.pipeline.rounds
+    # round 1's student keeps its name when rounds are added, so that a finished run extends without retraining
+    names = ["teacher", "student"] + [f"student{r}" for r in range(2, rounds + 1)]
+    if cfg.pipeline.finetune_epochs > 0:
+        names.append("student_finetuned")
+    return names
+
+
+class Pipeline:
+    """The recipe on one dataset and one work folder; `run()` executes the stages in order."""
+
+    def __init__(self, data_dir: str | Path, work_dir: str | Path, cfg: Config, progress: bool = True):
+        self.data_dir = Path(data_dir)
+        self.work = Path(work_dir)
+        self.cfg = cfg
+        self.progress = progress
+        self.dataset: Dataset = load_dataset(self.data_dir)
+        if not self.dataset.training:
+            raise SelflabelError(f"{self.data_dir}: no labelled cases (imagesTr/ + labelsTr/)")
+        if not self.dataset.unlabeled:
+            raise SelflabelError(f"{self.data_dir}: no unlabelled cases (unlabeledTr/) to pseudo-label")
+        self.cache = self.work / "cache"
+        self.models = model_names(cfg)
+        self.runner = StageRunner(self.work, config_to_dict(cfg), {"data_dir": str(self.data_dir.resolve())})
+
+    # ---- layout ----
+
+    def run_dir(self, model: str) -> Path:
+        return self.work / "models" / model
+
+    def pseudo_dir(self, round_: int) -> Path:
+        return self.work / "pseudo" / f"round{round_}"
+
+    def eval_dir(self, model: str, split: str) -> Path:
+        return self.work / "eval" / model / split
+
+    @property
+    def split(self) -> dict[str, list[str]]:
+        return json.loads((self.work / "split.json").read_text())
+
+    def _labelled(self, names: Sequence[str]) -> list[Case]:
+        by_name = {c.name: c for c in self.dataset.training}
+        return [by_name[n] for n in names]
+
+    # ---- stages ----
+
+    def stages(self) -> list[Stage]:
+        base = ("seed", "preprocess", "pipeline.train_fraction")
+        train = (*base, "model", "augment", "train")
+        pseudo = (*train, "inference", "pseudolabel")
+        stages = [
+            Stage("prepare", base, ("split.json", "cache"), self._prepare),
+            Stage("teacher", train, ("models/teacher",), lambda: self._train_model("teacher", [])),
+        ]
+        for r in range(1, self.cfg.pipeline.rounds + 1):
+            student = self.models[r]
+            stages.append(Stage(f"pseudolabel{r}", pseudo, (f"pseudo/round{r}",), lambda r=r: self._pseudolabel(r)))
+            stages.append(
+                Stage(f"student{r}", (*pseudo, "pipeline.student_epochs"), (f"models/{student}",),
+                      lambda r=r: self._student(r))
+            )  # fmt: skip
+        if self.cfg.pipeline.finetune_epochs > 0:
+            stages.append(Stage("finetune", (*pseudo, "pipeline"), ("models/student_finetuned",), self._finetune))
+        every = (*pseudo, "pipeline")
+        stages.append(Stage("evaluate", every, ("eval",), self._evaluate))
+        stages.append(Stage("report", every, ("report",), self._report))
+        return stages
+
+    def _prepare(self) -> None:
+        names = [c.name for c in self.dataset.training]
+        train, val = split_cases(names, self.cfg.pipeline.train_fraction, self.cfg.seed)
+        atomic_write_json(self.work / "split.json", {"train": train, "validation": val})
+        groups = [(self.dataset.training, self.dataset.label_values), (self.dataset.unlabeled, None)]
+        for cases, label_values in groups:
+            report = preprocess_cases(cases, self.cache, self.cfg.preprocess, label_values, progress=self.progress)
+            report.raise_if_failed()
+        say(f"    {len(train)} training, {len(val)} validation, {len(self.dataset.unlabeled)} unlabelled cases")
+
+    def _train_model(
+        self, name: str, extra: list[Source], overrides: dict[str, Any] | None = None, init_from: Path | None = None
+    ) -> None:
+        split = self.split
+        result = train_model(
+            apply_overrides(self.cfg, overrides or {}), self.run_dir(name),
+            sources=[Source(self.cache, tuple(split["train"])), *extra], val_cases=split["validation"],
+            val_cache=self.cache, labels=self.dataset.labels, progress=self.progress, init_from=init_from,
+        )  # fmt: skip
+        say(f"    {name}: {result.epochs} epochs, {result.seconds:.0f} s, best epoch {result.best_epoch}")
+
+    def _predictor(self, model: str) -> Predictor:
+        """A trained model predicting with this run's inference and pseudo-label settings."""
+        current = config_to_dict(self.cfg)
+        sections = {"inference": current["inference"], "pseudolabel": current["pseudolabel"]}
+        return Predictor.from_run(self.run_dir(model), overrides=sections)
+
+    def _pseudolabel(self, round_: int) -> None:
+        teacher = self.models[round_ - 1]
+        previous = self.pseudo_dir(round_ - 1) if round_ > 1 else None
+        report, selection = pseudolabel_cases(
+            self._predictor(teacher), self.dataset.unlabeled, cache_dir=self.cache, out_dir=self.pseudo_dir(round_),
+            previous_dir=previous, progress=self.progress,
+        )  # fmt: skip
+        report.raise_if_failed()
+        say(f"    {len(selection.kept)} of {len(self.dataset.unlabeled)} pseudo-labelled cases kept")
+
+    def _student(self, round_: int) -> None:
+        kept = json.loads((self.pseudo_dir(round_) / "selected.json").read_text())["kept"]
+        label_dir = self.pseudo_dir(round_) / "train"
+        pseudo = Source(self.cache, tuple(kept), label_dir, self.cfg.train.pseudo_weight)
+        epochs = self.cfg.pipeline.student_epochs or self.cfg.train.epochs
+        self._train_model(self.models[round_], [pseudo], {"train.epochs": epochs})
+
+    def _finetune(self) -> None:
+        p = self.cfg.pipeline
+        last_student = self.run_dir(self.models[p.rounds])
+        overrides = {"train.epochs": p.finetune_epochs, "train.lr": p.finetune_lr}
+        self._train_model("student_finetuned", [], overrides, init_from=last_student / "best.pt")
+
+    def eval_splits(self) -> dict[str, list[Case]]:
+        splits = {"validation": self._labelled(self.split["validation"])}
+        test = [c for c in self.dataset.test if c.label is not None]
+        if test:
+            splits["test"] = test
+        return splits
+
+    def _evaluate(self) -> None:
+        for model in self.models:
+            predictor = self._predictor(model)
+            for split, cases in self.eval_splits().items():
+                summary = evaluate_model(predictor, cases, self.eval_dir(model, split), self.progress)
+                say(f"    {model:>18} {split:>10}: mean DSC {summary['mean_dsc']:.4f}  "
+                    f"mean NSD {summary['mean_nsd']:.4f}")  # fmt: skip
+
+    def _report(self) -> None:
+        results = []
+        for model in self.models:
+            evals = {split: self.eval_dir(model, split) for split in self.eval_splits()}
+            results.append(ModelResult(model, self.run_dir(model), evals))
+        pseudo = [self.pseudo_dir(r) for r in range(1, self.cfg.pipeline.rounds + 1)]
+        images = {c.name: c.image for c in self.dataset.unlabeled}
+        write_report(self.work / "report", results, pseudo, images, self.dataset.labels, config_to_dict(self.cfg))
+
+    # ---- driver ----
+
+    def run(self, force: Sequence[str] = ()) -> list[str]:
+        """Run every stage not yet done; return the names of the stages that ran."""
+        stages = self.stages()
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.runner.prepare(stages, force)
+        save_config(self.cfg, self.work / "config.yaml")
+        return self.runner.run(stages)
+
+
+def run_recipe(
+    data_dir: str | Path, work_dir: str | Path, cfg: Config, force: Sequence[str] = (), progress: bool = True
+) -> Pipeline:
+    """`selflabel run`: the whole recipe; returns the pipeline (its report is in WORK/report)."""
+    pipeline = Pipeline(data_dir, work_dir, cfg, progress)
+    pipeline.run(force)
+    return pipeline
