@@ -146,7 +146,7 @@ def predict_volume(
     ):
         stop = start + probs.shape[0]
         # Classes innermost: the resize keeps that layout, and the reductions over classes below read contiguous
-        # memory (on CPU, resize + arg-max of 224x224 -> 512x512 slices in NCHW took 2-3x longer).
+        # memory (benchmarks/RESULTS.md has the NCHW comparison).
         probs = probs.contiguous(memory_format=torch.channels_last)
         if lowres is not None:
             top, arg = probs.max(1)

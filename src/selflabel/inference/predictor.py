@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from selflabel.checkpoints import ModelSpec, load_run_model
-from selflabel.config import Config, InferenceConfig, apply_overrides
+from selflabel.checkpoints import LoadedModel, load_run_model
+from selflabel.config import InferenceConfig, apply_overrides
 from selflabel.distributed import dist_info
 from selflabel.inference.postprocess import largest_components
 from selflabel.io import Volume, canonical_axes, from_canonical
@@ -21,13 +21,8 @@ from selflabel.slicewise import VolumePrediction, predict_volume
 
 
 @dataclass(frozen=True)
-class Predictor:
-    """A loaded run: the model, its spec, and the settings its predictions use."""
-
-    model: torch.nn.Module
-    spec: ModelSpec
-    config: Config
-    labels: dict[str, int]
+class Predictor(LoadedModel):
+    """A loaded run (model, spec, labels) and the settings its predictions use (`config`)."""
 
     @classmethod
     def from_run(

@@ -601,7 +601,7 @@ class SwinUnet(nn.Module):
 
         The same numbers as expanding, putting the pixels in image order and convolving, but the reordering moves
         num_classes channels instead of C, and the work goes one image at a time so that the 16C-channel expansion
-        (19 MB per 224x224 image) stays small (benchmarks/RESULTS.md: the forward pass 5 % faster on a CPU).
+        (19 MB per 224x224 image) stays small; the speed-up is measured in benchmarks/RESULTS.md.
         """
         b, s, side = x.shape[0], self.patch_size, self.img_size // self.patch_size
         classifier = self.output.weight.flatten(1)  # (num_classes, C)

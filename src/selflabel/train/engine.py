@@ -39,9 +39,9 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     """Optimizer groups: weight decay on weight matrices and kernels; none on biases, norms and the parameters the
     model names in ``no_weight_decay()`` (Swin-Unet's relative-position bias tables)."""
     exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if param.ndim <= 1 or name in exempt else decay).append(param)
+    named = list(model.named_parameters())
+    no_decay = [p for name, p in named if p.ndim <= 1 or name in exempt]
+    decay = [p for name, p in named if not (p.ndim <= 1 or name in exempt)]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
