@@ -183,7 +183,7 @@ def stages(predictor: Predictor, path: Path, out: Path) -> dict[str, Timing]:
 
     image = timed("read NIfTI (gunzip, float32)", lambda: read_image(path))
     preprocess = predictor.config.preprocess
-    tensor, _ = timed("preprocess (canonical, percentile z-score, resize)", lambda: prepare_image(image, preprocess))
+    tensor, _, _ = timed("preprocess (canonical, percentile z-score, resize)", lambda: prepare_image(image, preprocess))
     out_hw = canonical_axes(image.array.shape, image.affine)[1:]
     labels = np.empty((tensor.shape[0], *out_hw), dtype=np.uint8)
     batches = slice_probabilities(predictor.model, tensor, batch_size=s.batch_size, amp=s.amp, tta_flip=s.tta_flip)

@@ -111,7 +111,7 @@ def test_real_ct_cache_keeps_organs_where_they_are(real_ct, tmp_path):
     liver_cols = np.nonzero(seg == 1)[2]
     spleen_cols = np.nonzero(seg == 3)[2]
     assert liver_cols.mean() < spleen_cols.mean()  # radiological view: patient's right on the image's left
-    image, _ = prepare_image(read_image(real_ct["image"]), meta_cfg)
+    image, _, _ = prepare_image(read_image(real_ct["image"]), meta_cfg)
     assert image.shape == (112, 224, 224)
 
 

@@ -355,9 +355,11 @@ def preprocess(
     workers: Annotated[int | None, typer.Option(help="Parallel processes (default: all cores).")] = None,
 ) -> None:
     """Normalise and resize every case into a memory-mappable cache, skipping cases already up to date."""
-    from selflabel.preprocess import cache_size, preprocess_dataset
+    from selflabel.io import load_dataset
+    from selflabel.preprocess import cache_size, plan, preprocess_dataset
 
-    cfg = build_config(preset, config, sets)
+    dataset = load_dataset(data_dir)
+    cfg = plan(build_config(preset, config, sets), dataset.training, dataset.label_values)
     report = preprocess_dataset(data_dir, cache_dir, cfg.preprocess, workers=workers)
     summary = report.summary(written="cached", skipped="up to date")
     typer.echo(f"{cache_dir}: {summary}; cache size {cache_size(cache_dir) / 1e6:.1f} MB")

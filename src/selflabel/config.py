@@ -45,16 +45,27 @@ FLARE22_LABELS: dict[str, int] = {
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Intensity normalisation and the cache's in-plane grid.
+    """Intensity normalisation, the in-plane crop and the cache's in-plane grid.
 
-    normalization: ``"percentile_zscore"`` (the paper: clip at `clip_percentile`, then z-score per volume)
-        or ``"hu_window"`` (clip to `hu_window` in HU, then scale to [0, 1], as TransUNet does).
+    normalization: ``"percentile_zscore"`` (the paper: clip at `clip_percentile`, then z-score per volume),
+        ``"hu_window"`` (clip to `hu_window` in HU, then scale to [0, 1], as TransUNet does) or ``"ct_foreground"``
+        (nnU-Net's CT scheme: clip to the 0.5 and 99.5 percentiles of the labelled foreground voxels of the training
+        cases, then z-score with their mean and std; `foreground_intensity` holds those dataset statistics).
+    foreground_intensity: (low, high, mean, std) in HU, computed by `selflabel run` / `selflabel train` from the
+        training cases when empty; saved with every run's config, so prediction uses the same numbers.
+    crop: ``"none"`` (the whole field of view, the paper) or ``"body"``: each volume cut in-plane to a square around
+        the body (voxels above `body_threshold_hu`, largest 3D component, `crop_margin_mm` on each side) before the
+        resize; predictions are pasted back into the full grid.
     image_size: in-plane size (pixels) of the model input and of the cache; slices are resized to it.
     """
 
-    normalization: Literal["percentile_zscore", "hu_window"] = "percentile_zscore"
+    normalization: Literal["percentile_zscore", "hu_window", "ct_foreground"] = "percentile_zscore"
     clip_percentile: float = 95.0
     hu_window: tuple[float, float] = (-125.0, 275.0)
+    foreground_intensity: tuple[float, ...] = ()
+    crop: Literal["none", "body"] = "none"
+    body_threshold_hu: float = -500.0
+    crop_margin_mm: float = 10.0
     image_size: int = 224
 
 
@@ -294,6 +305,13 @@ def validate(config: Config) -> None:
         raise ConfigError(f"preprocess.clip_percentile must be in (0, 100], got {p.clip_percentile}")
     if p.hu_window[0] >= p.hu_window[1]:
         raise ConfigError(f"preprocess.hu_window must be [low, high] with low < high, got {list(p.hu_window)}")
+    stats = p.foreground_intensity
+    if stats and (len(stats) != 4 or stats[0] >= stats[1] or stats[3] <= 0):
+        raise ConfigError(
+            f"preprocess.foreground_intensity must be [low, high, mean, std], low < high, std > 0; got {list(stats)}"
+        )
+    if p.crop_margin_mm < 0:
+        raise ConfigError(f"preprocess.crop_margin_mm must be >= 0, got {p.crop_margin_mm}")
     if p.image_size < 8:
         raise ConfigError(f"preprocess.image_size must be at least 8, got {p.image_size}")
     if config.model.context < 0:

@@ -30,7 +30,7 @@ from selflabel.errors import InputError, SelflabelError
 from selflabel.inference import Predictor, output_name
 from selflabel.io import Case, Volume, from_canonical, list_cases, write_nifti
 from selflabel.labels import IGNORE_INDEX
-from selflabel.preprocess import CacheEntry, preprocess_cases
+from selflabel.preprocess import CacheEntry, CropBox, foreground_slices, organ_slices, preprocess_cases
 
 STAT_FIELDS = ["case", "mean_confidence", "mean_entropy", "uncertain_fraction", "foreground_fraction", "changed"]
 
@@ -132,7 +132,7 @@ class PseudoLabeller:
         meta = entry.read_meta()
         volume = torch.from_numpy(np.load(entry.image).astype(np.float32))
         affine = np.asarray(meta["affine"])
-        pred = self.predictor.predict_prepared(volume, tuple(meta["canonical_shape"][1:]), with_confidence=True)
+        pred = self.predictor.predict_prepared(volume, CropBox.from_list(meta["crop"]), with_confidence=True)
         header = _nifti_header(case.image)
         labels = np.asfortranarray(from_canonical(pred.labels, affine))  # NIfTI's voxel order: no transposing copy
         write_nifti(self.out_dir / output_name(case), labels, reference=Volume(labels, affine, header))
@@ -145,7 +145,8 @@ class PseudoLabeller:
             **confidence_stats(pred.labels, pred.confidence, pred.entropy, self.cfg.low_confidence_tau),
             "changed": self._changed(case.name, pred.lowres_labels),
             "volumes_ml": organ_volumes_ml(pred.labels, meta["canonical_spacing"], self.names),
-            "foreground_slices": _organ_slices(train_labels),
+            "foreground_slices": foreground_slices(train_labels),
+            "organ_slices": organ_slices(train_labels),
             "confidence_tau": self.cfg.confidence_tau,
         }
         atomic_write_json(target.meta, stats)
@@ -161,12 +162,6 @@ class PseudoLabeller:
             raise InputError(path, f"shape {previous.shape} differs from this round's {labels.shape} (other settings?)")
         known = previous != IGNORE_INDEX  # voxels the previous round left unlabelled cannot have changed
         return changed_fraction(labels[known], previous[known])
-
-
-def _organ_slices(train_labels: np.ndarray) -> list[int]:
-    """Axial slices holding at least one organ voxel that the loss sees (neither background nor ignored)."""
-    organ = (train_labels > 0) & (train_labels != IGNORE_INDEX)
-    return np.flatnonzero(organ.reshape(len(organ), -1).any(1)).tolist()
 
 
 def _nifti_header(path: Path) -> nib.Nifti1Header:

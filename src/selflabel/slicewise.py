@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from selflabel.preprocess import resize_slices
+from selflabel.preprocess import CropBox, resize_slices
+from selflabel.preprocess.crop import paste
 from selflabel.runtime import amp_dtype, autocast
 
 
@@ -161,3 +162,19 @@ def predict_volume(
             ent = -(full * torch.log(full.clamp_min(1e-8))).sum(1)
             entropy[start:stop] = ent.half().cpu().numpy()
     return VolumePrediction(labels, confidence, entropy, lowres, lowres_conf)
+
+
+def predict_in_box(model: torch.nn.Module, volume: torch.Tensor, box: CropBox, **options) -> VolumePrediction:
+    """`predict_volume` of a volume cropped to `box`, with its full-grid maps pasted back into the whole slice.
+
+    Outside the box the labels are background, the confidence 1 and the entropy 0; the model-grid maps
+    (`lowres_labels`, `lowres_confidence`) stay at the crop's grid, as the cache holds it.
+    """
+    pred = predict_volume(model, volume, box.size, **options)
+    return VolumePrediction(
+        paste(pred.labels, box),
+        None if pred.confidence is None else paste(pred.confidence, box, fill=1.0),
+        None if pred.entropy is None else paste(pred.entropy, box, fill=0.0),
+        pred.lowres_labels,
+        pred.lowres_confidence,
+    )

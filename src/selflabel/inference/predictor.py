@@ -14,10 +14,10 @@ from selflabel.checkpoints import LoadedModel, load_run_model
 from selflabel.config import InferenceConfig, apply_overrides
 from selflabel.distributed import dist_info
 from selflabel.inference.postprocess import largest_components
-from selflabel.io import Volume, canonical_axes, from_canonical
-from selflabel.preprocess import prepare_image
+from selflabel.io import Volume, from_canonical
+from selflabel.preprocess import CropBox, prepare_image
 from selflabel.runtime import setup_device
-from selflabel.slicewise import VolumePrediction, predict_volume
+from selflabel.slicewise import VolumePrediction, predict_in_box
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,17 @@ class Predictor(LoadedModel):
         return self.config.inference
 
     def predict_prepared(
-        self, volume: torch.Tensor, out_hw: tuple[int, int], with_confidence: bool = False
+        self, volume: torch.Tensor, box: CropBox | tuple[int, int], with_confidence: bool = False
     ) -> VolumePrediction:
-        """Predict a preprocessed canonical (Z, S, S) volume at the canonical in-plane grid `out_hw`."""
+        """Predict a preprocessed canonical (Z, S, S) volume, the model's view of `box` of the canonical slices.
+
+        `box`: the crop the volume was made from (`prepare_image`, the cache's ``crop``); an in-plane size
+        (H, W) means the whole slice. Full-grid maps come back at (Z, H, W).
+        """
         s = self.settings
-        pred = predict_volume(
-            self.model, volume, out_hw, context=self.spec.context, batch_size=s.batch_size, amp=s.amp,
+        box = box if isinstance(box, CropBox) else CropBox.full(*box)
+        pred = predict_in_box(
+            self.model, volume, box, context=self.spec.context, batch_size=s.batch_size, amp=s.amp,
             tta_flip=s.tta_flip, with_confidence=with_confidence, with_lowres=with_confidence,
         )  # fmt: skip
         if s.largest_component:
@@ -66,7 +71,6 @@ class Predictor(LoadedModel):
         Fortran-ordered, as nibabel reads and writes NIfTI voxels: for an input stored near RAS this is a view of
         the canonical labels, with no transposing copy.
         """
-        tensor, _ = prepare_image(image, self.config.preprocess)
-        out_hw = canonical_axes(image.array.shape, image.affine)[1:]
-        labels = self.predict_prepared(tensor, out_hw).labels
+        tensor, _, box = prepare_image(image, self.config.preprocess)
+        labels = self.predict_prepared(tensor, box).labels
         return np.asfortranarray(from_canonical(labels, image.affine))

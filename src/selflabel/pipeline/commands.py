@@ -11,7 +11,7 @@ from selflabel.errors import SelflabelError
 from selflabel.io import load_dataset
 from selflabel.pipeline.recipe import Pipeline, run_recipe
 from selflabel.pipeline.stages import say
-from selflabel.preprocess import preprocess_cases
+from selflabel.preprocess import plan, preprocess_cases
 from selflabel.train import TrainResult, train_model
 
 #: The demo: a small synthetic cohort and the CPU preset, minutes on 2 cores.
@@ -38,6 +38,7 @@ def train_on_dataset(
         train, val = read_split(split_file, names)
     else:
         train, val = split_cases(names, cfg.pipeline.train_fraction, cfg.seed)
+    cfg = plan(cfg, [c for c in dataset.training if c.name in set(train)], dataset.label_values)
     info = dist_info()
     if info.is_main:
         report = preprocess_cases(dataset.training, cache, cfg.preprocess, dataset.label_values, progress=progress)

@@ -31,7 +31,7 @@ from selflabel.inference import Predictor
 from selflabel.io import Case, Dataset, load_dataset
 from selflabel.pipeline.evaluation import evaluate_model
 from selflabel.pipeline.stages import Stage, StageRunner, say
-from selflabel.preprocess import preprocess_cases
+from selflabel.preprocess import plan, preprocess_cases
 from selflabel.pseudolabel import pseudolabel_cases
 from selflabel.report import ModelResult, write_report
 from selflabel.train import train_model
@@ -53,16 +53,16 @@ class Pipeline:
     def __init__(self, data_dir: str | Path, work_dir: str | Path, cfg: Config, progress: bool = True):
         self.data_dir = Path(data_dir)
         self.work = Path(work_dir)
-        self.cfg = cfg
         self.progress = progress
         self.dataset: Dataset = load_dataset(self.data_dir)
         if not self.dataset.training:
             raise SelflabelError(f"{self.data_dir}: no labelled cases (imagesTr/ + labelsTr/)")
         if not self.dataset.unlabeled:
             raise SelflabelError(f"{self.data_dir}: no unlabelled cases (unlabeledTr/) to pseudo-label")
+        self.cfg = plan(cfg, self._labelled(self._split(cfg)[0]), self.dataset.label_values)
         self.cache = self.work / "cache"
-        self.models = model_names(cfg)
-        self.runner = StageRunner(self.work, config_to_dict(cfg), {"data_dir": str(self.data_dir.resolve())})
+        self.models = model_names(self.cfg)
+        self.runner = StageRunner(self.work, config_to_dict(self.cfg), {"data_dir": str(self.data_dir.resolve())})
 
     # ---- layout ----
 
@@ -107,9 +107,12 @@ class Pipeline:
         stages.append(Stage("report", every, ("report",), self._report))
         return stages
 
+    def _split(self, cfg: Config) -> tuple[list[str], list[str]]:
+        """The (training, validation) labelled cases of this seed and fraction."""
+        return split_cases([c.name for c in self.dataset.training], cfg.pipeline.train_fraction, cfg.seed)
+
     def _prepare(self) -> None:
-        names = [c.name for c in self.dataset.training]
-        train, val = split_cases(names, self.cfg.pipeline.train_fraction, self.cfg.seed)
+        train, val = self._split(self.cfg)
         atomic_write_json(self.work / "split.json", {"train": train, "validation": val})
         groups = [(self.dataset.training, self.dataset.label_values), (self.dataset.unlabeled, None)]
         for cases, label_values in groups:

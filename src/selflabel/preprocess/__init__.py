@@ -5,21 +5,30 @@ from selflabel.preprocess.cache import (
     CacheEntry,
     cache_case,
     cache_size,
+    foreground_slices,
     is_cached,
+    organ_slices,
     preprocess_cases,
     preprocess_dataset,
 )
-from selflabel.preprocess.intensity import normalize_intensity
+from selflabel.preprocess.crop import CropBox
+from selflabel.preprocess.intensity import foreground_intensity, normalize_intensity
+from selflabel.preprocess.planning import plan
 from selflabel.preprocess.resample import resize_slices
 from selflabel.preprocess.volume import prepare_image, prepare_label
 
 __all__ = [
     "CACHE_VERSION",
     "CacheEntry",
+    "CropBox",
     "cache_case",
     "cache_size",
+    "foreground_slices",
     "is_cached",
+    "organ_slices",
+    "foreground_intensity",
     "normalize_intensity",
+    "plan",
     "prepare_image",
     "prepare_label",
     "preprocess_cases",

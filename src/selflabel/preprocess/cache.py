@@ -32,6 +32,7 @@ from selflabel.batch import BatchReport
 from selflabel.config import PreprocessConfig
 from selflabel.errors import InputError, SelflabelError
 from selflabel.io import Case, canonical_axes, load_dataset, read_case
+from selflabel.labels import IGNORE_INDEX
 from selflabel.preprocess.volume import prepare_image, prepare_label
 
 CACHE_VERSION = 1
@@ -98,8 +99,22 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-def _foreground_slices(seg: np.ndarray) -> list[int]:
-    return np.flatnonzero(seg.reshape(seg.shape[0], -1).any(axis=1)).tolist()
+def organ_slices(seg: np.ndarray) -> dict[str, list[int]]:
+    """Axial slices holding each organ of a (Z, S, S) label volume: ``{"1": [z, ...], ...}`` (JSON keys).
+
+    Background (0) and ignored voxels (`IGNORE_INDEX`) are not organs.
+    """
+    present = np.zeros((seg.shape[0], 256), dtype=bool)
+    for z in range(seg.shape[0]):
+        present[z, np.unique(seg[z])] = True
+    present[:, [0, IGNORE_INDEX]] = False
+    return {str(label): np.flatnonzero(present[:, label]).tolist() for label in np.flatnonzero(present.any(axis=0))}
+
+
+def foreground_slices(seg: np.ndarray) -> list[int]:
+    """Axial slices holding any organ voxel (neither background nor ignored) of a (Z, S, S) label volume."""
+    organ = (seg > 0) & (seg != IGNORE_INDEX)
+    return np.flatnonzero(organ.reshape(len(organ), -1).any(1)).tolist()
 
 
 def cache_case(case: Case, folder: Path, cfg: PreprocessConfig, label_values: Sequence[int] | None = None) -> dict:
@@ -120,7 +135,7 @@ def cache_case(case: Case, folder: Path, cfg: PreprocessConfig, label_values: Se
 def _write_case(case: Case, entry: CacheEntry, cfg: PreprocessConfig, label_values: Sequence[int] | None) -> dict:
     image, label = read_case(case, label_values)
     entry.meta.unlink(missing_ok=True)  # the case is incomplete until its JSON is written again
-    tensor, stats = prepare_image(image, cfg)
+    tensor, stats, box = prepare_image(image, cfg)
     _save_npy(entry.image, tensor.numpy().astype(np.float16))
     meta: dict[str, Any] = {
         "case": case.name,
@@ -133,13 +148,15 @@ def _write_case(case: Case, entry: CacheEntry, cfg: PreprocessConfig, label_valu
         "canonical_shape": [int(n) for n in canonical_axes(image.array.shape, image.affine)],
         "canonical_spacing": list(canonical_axes(image.spacing, image.affine)),
         "intensity": stats,
+        "crop": box.to_list(),
         "labelled": label is not None,
     }
     if label is not None:
-        gt, seg = prepare_label(label, cfg.image_size)
+        gt, seg = prepare_label(label, cfg.image_size, box)
         _save_npy(entry.gt, gt)
         _save_npy(entry.seg, seg)
-        meta["foreground_slices"] = _foreground_slices(seg)
+        meta["foreground_slices"] = foreground_slices(seg)
+        meta["organ_slices"] = organ_slices(seg)
         meta["label_values"] = np.unique(seg).tolist()
     atomic_write_json(entry.meta, meta)
     return meta

@@ -1,4 +1,4 @@
-"""One volume to the model's grid: canonical orientation, normalisation, in-plane resize."""
+"""One volume to the model's grid: canonical orientation, the body crop, normalisation, in-plane resize."""
 
 from __future__ import annotations
 
@@ -6,21 +6,31 @@ import numpy as np
 import torch
 
 from selflabel.config import PreprocessConfig
-from selflabel.io import Volume, to_canonical
+from selflabel.io import Volume, canonical_axes, to_canonical
+from selflabel.preprocess.crop import AIR_HU, CropBox, body_box, crop
 from selflabel.preprocess.intensity import normalize_intensity
 from selflabel.preprocess.resample import resize_slices
 
 
-def prepare_image(volume: Volume, cfg: PreprocessConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Image volume -> canonical, normalised, resized float32 tensor (Z, S, S), plus intensity statistics."""
+def crop_box(canonical: np.ndarray, spacing: tuple[float, float, float], cfg: PreprocessConfig) -> CropBox:
+    """The in-plane box the config keeps of a canonical (Z, H, W) HU volume (the whole slice without a crop)."""
+    if cfg.crop == "body":
+        return body_box(canonical, spacing, cfg.body_threshold_hu, cfg.crop_margin_mm)
+    return CropBox.full(*canonical.shape[1:])
+
+
+def prepare_image(volume: Volume, cfg: PreprocessConfig) -> tuple[torch.Tensor, dict[str, float], CropBox]:
+    """Image volume -> canonical, cropped, normalised, resized float32 tensor (Z, S, S), intensity statistics, box."""
     canonical = np.ascontiguousarray(to_canonical(volume.array, volume.affine))
-    normalised, stats = normalize_intensity(canonical, cfg)
+    box = crop_box(canonical, canonical_axes(volume.spacing, volume.affine), cfg)
+    normalised, stats = normalize_intensity(crop(canonical, box, AIR_HU), cfg)
     resized = resize_slices(torch.from_numpy(normalised)[:, None], cfg.image_size)[:, 0]
-    return resized, stats
+    return resized, stats, box
 
 
-def prepare_label(volume: Volume, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label volume -> (canonical labels at the original grid (Z, H, W), labels resized to (Z, S, S)), uint8."""
+def prepare_label(volume: Volume, size: int, box: CropBox) -> tuple[np.ndarray, np.ndarray]:
+    """Label volume -> (canonical labels at the original grid (Z, H, W), the box's labels resized to (Z, S, S))."""
     canonical = np.ascontiguousarray(to_canonical(volume.array, volume.affine))
-    resized = resize_slices(torch.from_numpy(canonical)[:, None].float(), size, label=True)[:, 0]
+    cropped = np.ascontiguousarray(crop(canonical, box, 0))
+    resized = resize_slices(torch.from_numpy(cropped)[:, None].float(), size, label=True)[:, 0]
     return canonical, resized.to(torch.uint8).numpy()

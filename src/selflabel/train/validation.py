@@ -13,8 +13,8 @@ from selflabel.checkpoints import ModelSpec
 from selflabel.config import Config
 from selflabel.distributed import DistInfo, gather_objects
 from selflabel.metrics import CaseScores, score_case, summarize
-from selflabel.preprocess import CacheEntry
-from selflabel.slicewise import predict_volume
+from selflabel.preprocess import CacheEntry, CropBox
+from selflabel.slicewise import predict_in_box
 
 
 def selection_score(mean_dsc: float, mean_nsd: float) -> float:
@@ -45,8 +45,9 @@ def validate_cases(
         meta = entry.read_meta()
         volume = torch.from_numpy(np.load(entry.image).astype(np.float32))
         gt = np.load(entry.gt)
-        pred = predict_volume(
-            model, volume, gt.shape[1:], context=spec.context, batch_size=cfg.inference.batch_size, amp=cfg.train.amp
+        box = CropBox.from_list(meta["crop"])
+        pred = predict_in_box(
+            model, volume, box, context=spec.context, batch_size=cfg.inference.batch_size, amp=cfg.train.amp
         ).labels
         results.append((name, score_case(pred, gt, tuple(meta["canonical_spacing"]), axial_axis=0)))
     gathered = gather_objects(results, info)
