@@ -39,7 +39,7 @@ def _sync(device: torch.device) -> None:
 def _time_steps(model, optimizer, loss_fn, batches, device, dtype, channels_last: bool, warmup: int = 2) -> float:
     """Slices per second over the batches after `warmup` (each batch: forward, loss, backward, Adam step)."""
     slices, start = 0, None
-    for i, (x, y) in enumerate(batches):
+    for i, (x, y, _weights) in enumerate(batches):
         if i == warmup:
             _sync(device)
             start = time.perf_counter()

@@ -84,8 +84,13 @@ def load_run_model(run_dir: str | Path, which: str = "best", device: str | torch
     return LoadedModel(model, spec, config_from_dict(state["config"]), dict(state["labels"]))
 
 
-def write_run_folder(run_dir: Path, *, config: Config, labels: dict[str, int], split: dict, spec: ModelSpec) -> None:
-    """Write a run's self-description, or check that an existing run in `run_dir` used the same settings."""
+def write_run_folder(
+    run_dir: Path, *, config: Config, labels: dict[str, int], split: dict, spec: ModelSpec, parameters: int
+) -> None:
+    """Write a run's self-description, or check that an existing run in `run_dir` used the same settings.
+
+    ``model.json`` is the `ModelSpec` and the network's number of `parameters`.
+    """
     config_path = run_dir / "config.yaml"
     if config_path.is_file() and yaml.safe_load(config_path.read_text()) != config_to_dict(config):
         raise SelflabelError(
@@ -95,4 +100,4 @@ def write_run_folder(run_dir: Path, *, config: Config, labels: dict[str, int], s
     save_config(config, config_path)
     atomic_write_json(run_dir / "labels.json", labels)
     atomic_write_json(run_dir / "split.json", split)
-    atomic_write_json(run_dir / "model.json", asdict(spec))
+    atomic_write_json(run_dir / "model.json", {**asdict(spec), "parameters": parameters})

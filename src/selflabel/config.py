@@ -103,15 +103,30 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The paper's "random rotation and flip", with the Swin-Unet code's probabilities.
+    """The paper's "random rotation and flip", with the Swin-Unet code's probabilities, and options beyond it.
 
     rot90_flip_prob: probability of a random multiple-of-90-degree rotation followed by a random axis flip.
     rotate_prob: probability of a rotation by a uniform angle in [-rotate_degrees, rotate_degrees].
+    strong: also zoom (1 ± `scale`), brightness (± `brightness`) and contrast (1 ± `contrast`), gamma
+        (exp(± `gamma`)), Gaussian noise (sd up to `noise_std`) and blur (sigma up to `blur_sigma` pixels), each with
+        probability `strong_prob` (the noisy student's input noise; `pipeline.student_augment` sets it for students).
+    copy_paste: probability that a training slice gets a random box (a side of 30-60 % of the slice) of a slice of
+        the other kind pasted in, labels with it: a labelled box into a pseudo-labelled slice and the reverse
+        (bidirectional copy-paste); only when a model trains on both kinds.
     """
 
     rot90_flip_prob: float = 0.5
     rotate_prob: float = 0.5
     rotate_degrees: float = 20.0
+    strong: bool = False
+    strong_prob: float = 0.3
+    scale: float = 0.2
+    brightness: float = 0.2
+    contrast: float = 0.25
+    gamma: float = 0.3
+    noise_std: float = 0.1
+    blur_sigma: float = 1.0
+    copy_paste: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,8 @@ class TrainConfig:
     iterations_per_epoch: 0 means one pass over all training slices.
     checkpoint_every: also write `latest.pt` every this many iterations within an epoch (0 = at epoch ends only).
     foreground_fraction: share of sampled slices forced to contain an organ (0 = uniform over slices).
+    foreground_sampling: how those slices are drawn: ``"any"`` slice holding an organ, or ``"per_organ"``: an organ
+        uniformly among those present, then a slice holding it (small organs seen as often as the liver).
     amp: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"`` (CUDA, with a grad scaler) or ``"none"``.
     pseudo_weight: sampling weight of a pseudo-labelled case relative to a labelled one.
     """
@@ -136,6 +153,7 @@ class TrainConfig:
     val_every: int = 1
     checkpoint_every: int = 500
     foreground_fraction: float = 0.0
+    foreground_sampling: Literal["any", "per_organ"] = "any"
     pseudo_weight: float = 1.0
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     channels_last: bool = True
@@ -163,6 +181,10 @@ class PseudoLabelConfig:
     low_confidence_tau: threshold used only for the per-case "fraction of uncertain foreground" statistic.
     drop_least_confident: fraction of cases with the lowest mean confidence left out of student training.
     drop_most_changed: fraction of cases whose labels changed most between rounds left out (rounds >= 2).
+    soft_weights: the student's loss weighs each pseudo-labelled voxel by the teacher's confidence in it (its
+        maximum softmax probability) instead of 1.
+    checkpoints: the teacher that makes pseudo-labels: its ``"best"`` checkpoint, or ``"best_and_latest"`` (an
+        ensemble averaging the two checkpoints' probabilities).
 
     The teacher predicts with the `inference` settings (flip TTA, largest component), as every prediction does.
     """
@@ -171,6 +193,8 @@ class PseudoLabelConfig:
     low_confidence_tau: float = 0.9
     drop_least_confident: float = 0.0
     drop_most_changed: float = 0.0
+    soft_weights: bool = False
+    checkpoints: Literal["best", "best_and_latest"] = "best"
 
 
 @dataclass(frozen=True)
@@ -183,6 +207,9 @@ class PipelineConfig:
         than its teacher; with a fixed `train.iterations_per_epoch` it may need more epochs to take them in.
     finetune_epochs: after the last round, fine-tune the student on the labelled cases only (0 = off) at
         `finetune_lr` (poly decay as in training).
+    student_model: ``"teacher"`` (every student is the teacher's network, the paper) or ``"own"``: students use the
+        `student` section (another network or size, e.g. a small fast student of a large teacher).
+    student_augment: ``"same"`` as the teacher, or ``"strong"``: students train with `augment.strong` on.
     """
 
     train_fraction: float = 0.4
@@ -190,15 +217,22 @@ class PipelineConfig:
     student_epochs: int = 0
     finetune_epochs: int = 0
     finetune_lr: float = 1e-4
+    student_model: Literal["teacher", "own"] = "teacher"
+    student_augment: Literal["same", "strong"] = "same"
 
 
 @dataclass(frozen=True)
 class Config:
-    """All settings of a selflabel run; the defaults are the paper's."""
+    """All settings of a selflabel run; the defaults are the paper's.
+
+    `model` is the teacher's network (and every model's, unless ``pipeline.student_model`` is ``"own"``; then
+    students use `student`).
+    """
 
     seed: int = 0
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)

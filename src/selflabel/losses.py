@@ -15,10 +15,12 @@ class DiceCELoss(torch.nn.Module):
 
     Dice is the soft Dice of the softmax over the whole batch, per organ class (background excluded), averaged:
     ``(2 sum(p g) + smooth) / (sum(p) + sum(g) + smooth)``. `reduce` sums the Dice and CE statistics over DDP ranks
-    (autograd-aware), so several processes compute the one-process loss of the global batch.
+    (autograd-aware), so several processes compute the one-process loss of the global batch. Optional per-voxel
+    `weight`s (e.g. a teacher's confidence in a pseudo-label) scale each voxel's share of the CE mean and of the
+    Dice sums; a weight of 1 everywhere gives the unweighted loss.
 
     Args:
-        logits: (B, C, H, W). target: (B, H, W) int64 in [0, C) or `ignore_index`.
+        logits: (B, C, H, W). target: (B, H, W) int64 in [0, C) or `ignore_index`. weight: (B, H, W) >= 0 or None.
     Returns:
         (loss, {"ce": float, "dice": float}) where "dice" is the mean soft Dice.
     """
@@ -41,21 +43,25 @@ class DiceCELoss(torch.nn.Module):
         self.smooth = smooth
         self.reduce = reduce or (lambda t: t)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = logits.float()
         valid = target != self.ignore_index
         safe = torch.where(valid, target, torch.zeros_like(target))
-        ce_sum = F.cross_entropy(logits, safe, reduction="none")[valid].sum()
-        probs = torch.softmax(logits, dim=1) * valid[:, None]
-        onehot = F.one_hot(safe, self.num_classes).permute(0, 3, 1, 2).to(probs.dtype) * valid[:, None]
+        voxel = valid.float() if weight is None else valid * weight.float()
+        ce = F.cross_entropy(logits, safe, reduction="none")
+        ce_sum = ce[valid].sum() if weight is None else (ce * voxel).sum()
+        probs = torch.softmax(logits, dim=1) * voxel[:, None]
+        onehot = F.one_hot(safe, self.num_classes).permute(0, 3, 1, 2).to(probs.dtype) * voxel[:, None]
         dims = (0, 2, 3)
         stats = torch.stack(
             [(probs * onehot).sum(dims), probs.sum(dims), onehot.sum(dims)]
         )  # (3, C): intersection, predicted, ground truth
-        totals = self.reduce(torch.cat([stats.flatten(), ce_sum[None], valid.sum()[None].float()]))
+        totals = self.reduce(torch.cat([stats.flatten(), ce_sum[None], voxel.sum()[None]]))
         stats, ce_sum, count = totals[:-2].view(3, -1), totals[-2], totals[-1]
         inter, pred, gt = stats[:, 1:]
         dice = ((2 * inter + self.smooth) / (pred + gt + self.smooth)).mean()
-        ce = ce_sum / count.clamp_min(1)
+        ce = ce_sum / count.clamp_min(1e-6)
         loss = self.ce_weight * ce + self.dice_weight * (1 - dice)
         return loss, {"ce": float(ce.detach()), "dice": float(dice.detach())}

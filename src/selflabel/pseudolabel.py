@@ -118,13 +118,14 @@ class PseudoLabeller:
         self.train_dir.mkdir(parents=True, exist_ok=True)
 
     def is_done(self, case: Case) -> bool:
-        """Labelled already, with the same confidence threshold and the same previous round (or none)."""
+        """Labelled already, with the same confidence threshold, weights and previous round (or none)."""
         meta = CacheEntry(self.train_dir, case.name).meta
         if not meta.is_file():
             return False
         stats = json.loads(meta.read_text())
         same_previous = (stats.get("changed") is not None) == (self.previous_dir is not None)
-        return stats.get("confidence_tau") == self.cfg.confidence_tau and same_previous
+        same_weights = stats.get("soft_weights", False) == self.cfg.soft_weights
+        return stats.get("confidence_tau") == self.cfg.confidence_tau and same_previous and same_weights
 
     def label(self, case: Case) -> None:
         """Predict one cached case and write its NIfTI, training labels and statistics (the JSON last)."""
@@ -140,6 +141,9 @@ class PseudoLabeller:
         target = CacheEntry(self.train_dir, case.name)
         with atomic_path(target.seg) as tmp:
             np.save(tmp, train_labels)
+        if self.cfg.soft_weights:
+            with atomic_path(target.weight) as tmp:
+                np.save(tmp, pred.lowres_confidence)
         stats = {
             "case": case.name,
             **confidence_stats(pred.labels, pred.confidence, pred.entropy, self.cfg.low_confidence_tau),
@@ -148,6 +152,7 @@ class PseudoLabeller:
             "foreground_slices": foreground_slices(train_labels),
             "organ_slices": organ_slices(train_labels),
             "confidence_tau": self.cfg.confidence_tau,
+            "soft_weights": self.cfg.soft_weights,
         }
         atomic_write_json(target.meta, stats)
 
@@ -198,6 +203,15 @@ def write_table(out_dir: str | Path, cfg: PseudoLabelConfig) -> Selection:
 
 def _fmt(value: Any) -> str:
     return "" if value is None else f"{value:.6f}"
+
+
+def load_teacher(run_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> Predictor:
+    """The run's model that makes pseudo-labels: its best checkpoint, or the ensemble ``pseudolabel.checkpoints``
+    names (`overrides` change the run's settings first)."""
+    teacher = Predictor.from_run(run_dir, overrides=overrides)
+    if teacher.config.pseudolabel.checkpoints == "best_and_latest":
+        teacher = teacher.ensemble_with(Predictor.from_run(run_dir, which="latest", overrides=overrides))
+    return teacher
 
 
 def pseudolabel_cases(
@@ -255,7 +269,7 @@ def pseudolabel_folder(
 
     `overrides` change the run's saved settings (dotted keys, e.g. ``{"pseudolabel.confidence_tau": 0.9}``).
     """
-    predictor = Predictor.from_run(run_dir, overrides=overrides)
+    predictor = load_teacher(run_dir, overrides)
     cache = Path(cache_dir) if cache_dir else Path(out_dir) / "cache"
     return pseudolabel_cases(
         predictor, list_cases(input_dir), cache_dir=cache, out_dir=out_dir, previous_dir=previous_dir,

@@ -114,6 +114,7 @@ def build_summary(results: Sequence[ModelResult], pseudo_dirs: Sequence[Path], c
             "splits": {split: _scores(path) for split, path in result.evals.items()},
             "inference": {split: _efficiency(path) for split, path in result.evals.items()},
             "training": _training(result.run_dir),
+            **_network(result.run_dir),
         }
     return {
         "models": models,
@@ -136,6 +137,37 @@ def paper_table(summary: Mapping[str, Any], split: str, metric: str) -> str:
         values = [scores["organs"][organ][metric] for organ in PAPER_COLUMNS]
         row = [name, *[f"{100 * v:.1f}" for v in values], f"{100 * scores[f'mean_{metric}']:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _network(run_dir: Path) -> dict[str, Any]:
+    """The run's network in words (name, size, input grid) and its number of parameters, from model.json."""
+    path = run_dir / "model.json"
+    if not path.is_file():
+        return {"network": "n/a", "parameters": None}
+    spec = json.loads(path.read_text())
+    options = spec.get("options", {})
+    size = options.get("channels") or options.get("embed_dim")
+    size_text = "-".join(map(str, size)) if isinstance(size, list) else str(size)
+    return {"network": f"{spec['name']} {size_text} at {spec['img_size']} px", "parameters": spec.get("parameters")}
+
+
+def trade_off_table(summary: Mapping[str, Any], split: str) -> str:
+    """Markdown: per model its network, parameters, mean DSC/NSD on `split` and inference time per case."""
+    lines = [
+        "| Model | Network | Parameters | Mean DSC (%) | Mean NSD (%) | Time (s/case) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, model in summary["models"].items():
+        if split not in model["splits"]:
+            continue
+        scores, eff = model["splits"][split], model["inference"].get(split)
+        params = "n/a" if model["parameters"] is None else f"{model['parameters'] / 1e6:.2f} M"
+        seconds = "n/a" if eff is None or eff["time_s"] is None else f"{eff['time_s']:.2f}"
+        lines.append(
+            f"| {name} | {model['network']} | {params} | {100 * scores['mean_dsc']:.1f} | "
+            f"{100 * scores['mean_nsd']:.1f} | {seconds} |"
+        )
     return "\n".join(lines)
 
 
@@ -401,6 +433,9 @@ def _markdown(summary: Mapping[str, Any], splits: Sequence[str], has_pseudo: boo
             "![pseudo-labels, axial / coronal / sagittal (the paper's Fig. 3)](pseudolabels.png)",
             "",
         ]
+    split = "test" if "test" in splits else splits[-1] if splits else None
+    if split:
+        parts += [f"## Accuracy and inference cost ({split})", "", trade_off_table(summary, split), ""]
     parts += [
         "## Inference efficiency (FLARE's measures, per case)",
         "",
@@ -412,4 +447,4 @@ def _markdown(summary: Mapping[str, Any], splits: Sequence[str], has_pseudo: boo
     return "\n".join(parts)
 
 
-__all__ = ["ModelResult", "PAPER_COLUMNS", "build_summary", "paper_table", "write_report"]
+__all__ = ["ModelResult", "PAPER_COLUMNS", "build_summary", "paper_table", "trade_off_table", "write_report"]

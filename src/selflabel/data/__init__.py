@@ -1,7 +1,7 @@
 """Training data: cached slices, the paper's augmentation, a deterministic sampler, and the case split."""
 
-from selflabel.data.augment import RandomRot90Flip, RandomRotate, build_augmentation
-from selflabel.data.dataset import SliceDataset, Source
+from selflabel.data.augment import RandomRot90Flip, RandomRotate, build_augmentation, build_intensity_augmentation
+from selflabel.data.dataset import SliceDataset, Source, paste_box
 from selflabel.data.sampling import SliceSampler
 from selflabel.data.split import read_split, split_cases, split_record
 
@@ -12,6 +12,8 @@ __all__ = [
     "SliceSampler",
     "Source",
     "build_augmentation",
+    "build_intensity_augmentation",
+    "paste_box",
     "read_split",
     "split_cases",
     "split_record",

@@ -26,12 +26,20 @@ class Source:
     cache_dir: where the images (``<case>.npy``) live.
     label_dir: where the labels (``<case>_seg.npy``) live; defaults to `cache_dir` (pseudo-labels live elsewhere).
     weight: sampling weight of each of its slices relative to other sources' slices.
+    voxel_weights: the labels come with per-voxel loss weights (``<case>_weight.npy`` beside them: a teacher's
+        confidence); otherwise every voxel weighs 1.
     """
 
     cache_dir: Path
     cases: tuple[str, ...]
     label_dir: Path | None = None
     weight: float = 1.0
+    voxel_weights: bool = False
+
+    @property
+    def pseudo(self) -> bool:
+        """Labels made by a model (they live apart from the cache), not by an expert."""
+        return self.label_dir is not None
 
 
 # ---- dataset ----
@@ -40,8 +48,11 @@ class Source:
 class SliceDataset(torch.utils.data.Dataset):
     """Axial slices of cached cases.
 
-    A key is ``(slice_index, sample_seed)``; the sample is ``(image (2k+1, S, S) float32, label (S, S) int64)``.
-    `sample_seed` < 0 means no augmentation. `image_size` resizes (bilinear / nearest) when the cache's grid differs.
+    A key is ``(slice_index, sample_seed)``; the sample is ``(image (2k+1, S, S) float32, label (S, S) int64,
+    voxel weights (S, S) float32)``. `foreground` marks the slices holding an organ, `organ_slices` maps each organ
+    label to the slices holding it. `sample_seed` < 0 means no augmentation. `image_size` resizes (bilinear /
+    nearest) when the cache's grid differs. Augmentation: `copy_paste` (see `AugmentConfig`), then the `augment`
+    (spatial) transforms on image, label and weights, then the `intensity` transforms on the image.
     """
 
     def __init__(
@@ -50,58 +61,114 @@ class SliceDataset(torch.utils.data.Dataset):
         image_size: int,
         context: int = 0,
         augment: Sequence | None = None,
+        *,
+        intensity: Sequence | None = None,
+        copy_paste: float = 0.0,
     ):
         self.sources = list(sources)
         self.image_size = image_size
         self.context = context
         self.augment = list(augment or [])
-        self._volumes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.intensity = list(intensity or [])
+        self.has_voxel_weights = any(s.voxel_weights for s in self.sources)
+        self._volumes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         rows = []  # (source, case, z, has_foreground)
+        organs: dict[int, list[int]] = {}  # organ label -> indices of the slices holding it
         for s, source in enumerate(self.sources):
             for c, name in enumerate(source.cases):
                 depth = int(_read_meta(CacheEntry(source.cache_dir, name))["canonical_shape"][0])
                 labels = CacheEntry(source.label_dir or source.cache_dir, name)
-                foreground = set(_read_meta(labels).get("foreground_slices", []))
+                meta = _read_meta(labels)
                 if not labels.seg.is_file():
                     raise InputError(
                         labels.seg, "label missing from the cache (an unlabelled case given for training?)"
                     )
+                foreground = set(meta.get("foreground_slices", []))
+                for organ, zs in meta.get("organ_slices", {}).items():
+                    organs.setdefault(int(organ), []).extend(len(rows) + z for z in zs)
                 rows += [(s, c, z, z in foreground) for z in range(depth)]
         if not rows:
             raise InputError(self.sources[0].cache_dir if self.sources else Path("."), "no training slices")
         table = np.array(rows, dtype=np.int64)
         self.slices = table[:, :3]
         self.foreground = table[:, 3].astype(bool)
+        self.organ_slices = {organ: np.array(idx, dtype=np.int64) for organ, idx in sorted(organs.items())}
         self.weights = np.array([self.sources[s].weight for s in self.slices[:, 0]], dtype=np.float64)
+        pseudo = np.array([self.sources[s].pseudo for s in self.slices[:, 0]], dtype=bool)
+        self.kinds = [np.flatnonzero(~pseudo), np.flatnonzero(pseudo)]  # slices with expert, with pseudo labels
+        self.copy_paste = copy_paste if all(len(k) for k in self.kinds) else 0.0
 
     def __len__(self) -> int:
         return len(self.slices)
 
-    def _volume(self, s: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    def _volume(self, s: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         key = (s, c)
         if key not in self._volumes:  # opened lazily, so that each loader worker maps its own files
             source = self.sources[s]
             name = source.cases[c]
+            labels = CacheEntry(source.label_dir or source.cache_dir, name)
             image = np.load(CacheEntry(source.cache_dir, name).image, mmap_mode="r")
-            label = np.load(CacheEntry(source.label_dir or source.cache_dir, name).seg, mmap_mode="r")
-            self._volumes[key] = (image, label)
+            label = np.load(labels.seg, mmap_mode="r")
+            weight = np.load(labels.weight, mmap_mode="r") if source.voxel_weights else None
+            self._volumes[key] = (image, label, weight)
         return self._volumes[key]
 
-    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor]:
-        index, seed = key if isinstance(key, tuple) else (key, -1)
+    def _slice(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image (2k+1, S, S), label (S, S) uint8 and voxel weights (S, S) of one slice, at the model's grid."""
         s, c, z = (int(v) for v in self.slices[index])
-        image, label = self._volume(s, c)
+        image, label, weight = self._volume(s, c)
         zs = np.clip(np.arange(z - self.context, z + self.context + 1), 0, image.shape[0] - 1)
         x = torch.from_numpy(np.array(image[zs], dtype=np.float32))
         y = torch.from_numpy(np.array(label[z], dtype=np.uint8))
+        w = torch.ones(y.shape) if weight is None else torch.from_numpy(np.array(weight[z], dtype=np.float32))
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             x = resize_slices(x[None], self.image_size)[0]
             y = resize_slices(y[None, None].float(), self.image_size, label=True)[0, 0].to(torch.uint8)
-        if seed >= 0 and self.augment:
+            w = resize_slices(w[None, None], self.image_size)[0, 0]
+        return x, y, w
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index, seed = key if isinstance(key, tuple) else (key, -1)
+        x, y, w = self._slice(index)
+        if seed >= 0 and (self.augment or self.intensity or self.copy_paste):
             rng = np.random.default_rng(seed)
-            for transform in self.augment:
-                x, y = transform(x, y, rng)
-        return x.contiguous(), y.long()
+            if self.copy_paste and rng.random() < self.copy_paste:
+                other = self.kinds[0 if self.sources[int(self.slices[index, 0])].pseudo else 1]
+                x, y, w = paste_box((x, y, w), self._slice(int(rng.choice(other))), rng)
+            x, y, w = self._spatial(x, y, w, rng)
+            for transform in self.intensity:
+                x = transform(x, rng)
+        return x.contiguous(), y.long(), w.contiguous()
+
+    def _spatial(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, rng: np.random.Generator):
+        """The spatial transforms on image and label, and on the voxel weights (as an extra channel) if any."""
+        stacked = torch.cat([x, w[None]]) if self.has_voxel_weights else x
+        for transform in self.augment:
+            stacked, y = transform(stacked, y, rng)
+        if self.has_voxel_weights:
+            return stacked[:-1], y, stacked[-1]
+        return stacked, y, w
+
+
+def paste_box(
+    target: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    source: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    rng: np.random.Generator,
+    side: tuple[float, float] = (0.3, 0.6),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Copy-paste: a random box of `source` (image, label, weights) pasted into `target` at the same place.
+
+    The box's sides are uniform in `side` times the slice's; image, label and weights move together.
+    """
+    x, y, w = (t.clone() for t in target)
+    height, width = y.shape
+    h = max(1, int(round(float(rng.uniform(*side)) * height)))
+    v = max(1, int(round(float(rng.uniform(*side)) * width)))
+    top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - v + 1))
+    box = (slice(top, top + h), slice(left, left + v))
+    x[(slice(None), *box)] = source[0][(slice(None), *box)]
+    y[box], w[box] = source[1][box], source[2][box]
+    return x, y, w
 
 
 def _read_meta(entry: CacheEntry) -> dict:

@@ -19,7 +19,9 @@ class SliceSampler(torch.utils.data.Sampler):
     """Deterministic, resumable, DDP-aware sampling of `(slice_index, sample_seed)` keys.
 
     Each epoch draws ``num_batches * batch_size`` slices (with replacement, by source weight); a share
-    `foreground_fraction` of them is drawn among slices that hold an organ. The global sequence depends only on
+    `foreground_fraction` of them is drawn among slices that hold an organ: any organ (`foreground_sampling`
+    ``"any"``), or first an organ, uniformly among the organs present, then a slice holding it (``"per_organ"``, so
+    that an adrenal is seen as often as the liver). The global sequence depends only on
     ``(seed, epoch)``; rank r of w takes its contiguous ``batch_size / w`` share of every global batch, so the
     union of ranks' batches equals the one-process batch. `start_batch` skips batches already trained on.
     """
@@ -32,6 +34,7 @@ class SliceSampler(torch.utils.data.Sampler):
         num_batches: int,
         seed: int,
         foreground_fraction: float = 0.0,
+        foreground_sampling: str = "any",
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -42,6 +45,7 @@ class SliceSampler(torch.utils.data.Sampler):
         self.num_batches = num_batches
         self.seed = seed
         self.foreground_fraction = foreground_fraction if dataset.foreground.any() else 0.0
+        self.per_organ = foreground_sampling == "per_organ" and bool(dataset.organ_slices)
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
@@ -58,12 +62,27 @@ class SliceSampler(torch.utils.data.Sampler):
         weights = self.dataset.weights
         indices = rng.choice(len(weights), size=n, p=weights / weights.sum())
         if self.foreground_fraction > 0:
-            fg = np.flatnonzero(self.dataset.foreground)
-            fg_weights = weights[fg] / weights[fg].sum()
-            forced = rng.random(n) < self.foreground_fraction
-            indices[forced] = rng.choice(fg, size=int(forced.sum()), p=fg_weights)
+            forced = np.flatnonzero(rng.random(n) < self.foreground_fraction)
+            indices[forced] = self._per_organ(rng, forced.size) if self.per_organ else self._any_organ(rng, forced.size)
         seeds = rng.integers(0, 2**31 - 1, size=n)
         return np.stack([indices, seeds], axis=1)
+
+    def _any_organ(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`n` slices holding any organ, by source weight."""
+        fg = np.flatnonzero(self.dataset.foreground)
+        weights = self.dataset.weights[fg]
+        return rng.choice(fg, size=n, p=weights / weights.sum())
+
+    def _per_organ(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`n` slices: an organ drawn uniformly for each, then a slice holding it, by source weight."""
+        groups = list(self.dataset.organ_slices.values())
+        organ = rng.integers(0, len(groups), size=n)
+        out = np.empty(n, dtype=np.int64)
+        for g, idx in enumerate(groups):
+            chosen = np.flatnonzero(organ == g)
+            weights = self.dataset.weights[idx]
+            out[chosen] = rng.choice(idx, size=chosen.size, p=weights / weights.sum())
+        return out
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         keys = self.global_keys().reshape(self.num_batches, self.batch_size, 2)

@@ -20,6 +20,19 @@ from selflabel.runtime import setup_device
 from selflabel.slicewise import VolumePrediction, predict_in_box
 
 
+class Ensemble(torch.nn.Module):
+    """Networks whose softmax probabilities are averaged: returns log(mean softmax), so that a softmax of the
+    output gives the mean probabilities."""
+
+    def __init__(self, members: list[torch.nn.Module]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
+        return torch.log(mean.clamp_min(1e-12))
+
+
 @dataclass(frozen=True)
 class Predictor(LoadedModel):
     """A loaded run (model, spec, labels) and the settings its predictions use (`config`)."""
@@ -36,6 +49,11 @@ class Predictor(LoadedModel):
         config = apply_overrides(state.config, overrides or {})
         device = setup_device(config.inference.device, dist_info())
         return cls(state.model.to(device), state.spec, config, state.labels)
+
+    def ensemble_with(self, other: Predictor) -> Predictor:
+        """A predictor whose probabilities are the mean of this one's and `other`'s (same grid and classes)."""
+        models = [*getattr(self.model, "members", [self.model]), other.model]
+        return Predictor(Ensemble(models), self.spec, self.config, self.labels)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Predictor:
         """The same model with settings changed through the config's own override function."""

@@ -32,7 +32,7 @@ from selflabel.io import Case, Dataset, load_dataset
 from selflabel.pipeline.evaluation import evaluate_model
 from selflabel.pipeline.stages import Stage, StageRunner, say
 from selflabel.preprocess import plan, preprocess_cases
-from selflabel.pseudolabel import pseudolabel_cases
+from selflabel.pseudolabel import load_teacher, pseudolabel_cases
 from selflabel.report import ModelResult, write_report
 from selflabel.train import train_model
 
@@ -88,21 +88,21 @@ class Pipeline:
     def stages(self) -> list[Stage]:
         base = ("seed", "preprocess", "pipeline.train_fraction")
         train = (*base, "model", "augment", "train")
+        student = (*train, "student", "inference", "pseudolabel", "pipeline.student_epochs", "pipeline.student_model",
+                   "pipeline.student_augment")  # fmt: skip
         pseudo = (*train, "inference", "pseudolabel")
         stages = [
             Stage("prepare", base, ("split.json", "cache"), self._prepare),
             Stage("teacher", train, ("models/teacher",), lambda: self._train_model("teacher", [])),
         ]
         for r in range(1, self.cfg.pipeline.rounds + 1):
-            student = self.models[r]
-            stages.append(Stage(f"pseudolabel{r}", pseudo, (f"pseudo/round{r}",), lambda r=r: self._pseudolabel(r)))
-            stages.append(
-                Stage(f"student{r}", (*pseudo, "pipeline.student_epochs"), (f"models/{student}",),
-                      lambda r=r: self._student(r))
-            )  # fmt: skip
+            teacher_sections = pseudo if r == 1 else student  # from round 2 a student is the teacher
+            labels = Stage(f"pseudolabel{r}", teacher_sections, (f"pseudo/round{r}",), lambda r=r: self._pseudolabel(r))
+            learner = Stage(f"student{r}", student, (f"models/{self.models[r]}",), lambda r=r: self._student(r))
+            stages += [labels, learner]
         if self.cfg.pipeline.finetune_epochs > 0:
-            stages.append(Stage("finetune", (*pseudo, "pipeline"), ("models/student_finetuned",), self._finetune))
-        every = (*pseudo, "pipeline")
+            stages.append(Stage("finetune", (*student, "pipeline"), ("models/student_finetuned",), self._finetune))
+        every = (*student, "pipeline")
         stages.append(Stage("evaluate", every, ("eval",), self._evaluate))
         stages.append(Stage("report", every, ("report",), self._report))
         return stages
@@ -131,33 +131,43 @@ class Pipeline:
         )  # fmt: skip
         say(f"    {name}: {result.epochs} epochs, {result.seconds:.0f} s, best epoch {result.best_epoch}")
 
-    def _predictor(self, model: str) -> Predictor:
-        """A trained model predicting with this run's inference and pseudo-label settings."""
+    def _settings_for_prediction(self) -> dict[str, Any]:
+        """This run's inference and pseudo-label sections, which every trained model predicts with."""
         current = config_to_dict(self.cfg)
-        sections = {"inference": current["inference"], "pseudolabel": current["pseudolabel"]}
-        return Predictor.from_run(self.run_dir(model), overrides=sections)
+        return {"inference": current["inference"], "pseudolabel": current["pseudolabel"]}
 
     def _pseudolabel(self, round_: int) -> None:
-        teacher = self.models[round_ - 1]
+        teacher = load_teacher(self.run_dir(self.models[round_ - 1]), self._settings_for_prediction())
         previous = self.pseudo_dir(round_ - 1) if round_ > 1 else None
         report, selection = pseudolabel_cases(
-            self._predictor(teacher), self.dataset.unlabeled, cache_dir=self.cache, out_dir=self.pseudo_dir(round_),
+            teacher, self.dataset.unlabeled, cache_dir=self.cache, out_dir=self.pseudo_dir(round_),
             previous_dir=previous, progress=self.progress,
         )  # fmt: skip
         report.raise_if_failed()
         say(f"    {len(selection.kept)} of {len(self.dataset.unlabeled)} pseudo-labelled cases kept")
 
+    def _student_settings(self) -> dict[str, Any]:
+        """What a student changes in the settings: its own network, strong augmentation (as configured)."""
+        p = self.cfg.pipeline
+        overrides: dict[str, Any] = {}
+        if p.student_model == "own":
+            overrides["model"] = config_to_dict(self.cfg)["student"]
+        if p.student_augment == "strong":
+            overrides["augment.strong"] = True
+        return overrides
+
     def _student(self, round_: int) -> None:
         kept = json.loads((self.pseudo_dir(round_) / "selected.json").read_text())["kept"]
         label_dir = self.pseudo_dir(round_) / "train"
-        pseudo = Source(self.cache, tuple(kept), label_dir, self.cfg.train.pseudo_weight)
+        weights = self.cfg.pseudolabel.soft_weights
+        pseudo = Source(self.cache, tuple(kept), label_dir, self.cfg.train.pseudo_weight, voxel_weights=weights)
         epochs = self.cfg.pipeline.student_epochs or self.cfg.train.epochs
-        self._train_model(self.models[round_], [pseudo], {"train.epochs": epochs})
+        self._train_model(self.models[round_], [pseudo], {**self._student_settings(), "train.epochs": epochs})
 
     def _finetune(self) -> None:
         p = self.cfg.pipeline
         last_student = self.run_dir(self.models[p.rounds])
-        overrides = {"train.epochs": p.finetune_epochs, "train.lr": p.finetune_lr}
+        overrides = {**self._student_settings(), "train.epochs": p.finetune_epochs, "train.lr": p.finetune_lr}
         self._train_model("student_finetuned", [], overrides, init_from=last_student / "best.pt")
 
     def eval_splits(self) -> dict[str, list[Case]]:
@@ -169,7 +179,7 @@ class Pipeline:
 
     def _evaluate(self) -> None:
         for model in self.models:
-            predictor = self._predictor(model)
+            predictor = Predictor.from_run(self.run_dir(model), overrides=self._settings_for_prediction())
             for split, cases in self.eval_splits().items():
                 summary = evaluate_model(predictor, cases, self.eval_dir(model, split), self.progress)
                 say(f"    {model:>18} {split:>10}: mean DSC {summary['mean_dsc']:.4f}  "

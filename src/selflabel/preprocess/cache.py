@@ -54,6 +54,10 @@ class CacheEntry:
         return self.folder / f"{self.name}_seg.npy"
 
     @property
+    def weight(self) -> Path:
+        return self.folder / f"{self.name}_weight.npy"
+
+    @property
     def gt(self) -> Path:
         return self.folder / f"{self.name}_gt.npy"
 

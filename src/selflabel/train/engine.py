@@ -22,7 +22,14 @@ from tqdm import tqdm
 from selflabel import training_log
 from selflabel.checkpoints import ModelSpec, load_checkpoint, save_checkpoint, write_run_folder
 from selflabel.config import Config, config_to_dict
-from selflabel.data import SliceDataset, SliceSampler, Source, build_augmentation, split_record
+from selflabel.data import (
+    SliceDataset,
+    SliceSampler,
+    Source,
+    build_augmentation,
+    build_intensity_augmentation,
+    split_record,
+)
 from selflabel.distributed import barrier, dist_info, init_distributed
 from selflabel.losses import DiceCELoss
 from selflabel.report import plot_training
@@ -94,12 +101,14 @@ class _Trainer:
         self.device = setup_device(cfg.train.device, self.info)
         init_distributed(self.info, self.device)
         self.spec = ModelSpec.from_config(cfg.model, cfg.preprocess.image_size, max(labels.values()) + 1)
+        self._build_model()
         if self.info.is_main:
+            parameters = sum(p.numel() for p in self.raw_model.parameters())
+            split = split_record(sources, val_cases)
             write_run_folder(
-                self.run_dir, config=cfg, labels=labels, split=split_record(sources, val_cases), spec=self.spec
+                self.run_dir, config=cfg, labels=labels, split=split, spec=self.spec, parameters=parameters
             )
         barrier(self.info)
-        self._build_model()
         self._build_loader(sources)
         self.max_iterations = cfg.train.epochs * self.batches
         self.epoch, self.batch, self.best, self.best_epoch = 0, 0, None, None
@@ -126,11 +135,16 @@ class _Trainer:
 
     def _build_loader(self, sources: Sequence[Source]) -> None:
         cfg, t = self.cfg, self.cfg.train
-        dataset = SliceDataset(sources, cfg.preprocess.image_size, cfg.model.context, build_augmentation(cfg.augment))
+        dataset = SliceDataset(
+            sources, cfg.preprocess.image_size, cfg.model.context, build_augmentation(cfg.augment),
+            intensity=build_intensity_augmentation(cfg.augment), copy_paste=cfg.augment.copy_paste,
+        )  # fmt: skip
+        self.voxel_weights = dataset.has_voxel_weights
         self.batches = t.iterations_per_epoch or max(1, math.ceil(len(dataset) / t.batch_size))
         self.sampler = SliceSampler(
             dataset, batch_size=t.batch_size, num_batches=self.batches, seed=cfg.seed,
-            foreground_fraction=t.foreground_fraction, rank=self.info.rank, world_size=self.info.world_size,
+            foreground_fraction=t.foreground_fraction, foreground_sampling=t.foreground_sampling, rank=self.info.rank,
+            world_size=self.info.world_size,
         )  # fmt: skip
         self.loader = torch.utils.data.DataLoader(
             dataset,
@@ -180,19 +194,22 @@ class _Trainer:
 
     # -- loop --
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, iteration: int) -> tuple[float, dict[str, float], float]:
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, iteration: int
+    ) -> tuple[float, dict[str, float], float]:
         t = self.cfg.train
         lr = poly_lr(t.lr, iteration, self.max_iterations, t.poly_power)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
+        w = w.to(self.device, non_blocking=True) if self.voxel_weights else None
         if t.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.model.train()
         with autocast(self.device, self.dtype):
             logits = self.model(x)
-        loss, parts = self.loss_fn(logits, y)
+        loss, parts = self.loss_fn(logits, y, w)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -214,9 +231,9 @@ class _Trainer:
         done = 0
         while self.epoch < t.epochs:
             self.sampler.set_epoch(self.epoch, self.batch)
-            for x, y in self.loader:
+            for x, y, w in self.loader:
                 iteration = self.epoch * self.batches + self.batch
-                loss, parts, lr = self._step(x, y, iteration)
+                loss, parts, lr = self._step(x, y, w, iteration)
                 self.batch += 1
                 done += 1
                 bar.update(1)
