@@ -1,17 +1,48 @@
-"""Shared fixtures: the real CT of ../shared/data and tiny hand-made nnU-Net datasets."""
+"""Shared settings, fixtures and helpers: the real CT of ../shared/data, tiny hand-made nnU-Net datasets, a TINY
+trained run, the CLI in-process and under torchrun. Test modules import from here only, never from each other."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pytest
+import torch
+from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
 from selflabel.io import write_dataset_json, write_nifti
 from selflabel.labels import FLARE22_LABELS
+
+#: A Swin-Unet small enough to train in seconds on 32x32 slices (2 epochs x 3 iterations), on the CPU.
+TINY: dict[str, Any] = {
+    "preprocess.image_size": 32,
+    "model.embed_dim": 12,
+    "model.depths": [2, 2],
+    "model.num_heads": [1, 2],
+    "model.window_size": 4,
+    "train.epochs": 2,
+    "train.iterations_per_epoch": 3,
+    "train.batch_size": 4,
+    "train.num_workers": 0,
+    "train.amp": "none",
+    "train.checkpoint_every": 1,
+    "train.device": "cpu",
+    "inference.batch_size": 8,
+}
+
+#: The TINY training settings, trained for two iterations only: predictions are arbitrary but not constant.
+TINY_RUN = {**TINY, "train.epochs": 1, "train.iterations_per_epoch": 2}
+
+#: Header fields that must come back unchanged in a prediction.
+GEOMETRY_FIELDS = ["dim", "pixdim", "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d"]
+GEOMETRY_FIELDS += ["qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units", "dim_info"]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalsegmentator_example"
 
@@ -65,10 +96,8 @@ def tiny_dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "Dataset001_Tiny")
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+def run_cli(args: list, capsys) -> tuple[int, str, str]:
     """Run the `selflabel` entry point in-process; return (exit code, stdout, stderr)."""
-    import sys
-
     from selflabel.cli import main
 
     argv = sys.argv
@@ -82,6 +111,11 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         sys.argv = argv
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def cli_sets(settings: Mapping[str, Any]) -> list[str]:
+    """Dotted settings as the command line's ``--set key=<json>`` arguments."""
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
 
 
 def torchrun_cli(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
@@ -102,3 +136,99 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---- scans, orientations and a trained TINY run ----
+
+
+def write_scans(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """`n` small blob scans ``Case_<i>_0000.nii.gz`` (24x20x12 voxels, 1.5x1.5x3 mm)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(1, n + 1):
+        image, _ = blob_case(rng)
+        paths.append(write_nifti(folder / f"Case_{i:05d}_0000.nii.gz", image, affine=np.diag([1.5, 1.5, 3.0, 1.0])))
+    return paths
+
+
+def reorient(img: nib.Nifti1Image, codes: tuple[str, str, str]) -> nib.Nifti1Image:
+    """The same image (voxels and world geometry) stored with axes pointing to `codes`."""
+    return img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt(codes)))
+
+
+def assert_same_geometry(out: nib.Nifti1Image, ref: nib.Nifti1Image) -> None:
+    """A prediction has its input's shape, affine and header geometry, and uint8 voxels."""
+    assert out.shape == ref.shape
+    assert np.array_equal(out.affine, ref.affine)
+    for key in GEOMETRY_FIELDS:
+        assert np.array_equal(out.header[key], ref.header[key]), key
+    assert out.get_data_dtype() == np.uint8
+
+
+class LabelLookup(torch.nn.Module):
+    """A stand-in network that reads the answer off its input: logits ``-sharpness * (scale * x - class) ** 2``.
+
+    With an HU-window normalisation, an image whose voxels are ``label * step`` HU comes in as a multiple of the
+    label, so the "prediction" is the label itself wherever the input is not interpolated.
+    """
+
+    def __init__(self, num_classes: int, scale: float, sharpness: float = 50.0):
+        super().__init__()
+        self.scale = scale
+        self.sharpness = sharpness
+        self.register_buffer("classes", torch.arange(num_classes, dtype=torch.float32)[None, :, None, None])
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # slicewise reads the device off the parameters
+        self.seen: list[torch.Tensor] = []  # every input batch, to check what the model was shown
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return -self.sharpness * (self.scale * x[:, :1] - self.classes) ** 2
+
+
+def lookup_predictor(num_classes: int, scale: float, image_size: int, sharpness: float = 50.0):
+    """A Predictor around `LabelLookup`, with an HU window of (0, 255) and the given model grid."""
+    from selflabel.checkpoints import ModelSpec
+    from selflabel.config import load_config
+    from selflabel.inference import Predictor
+
+    cfg = load_config(
+        overrides={
+            "preprocess.normalization": "hu_window",
+            "preprocess.hu_window": [0.0, 255.0],
+            "preprocess.image_size": image_size,
+            "inference.batch_size": 64,
+        }
+    )
+    spec = ModelSpec("label_lookup", num_classes, 1, image_size)
+    return Predictor(LabelLookup(num_classes, scale, sharpness).eval(), spec, cfg, dict(FLARE22_LABELS))
+
+
+def train_tiny_run(folder: Path) -> Path:
+    """A run folder (config, labels, best.pt) of a TINY Swin-Unet trained for two iterations on blob cases."""
+    from selflabel.config import load_config
+    from selflabel.data import Source
+    from selflabel.io import load_dataset
+    from selflabel.preprocess import preprocess_cases
+    from selflabel.train import train_model
+
+    root = make_dataset(folder / "Dataset", n_train=2, n_unlabeled=0, n_test=0)
+    cfg = load_config(overrides=TINY_RUN)
+    cache = folder / "cache"
+    preprocess_cases(load_dataset(root).training, cache, cfg.preprocess, workers=1, progress=False)
+    run = folder / "run"
+    sources = [Source(cache, ("FLARE22_Tr_0001",))]
+    train_model(
+        cfg, run, sources=sources, val_cases=["FLARE22_Tr_0002"], val_cache=cache, labels=FLARE22_LABELS, progress=False
+    )
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One TINY run folder for the whole session; tests read it and never write into it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_tiny_run(tmp_path_factory.mktemp("tiny"))
+    finally:
+        torch.set_num_threads(before)

@@ -1,5 +1,5 @@
 """selflabel.inference and selflabel.slicewise: geometry on a real CT in several orientations, resume,
-sharding, a corrupt input among good ones, largest components and flip TTA."""
+parts of a folder, a corrupt input among good ones, largest components and flip TTA."""
 
 from __future__ import annotations
 
@@ -10,113 +10,20 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from nibabel.orientations import aff2axcodes, axcodes2ornt, io_orientation, ornt_transform
+from nibabel.orientations import aff2axcodes
 
 from selflabel import inference
-from selflabel.batch import resolve_parts, shard
-from selflabel.checkpoints import ModelSpec
-from selflabel.config import load_config
-from selflabel.data import Source
-from selflabel.distributed import dist_info
-from selflabel.errors import SelflabelError
-from selflabel.inference import Predictor, largest_components, predict_folder
-from selflabel.io import Case, list_cases, load_dataset, read_image, write_nifti
-from selflabel.labels import FLARE22_LABELS
-from selflabel.preprocess import preprocess_cases, resize_slices
+from selflabel.inference import largest_components, predict_folder
+from selflabel.io import list_cases, read_image
+from selflabel.preprocess import resize_slices
 from selflabel.slicewise import predict_volume, resized_argmax, slice_probabilities
-from selflabel.train import train_model
-from tests.conftest import blob_case, make_dataset, run_cli, torchrun_cli
-from tests.test_train import TINY
-
-#: The TINY training settings, trained for two iterations only: predictions are arbitrary but not constant.
-TINY_RUN = {**TINY, "train.epochs": 1, "train.iterations_per_epoch": 2}
+from tests.conftest import assert_same_geometry, lookup_predictor, reorient, run_cli, torchrun_cli, write_scans
 
 #: Orientations the real CT is written in: RAS as stored, LPS (DICOM/ITK), in-plane axes swapped,
 #: slices first, and z flipped in the middle.
 ORIENTATIONS = [("R", "A", "S"), ("L", "P", "S"), ("A", "R", "S"), ("S", "L", "A"), ("P", "I", "R")]
 
-#: Header fields that must come back unchanged in a prediction.
-GEOMETRY_FIELDS = ["dim", "pixdim", "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d"]
-GEOMETRY_FIELDS += ["qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units", "dim_info"]
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def train_tiny_run(folder: Path) -> Path:
-    """A run folder (config, labels, best.pt) of a TINY Swin-Unet trained for two iterations on blob cases."""
-    root = make_dataset(folder / "Dataset", n_train=2, n_unlabeled=0, n_test=0)
-    cfg = load_config(overrides=TINY_RUN)
-    cache = folder / "cache"
-    preprocess_cases(load_dataset(root).training, cache, cfg.preprocess, workers=1, progress=False)
-    run = folder / "run"
-    sources = [Source(cache, ("FLARE22_Tr_0001",))]
-    train_model(
-        cfg, run, sources=sources, val_cases=["FLARE22_Tr_0002"], val_cache=cache, labels=FLARE22_LABELS, progress=False
-    )
-    return run
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("tiny"))
-
-
-def write_scans(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """`n` small blob scans ``Case_<i>_0000.nii.gz`` (24x20x12 voxels, 1.5x1.5x3 mm)."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(1, n + 1):
-        image, _ = blob_case(rng)
-        paths.append(write_nifti(folder / f"Case_{i:05d}_0000.nii.gz", image, affine=np.diag([1.5, 1.5, 3.0, 1.0])))
-    return paths
-
-
-def reorient(img: nib.Nifti1Image, codes: tuple[str, str, str]) -> nib.Nifti1Image:
-    """The same image (voxels and world geometry) stored with axes pointing to `codes`."""
-    return img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt(codes)))
-
-
-def assert_same_geometry(out: nib.Nifti1Image, ref: nib.Nifti1Image) -> None:
-    assert out.shape == ref.shape
-    assert np.array_equal(out.affine, ref.affine)
-    for key in GEOMETRY_FIELDS:
-        assert np.array_equal(out.header[key], ref.header[key]), key
-    assert out.get_data_dtype() == np.uint8
-
-
-class LabelLookup(torch.nn.Module):
-    """A stand-in network that reads the answer off its input: logits ``-sharpness * (scale * x - class) ** 2``.
-
-    With an HU-window normalisation, an image whose voxels are ``label * step`` HU comes in as a multiple of the
-    label, so the "prediction" is the label itself wherever the input is not interpolated.
-    """
-
-    def __init__(self, num_classes: int, scale: float, sharpness: float = 50.0):
-        super().__init__()
-        self.scale = scale
-        self.sharpness = sharpness
-        self.register_buffer("classes", torch.arange(num_classes, dtype=torch.float32)[None, :, None, None])
-        self.unused = torch.nn.Parameter(torch.zeros(()))  # slicewise reads the device off the parameters
-        self.seen: list[torch.Tensor] = []  # every input batch, to check what the model was shown
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(x.detach().clone())
-        return -self.sharpness * (self.scale * x[:, :1] - self.classes) ** 2
-
-
-def lookup_predictor(num_classes: int, scale: float, image_size: int, sharpness: float = 50.0) -> Predictor:
-    """A Predictor around `LabelLookup`, with an HU window of (0, 255) and the given model grid."""
-    cfg = load_config(
-        overrides={
-            "preprocess.normalization": "hu_window",
-            "preprocess.hu_window": [0.0, 255.0],
-            "preprocess.image_size": image_size,
-            "inference.batch_size": 64,
-        }
-    )
-    spec = ModelSpec("label_lookup", num_classes, 1, image_size)
-    return Predictor(LabelLookup(num_classes, scale, sharpness).eval(), spec, cfg, dict(FLARE22_LABELS))
 
 
 # ---- geometry ----
@@ -233,9 +140,6 @@ def test_rerun_skips_finished_cases_and_overwrite_rewrites_them(tiny_run, tmp_pa
 
 
 def test_parts_cover_every_case_exactly_once(tiny_run, tmp_path):
-    cases = [Case(f"c{i}", Path(f"c{i}.nii.gz")) for i in range(7)]
-    parts = [shard(cases, 3, i) for i in range(3)]
-    assert [[c.name for c in p] for p in parts] == [["c0", "c3", "c6"], ["c1", "c4"], ["c2", "c5"]]
     write_scans(tmp_path / "in", 7)
     written = []
     for part in range(3):
@@ -246,25 +150,6 @@ def test_parts_cover_every_case_exactly_once(tiny_run, tmp_path):
     assert set.union(*written) == names and sum(len(w) for w in written) == 7
     assert all(not (a & b) for i, a in enumerate(written) for b in written[i + 1 :])
     assert {p.name.removesuffix(".nii.gz") for p in (tmp_path / "out").glob("*.nii.gz")} == names
-
-
-def test_parts_follow_the_torchrun_rank(monkeypatch):
-    """Under torchrun (RANK/WORLD_SIZE set) a process takes its rank's share; an explicit part is split again over
-    the ranks (part 2 of 3 on rank 1 of 2 is part 5 of 6); half an explicit split is refused."""
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    info = dist_info()
-    assert resolve_parts(None, None, info) == (2, 1)
-    assert resolve_parts(3, 2, info) == (6, 5)
-    with pytest.raises(SelflabelError, match="give both --num-parts and --part-id"):
-        resolve_parts(3, None, info)
-    cases = [Case(f"c{i}", Path(f"c{i}.nii.gz")) for i in range(5)]
-    assert [c.name for c in shard(cases, *resolve_parts(None, None, info))] == ["c1", "c3"]
-    monkeypatch.delenv("RANK")
-    monkeypatch.delenv("WORLD_SIZE")
-    assert resolve_parts(None, None, dist_info()) == (1, 0)
-    assert resolve_parts(3, 2, dist_info()) == (3, 2)
 
 
 def test_two_torchrun_processes_share_the_cases(tiny_run, tmp_path):
@@ -385,10 +270,3 @@ def test_resized_argmax_on_real_organ_borders(real_ct):
     expected = resize_slices(probs, 224).argmax(1).to(torch.uint8)
     assert len(expected.unique()) > 5
     assert torch.equal(resized_argmax(probs, (224, 224)), expected)
-
-
-def test_bad_part_id_is_an_error():
-    from selflabel.errors import SelflabelError
-
-    with pytest.raises(SelflabelError, match="part-id"):
-        shard([], 2, 2)

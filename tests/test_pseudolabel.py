@@ -28,18 +28,12 @@ from selflabel.pseudolabel import (
     pseudolabel_cases,
     select_cases,
 )
-from tests.conftest import run_cli, torchrun_cli
-from tests.test_inference import assert_same_geometry, lookup_predictor, reorient, train_tiny_run, write_scans
+from tests.conftest import assert_same_geometry, lookup_predictor, reorient, run_cli, torchrun_cli, write_scans
 
 ORGANS = [name for name, index in sorted(FLARE22_LABELS.items(), key=lambda item: item[1]) if index > 0]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("tiny"))
 
 
 # ---- statistics by hand ----

@@ -1,9 +1,8 @@
-"""selflabel.train: the schedule, the loss, best-checkpoint selection, exact resume, DDP, and overfitting real CT."""
+"""selflabel.train: the schedule, best-checkpoint selection, exact resume, DDP, and overfitting real CT."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -20,26 +19,9 @@ from selflabel.config import load_config
 from selflabel.data import Source
 from selflabel.io import Case, load_dataset
 from selflabel.labels import FLARE22_LABELS
-from selflabel.losses import DiceCELoss
 from selflabel.preprocess import preprocess_cases
 from selflabel.train import is_improvement, poly_lr, selection_score, train_model
-from tests.conftest import torchrun_cli
-
-TINY = {
-    "preprocess.image_size": 32,
-    "model.embed_dim": 12,
-    "model.depths": [2, 2],
-    "model.num_heads": [1, 2],
-    "model.window_size": 4,
-    "train.epochs": 2,
-    "train.iterations_per_epoch": 3,
-    "train.batch_size": 4,
-    "train.num_workers": 0,
-    "train.amp": "none",
-    "train.checkpoint_every": 1,
-    "train.device": "cpu",
-    "inference.batch_size": 8,
-}
+from tests.conftest import TINY, cli_sets, make_dataset, torchrun_cli
 
 
 def test_poly_schedule_by_hand():
@@ -47,26 +29,6 @@ def test_poly_schedule_by_hand():
     assert poly_lr(1e-3, 50, 100) == pytest.approx(1e-3 * 0.5**0.9)  # 5.3589e-4
     assert poly_lr(1e-3, 99, 100) == pytest.approx(1e-3 * 0.01**0.9)
     assert poly_lr(0.01, 75, 100, power=1.0) == pytest.approx(0.0025)
-
-
-def test_loss_skips_ignored_voxels():
-    """Two pixels, uniform logits, target [organ 1, ignore]: CE = ln 2, Dice = 2*0.5/(0.5+1) = 2/3."""
-    logits = torch.zeros(1, 2, 1, 2)
-    target = torch.tensor([[[1, 255]]])
-    loss, parts = DiceCELoss(num_classes=2, smooth=0.0)(logits, target)
-    assert parts["ce"] == pytest.approx(math.log(2))
-    assert parts["dice"] == pytest.approx(2 / 3)
-    assert float(loss) == pytest.approx(math.log(2) + 1 - 2 / 3)
-    # Were the ignored pixel counted as background, the Dice would be 2*0.5/(1+1) = 0.5.
-    _, counted = DiceCELoss(num_classes=2, smooth=0.0)(logits, torch.tensor([[[1, 0]]]))
-    assert counted["dice"] == pytest.approx(0.5)
-
-
-def test_loss_weights_are_settings():
-    logits = torch.zeros(1, 2, 1, 2)
-    target = torch.tensor([[[1, 0]]])
-    loss, _ = DiceCELoss(2, dice_weight=0.0, ce_weight=2.0, smooth=0.0)(logits, target)
-    assert float(loss) == pytest.approx(2 * math.log(2))
 
 
 def test_best_checkpoint_selection_by_hand():
@@ -81,8 +43,6 @@ def test_best_checkpoint_selection_by_hand():
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
-    from tests.conftest import make_dataset
-
     root = make_dataset(tmp_path_factory.mktemp("ds") / "Dataset", n_train=3, n_unlabeled=0, n_test=0)
     cfg = load_config(overrides=TINY)
     cache = root.parent / "cache"
@@ -135,25 +95,55 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_cache, tmp_path):
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(6))  # no duplicated iterations in the log
 
 
+#: `selflabel ARGS` with a pause after the log row of iteration 4: the process writes `argv[1]` and sleeps, so the
+#: test kills it there, in the middle of the second epoch, however slow or loaded the machine.
+PAUSE_AT_ITERATION_4 = """
+import sys, time
+from pathlib import Path
+from selflabel import training_log
+from selflabel.cli import main
+
+marker = Path(sys.argv[1])
+write = training_log.IterationLog.write
+def write_then_pause(self, **row):
+    write(self, **row)
+    if row["iteration"] == 4:
+        marker.touch()
+        time.sleep(600)
+training_log.IterationLog.write = write_then_pause
+sys.argv = ["selflabel", *sys.argv[2:]]
+main()
+"""
+
+
 def test_killed_process_resumes_to_identical_weights(tiny_cache, tmp_path):
     """A real SIGKILL in the middle of `selflabel train`; the rerun ends with the uninterrupted run's weights."""
     root, cache = tiny_cache
-    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
-    sets += ["--set", "train.epochs=3"]
-    base = [sys.executable, "-m", "selflabel.cli", "train", str(root), "--cache", str(cache), "--quiet", *sets]
-    subprocess.run([*base, "--out", str(tmp_path / "full")], check=True, capture_output=True)
-    run = tmp_path / "killed"
-    proc = subprocess.Popen([*base, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = run / "log_iterations.csv"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 5):
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    assert len(log.read_text().splitlines()) < 10, "the run finished before it could be killed"
-    subprocess.run([*base, "--out", str(run)], check=True, capture_output=True)
+    args = ["train", str(root), "--cache", str(cache), "--quiet", *cli_sets({**TINY, "train.epochs": 3})]
+    cli = [sys.executable, "-m", "selflabel.cli", *args]
+    subprocess.run([*cli, "--out", str(tmp_path / "full")], check=True, capture_output=True)
+    run, marker = tmp_path / "killed", tmp_path / "paused"
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PAUSE_AT_ITERATION_4, str(marker), *args, "--out", str(run)],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 240
+            while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert marker.exists(), f"the run never reached iteration 4: {errors.read_text()[-2000:]}"
+    rows = (run / "log_iterations.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [0, 1, 2, 3, 4]  # killed during the second epoch
+    subprocess.run([*cli, "--out", str(run)], check=True, capture_output=True)
     full, resumed = _weights(tmp_path / "full"), _weights(run)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+    rows = (run / "log_iterations.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(9))  # iteration 4 logged once, after resuming
 
 
 def test_other_settings_in_an_existing_run_folder_are_refused(tiny_cache, tmp_path):
@@ -171,8 +161,7 @@ def test_ddp_two_processes_match_one_process(tiny_cache, tmp_path):
     Stochastic depth is off: its random drops are drawn per process, so they differ by construction.
     """
     root, cache = tiny_cache
-    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
-    sets += ["--set", "train.epochs=1", "--set", "model.drop_path_rate=0.0"]
+    sets = cli_sets({**TINY, "train.epochs": 1, "model.drop_path_rate": 0.0})
     args = ["train", str(root), "--cache", str(cache), "--quiet", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "selflabel.cli", *args, "--out", str(tmp_path / "one")], check=True, env=env)

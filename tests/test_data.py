@@ -1,0 +1,325 @@
+"""selflabel.data: the slice sampler (rank shares, foreground fraction, source weights, resume), the slice dataset
+on a real cache, the split of labelled cases and its record, and the augmentation's transforms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from selflabel.config import AugmentConfig, PreprocessConfig
+from selflabel.data import (
+    RandomRot90Flip,
+    RandomRotate,
+    SliceDataset,
+    SliceSampler,
+    Source,
+    build_augmentation,
+    read_split,
+    split_cases,
+    split_record,
+)
+from selflabel.errors import InputError
+from selflabel.io import Case, write_nifti
+from selflabel.preprocess import preprocess_cases
+from tests.conftest import blob_case
+
+SIZE = 16  # the cache's in-plane grid
+DEPTH = 12  # axial slices of every case (blob_case's third axis)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A cache of three labelled 12-slice cases: ``rare`` (an organ on slice 5 only), ``blobs`` (organs on slices
+    2-9) and ``empty`` (no organ)."""
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    cases = []
+    for name in ("rare", "blobs", "empty"):
+        image, label = blob_case(rng)
+        if name == "rare":
+            label[:] = 0
+            label[3:12, 4:14, 5] = 1
+        elif name == "empty":
+            label[:] = 0
+        write_nifti(folder / f"{name}_0000.nii.gz", image, affine=affine)
+        write_nifti(folder / f"{name}.nii.gz", label, affine=affine)
+        cases.append(Case(name, folder / f"{name}_0000.nii.gz", folder / f"{name}.nii.gz"))
+    report = preprocess_cases(cases, folder / "cache", PreprocessConfig(image_size=SIZE), workers=1, progress=False)
+    assert sorted(report.written) == ["blobs", "empty", "rare"], report.failed
+    return folder / "cache"
+
+
+def dataset(cache: Path, *groups: tuple[tuple[str, ...], float], **kwargs) -> SliceDataset:
+    return SliceDataset([Source(cache, cases, weight=w) for cases, w in groups], SIZE, **kwargs)
+
+
+def keys(sampler: SliceSampler) -> np.ndarray:
+    return np.array(list(sampler), dtype=np.int64).reshape(-1, 2)
+
+
+# ---- the sampler ----
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_the_ranks_batches_together_are_the_one_process_batches(cache, world_size):
+    data = dataset(cache, (("rare", "blobs"), 1.0), (("empty",), 2.0))
+    common = dict(batch_size=6, num_batches=5, seed=3, foreground_fraction=0.5)
+    one = keys(SliceSampler(data, **common)).reshape(5, 6, 2)
+    ranks = [SliceSampler(data, **common, rank=r, world_size=world_size) for r in range(world_size)]
+    shares = [keys(s).reshape(5, 6 // world_size, 2) for s in ranks]
+    assert all(len(s) == 5 * 6 // world_size for s in ranks)
+    assert np.array_equal(np.concatenate(shares, axis=1), one)  # batch by batch, rank 0's share first
+    with pytest.raises(ValueError, match="divisible"):
+        SliceSampler(data, batch_size=4, num_batches=1, seed=0, world_size=3)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.8])
+def test_the_share_of_organ_slices_follows_the_foreground_fraction(cache, fraction):
+    """One slice of 12 holds an organ: drawn uniformly 1/12 of the time, plus the forced share."""
+    data = dataset(cache, (("rare",), 1.0))
+    assert data.foreground.tolist() == [z == 5 for z in range(DEPTH)]
+    sampler = SliceSampler(data, batch_size=10, num_batches=400, seed=0, foreground_fraction=fraction)
+    share = np.mean(data.foreground[keys(sampler)[:, 0]])
+    assert share == pytest.approx(fraction + (1 - fraction) / DEPTH, abs=0.03)  # 4000 draws: sd < 0.008
+
+
+def test_without_organ_slices_the_foreground_fraction_is_ignored(cache):
+    data = dataset(cache, (("empty",), 1.0))
+    drawn = keys(SliceSampler(data, batch_size=8, num_batches=50, seed=0, foreground_fraction=0.9))[:, 0]
+    assert not data.foreground.any() and len(drawn) == 400
+    assert set(drawn.tolist()) == set(range(DEPTH))  # uniform over the slices, none left out
+
+
+def test_a_source_of_weight_3_is_drawn_3_times_as_often_per_slice(cache):
+    data = dataset(cache, (("rare", "blobs"), 1.0), (("empty",), 3.0))  # 24 slices of weight 1, 12 of weight 3
+    drawn = keys(SliceSampler(data, batch_size=10, num_batches=800, seed=1))[:, 0]
+    source = data.slices[drawn, 0]
+    per_slice = [np.sum(source == 0) / 24, np.sum(source == 1) / 12]
+    assert per_slice[1] / per_slice[0] == pytest.approx(3.0, rel=0.1)
+    # The forced organ slices keep the weights too: with only weight-1 slices holding organs, they all come from 0.
+    forced = keys(SliceSampler(data, batch_size=10, num_batches=100, seed=1, foreground_fraction=1.0))[:, 0]
+    assert set(data.slices[forced, 0].tolist()) == {0} and data.foreground[forced].all()
+
+
+def test_an_epoch_is_fixed_by_seed_and_epoch_and_resumes_at_a_batch(cache):
+    data = dataset(cache, (("rare", "blobs"), 1.0))
+    common = dict(batch_size=4, num_batches=6, foreground_fraction=0.5)
+    sampler = SliceSampler(data, seed=0, **common)
+    sampler.set_epoch(2)
+    full = keys(sampler)
+    again = SliceSampler(data, seed=0, **common)
+    again.set_epoch(2)
+    assert np.array_equal(keys(again), full)
+    for start in (1, 5, 6):
+        sampler.set_epoch(2, start_batch=start)
+        assert len(sampler) == (6 - start) * 4
+        assert np.array_equal(keys(sampler), full[start * 4 :])
+    sampler.set_epoch(3)
+    assert not np.array_equal(keys(sampler), full)
+    other = SliceSampler(data, seed=1, **common)
+    other.set_epoch(2)
+    assert not np.array_equal(keys(other), full)
+    assert (full[:, 1] >= 0).all()  # every key asks for augmentation, with its own seed
+    assert len(set(full[:, 1].tolist())) == len(full)
+
+
+# ---- the dataset ----
+
+
+def test_a_sample_is_its_cache_slice_and_depends_only_on_its_key(cache):
+    augment = build_augmentation(AugmentConfig(rot90_flip_prob=1.0, rotate_prob=1.0))
+    data = dataset(cache, (("rare", "blobs"), 1.0), augment=augment)
+    z = 12 + 4  # slice 4 of the second case
+    image = np.load(cache / "blobs.npy")
+    seg = np.load(cache / "blobs_seg.npy")
+    x, y, w = data[(z, -1)]  # no augmentation
+    assert x.shape == (1, SIZE, SIZE) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert np.array_equal(x[0].numpy(), image[4].astype(np.float32)) and np.array_equal(y.numpy(), seg[4])
+    assert torch.equal(w, torch.ones(SIZE, SIZE))  # no voxel weights: every voxel weighs 1
+    a, b = data[(z, 123)], data[(z, 123)]
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    assert not torch.equal(data[(z, 124)][0], a[0])
+
+
+def test_voxel_weights_move_with_the_label(cache, tmp_path):
+    """Pseudo-labels with per-voxel weights (beside the labels): augmented, the weights stay on their voxels."""
+    for suffix in (".json", "_seg.npy"):
+        (tmp_path / f"blobs{suffix}").write_bytes((cache / f"blobs{suffix}").read_bytes())
+    seg = np.load(tmp_path / "blobs_seg.npy")
+    np.save(tmp_path / "blobs_weight.npy", (seg + 1).astype(np.float32) / 10)
+    source = Source(cache, ("blobs",), label_dir=tmp_path, voxel_weights=True)
+    data = SliceDataset([source], SIZE, augment=[RandomRot90Flip(prob=1.0)])
+    for seed in range(4):
+        x, y, w = data[(6, seed)]
+        assert torch.equal(w, (y + 1).float() / 10)
+        assert x.shape == (1, SIZE, SIZE)  # the weights ride along as a channel, and come off again
+
+
+def test_context_slices_are_the_neighbours_clamped_at_the_ends(cache):
+    data = dataset(cache, (("blobs",), 1.0), context=1)
+    image = np.load(cache / "blobs.npy").astype(np.float32)
+    assert np.array_equal(data[(0, -1)][0].numpy(), image[[0, 0, 1]])
+    assert np.array_equal(data[(6, -1)][0].numpy(), image[[5, 6, 7]])
+    assert np.array_equal(data[(DEPTH - 1, -1)][0].numpy(), image[[DEPTH - 2, DEPTH - 1, DEPTH - 1]])
+    small = SliceDataset([Source(cache, ("blobs",))], 8)  # another grid: resized on the fly
+    x, y, w = small[(6, -1)]
+    assert x.shape == (1, 8, 8) and y.shape == w.shape == (8, 8) and set(y.unique().tolist()) <= {0, 1, 3}
+
+
+def test_loader_workers_do_not_change_the_batches(cache):
+    augment = build_augmentation(AugmentConfig(rot90_flip_prob=1.0, rotate_prob=1.0))
+    data = dataset(cache, (("rare", "blobs"), 1.0), augment=augment)
+    sampler = SliceSampler(data, batch_size=4, num_batches=3, seed=0, foreground_fraction=0.5)
+    batches = {}
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(data, batch_size=4, sampler=sampler, num_workers=workers)
+        batches[workers] = list(loader)
+    assert len(batches[0]) == 3
+    for zero, two in zip(batches[0], batches[2], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(zero, two, strict=True))
+
+
+def test_an_unlabelled_or_uncached_case_is_named(cache, tmp_path):
+    with pytest.raises(InputError, match="missing.json: not in the cache"):
+        SliceDataset([Source(cache, ("missing",))], SIZE)
+    (tmp_path / "blobs.json").write_text((cache / "blobs.json").read_text())  # labels elsewhere, without the seg
+    with pytest.raises(InputError, match=r"blobs_seg.npy: label missing"):
+        SliceDataset([Source(cache, ("blobs",), label_dir=tmp_path)], SIZE)
+
+
+# ---- the split ----
+
+
+def test_split_sizes_sides_and_order():
+    names = [f"case{i:02d}" for i in range(10)]
+    train, val = split_cases(names[::-1], 0.4, seed=0)
+    assert len(train) == 4 and len(val) == 6
+    assert sorted(train + val) == names and not set(train) & set(val)
+    assert train == sorted(train) and val == sorted(val)
+    assert split_cases(names, 0.4, seed=0) == (train, val)  # the input's order does not matter
+    assert split_cases(names, 0.4, seed=0) == split_cases(list(names), 0.4, seed=0)
+    assert len({tuple(split_cases(names, 0.4, seed=s)[0]) for s in range(5)}) > 1  # the seed changes it
+
+
+@pytest.mark.parametrize(("n", "fraction", "n_train"), [(5, 0.01, 1), (5, 0.99, 4), (2, 0.5, 1), (3, 0.9, 2)])
+def test_each_side_gets_at_least_one_case(n, fraction, n_train):
+    train, val = split_cases([f"c{i}" for i in range(n)], fraction, seed=0)
+    assert len(train) == n_train and len(val) == n - n_train
+
+
+def test_a_single_case_trains():
+    assert split_cases(["only"], 0.4, seed=0) == (["only"], [])
+
+
+def test_a_split_file_is_read_and_checked(tmp_path):
+    names = ["a", "b", "c", "d"]
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": ["b", "a"], "validation": ["d"]}))
+    assert read_split(path, names) == (["b", "a"], ["d"])
+    bad = {
+        "unknown.json": ({"train": ["a", "zz"], "validation": ["b"]}, r"names cases not in the dataset: \['zz'\]"),
+        "overlap.json": ({"train": ["a", "b"], "validation": ["b"]}, "in both train and validation"),
+        "nokey.json": ({"train": ["a"]}, "expected JSON"),
+        "notalist.json": ({"train": 3, "validation": []}, "expected JSON"),
+    }
+    for name, (content, message) in bad.items():
+        (tmp_path / name).write_text(json.dumps(content))
+        with pytest.raises(InputError, match=message) as caught:
+            read_split(tmp_path / name, names)
+        assert str(caught.value).startswith(str(tmp_path / name)) and "\n" not in str(caught.value)
+    (tmp_path / "broken.json").write_text('{"train": ["a"')
+    with pytest.raises(InputError, match="broken.json: expected JSON"):
+        read_split(tmp_path / "broken.json", names)
+    with pytest.raises(InputError, match="absent.json: expected JSON"):
+        read_split(tmp_path / "absent.json", names)
+
+
+def test_split_record_lists_every_source_with_its_labels_and_weight(tmp_path):
+    labelled = Source(tmp_path / "cache", ("a", "b"))
+    pseudo = Source(tmp_path / "cache", ("u1",), tmp_path / "pseudo", 0.5)
+    record = split_record([labelled, pseudo], ["c"])
+    assert record == json.loads(json.dumps(record))  # JSON as it is
+    assert record["train"] == ["a", "b", "u1"] and record["validation"] == ["c"]
+    cache, labels = str(tmp_path / "cache"), str(tmp_path / "pseudo")
+    assert record["sources"] == [
+        {"cache_dir": cache, "label_dir": cache, "cases": ["a", "b"], "weight": 1.0},
+        {"cache_dir": cache, "label_dir": labels, "cases": ["u1"], "weight": 0.5},
+    ]
+
+
+# ---- augmentation ----
+
+
+def _labels_of(image: torch.Tensor) -> torch.Tensor:
+    """A label read off the image's own values, so that it stays aligned exactly when the voxels only move."""
+    return ((image[0] * 1000).round().to(torch.int64) % 14).to(torch.uint8)
+
+
+def test_rot90_flip_moves_image_and_label_together_and_is_always_a_reflection():
+    image = torch.rand(2, 12, 10)  # not square: a quarter turn swaps the axes
+    label = _labels_of(image)
+    reflections = [torch.flip(image, (-1,)), torch.flip(image, (-2,)), image.transpose(-2, -1)]
+    reflections.append(torch.flip(image, (-2, -1)).transpose(-2, -1))
+    seen = set()
+    for seed in range(24):
+        x, y = RandomRot90Flip(prob=1.0)(image, label, np.random.default_rng(seed))
+        assert torch.equal(y, _labels_of(x))
+        matches = [i for i, r in enumerate(reflections) if r.shape == x.shape and torch.equal(r, x)]
+        assert len(matches) == 1  # the Swin-Unet recipe: a rotation then a flip, i.e. one of the 4 reflections
+        seen.add(matches[0])
+    assert seen == {0, 1, 2, 3}
+
+
+def _quadrant_pair(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four blocks of labels 0-3 with two image channels at the corners of a square, (-1|0, -1|0) per label: a mix
+    of neighbours (bilinear) equals a corner only where it is no mix, so a pixel there must keep its label."""
+    label = torch.zeros(size, size, dtype=torch.uint8)
+    half = size // 2
+    label[:half, half:], label[half:, :half], label[half:, half:] = 1, 2, 3
+    image = torch.stack([(label & 1).float() - 1, (label >> 1).float() - 1])
+    return image, label
+
+
+def test_rotation_moves_image_and_label_together_and_fills_corners_with_background():
+    image, label = _quadrant_pair()
+    moved, filled = 0, 0
+    for seed in range(8):
+        x, y = RandomRotate(prob=1.0, degrees=20.0)(image, label, np.random.default_rng(seed))
+        assert x.shape == image.shape and y.dtype == torch.uint8
+        corner = (x + 1).round()
+        pure = ((x + 1 - corner).abs() < 1e-4).all(0)  # pixels equal to one block's value
+        assert pure.float().mean() > 0.6
+        from_image = (corner[0] + 2 * corner[1]).to(torch.uint8)
+        assert torch.equal(y[pure], from_image[pure])
+        moved += bool((y != label).any())
+        filled += bool(y[0, -1] == 0 or y[-1, 0] == 0 or y[-1, -1] == 0)  # corners of organs 1-3 rotated in
+    assert moved >= 6 and filled >= 4  # most angles of +-20 degrees move pixels of a 32x32 slice
+
+
+def test_probability_0_is_the_identity_and_a_seed_gives_one_result():
+    image, label = _quadrant_pair()
+    for transform in (RandomRot90Flip(prob=0.0), RandomRotate(prob=0.0), RandomRotate(prob=1.0, degrees=0.0)):
+        x, y = transform(image, label, np.random.default_rng(0))
+        assert x is image and y is label
+    for transform in build_augmentation(AugmentConfig(rot90_flip_prob=1.0, rotate_prob=1.0)):
+        a = transform(image, label, np.random.default_rng(5))
+        b = transform(image, label, np.random.default_rng(5))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    off = build_augmentation(AugmentConfig(rot90_flip_prob=0.0, rotate_prob=0.0))
+    rng = np.random.default_rng(0)
+    x, y = image, label
+    for transform in off:
+        x, y = transform(x, y, rng)
+    assert x is image and y is label
+
+
+def test_probability_is_the_share_of_transformed_samples():
+    image, label = _quadrant_pair(8)
+    rng = np.random.default_rng(0)
+    changed = sum(RandomRot90Flip(prob=0.3)(image, label, rng)[0] is not image for _ in range(2000))
+    assert changed / 2000 == pytest.approx(0.3, abs=0.04)
