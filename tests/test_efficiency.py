@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 import selflabel.efficiency as efficiency
-from selflabel.cli import main
 from selflabel.efficiency import GPU_TOLERANCE_MB, Profiler, ProfileResult
+from tests.conftest import run_cli
 
 
 def busy(seconds: float) -> None:
@@ -26,8 +26,9 @@ def busy(seconds: float) -> None:
 def test_busy_loop_cpu_auc():
     """A 1.5-s busy loop on one core of N: CPU AUC about 100/N % x 1.5 s (75 %·s on 2 cores) on a quiet machine.
 
-    Other processes may load the machine, so the check is against psutil's own whole-machine utilisation over the
-    same window (an independent reading), with the busy loop's share as a lower bound.
+    Other processes may load the machine (and delay the sampling thread), so the check is against psutil's own
+    whole-machine utilisation over the same window (an independent reading), with the busy loop's share as a lower
+    bound; sample counts and times are bounded, never exact.
     """
     psutil.cpu_percent(interval=None)
     own = time.process_time()
@@ -37,31 +38,40 @@ def test_busy_loop_cpu_auc():
     own = time.process_time() - own
     result = prof.result()
     n = len(result.cpu_percent)
-    assert 13 <= n <= 16 and 1.5 <= result.wall_time_s < 1.8
+    assert result.wall_time_s >= 1.5 and 1 <= n <= result.wall_time_s / 0.1 + 1
     assert result.cpu_auc == pytest.approx(sum(result.cpu_percent) * 0.1)
     # The area is the machine's utilisation times the sampled time ...
-    assert result.cpu_auc == pytest.approx(machine_percent * n * 0.1, rel=0.15, abs=8)
+    assert result.cpu_auc == pytest.approx(machine_percent * n * 0.1, rel=0.3, abs=15)
     # ... of which this process's busy loop alone is own / N cores.
-    assert result.cpu_auc >= 0.8 * 100 * own / psutil.cpu_count() * n * 0.1 / result.wall_time_s
+    assert result.cpu_auc >= 0.7 * 100 * own / psutil.cpu_count() * n * 0.1 / result.wall_time_s
     assert all(0 <= c <= 100 for c in result.cpu_percent)
 
 
-def test_sampler_stops_cleanly_with_timestamps():
+def test_sampler_keeps_to_its_grid_and_stops_cleanly():
     prof = Profiler(interval=0.05)
     with pytest.raises(RuntimeError):
         prof.result()
     prof.start()
     time.sleep(0.42)
     assert prof.running
+    prof.stop()
+    assert not prof.running
+    result = prof.result()
+    assert 1 <= len(result.t_s) <= result.wall_time_s / 0.05 + 1
+    # Sample k waits for its grid point t0 + k * 0.05 (a late thread skips points instead of drifting).
+    assert all(b > a for a, b in zip(result.t_s, result.t_s[1:], strict=False))
+    assert all(t >= 0.05 * (k + 1) - 0.005 for k, t in enumerate(result.t_s)), result.t_s
+    assert result.t_s[-1] <= result.wall_time_s + 0.01
+    assert all(r > 0 for r in result.ram_mb)
+
+
+def test_stop_wakes_the_thread_instead_of_waiting_out_the_interval():
+    prof = Profiler(interval=30.0)
+    prof.start()
     stopping = time.perf_counter()
     prof.stop()
-    assert not prof.running and time.perf_counter() - stopping < 0.05  # the thread wakes on the stop event
-    result = prof.result()
-    assert 6 <= len(result.t_s) <= 9
-    steps = [b - a for a, b in zip(result.t_s, result.t_s[1:], strict=False)]
-    assert all(0.02 < s < 0.15 for s in steps), steps  # a fixed 0.05-s grid, no drift
-    assert result.t_s[0] == pytest.approx(0.05, abs=0.04)
-    assert all(r > 0 for r in result.ram_mb)
+    assert time.perf_counter() - stopping < 10  # far less than the 30-s wait it was in
+    assert prof.result().t_s == []
 
 
 def test_no_gpu_degrades_and_saves(tmp_path):
@@ -112,21 +122,14 @@ def test_profiler_samples_the_gpu_reader(monkeypatch):
 LIST_INPUT = "import os, sys; open(sys.argv[2], 'w').write(','.join(sorted(os.listdir(sys.argv[1]))))"
 
 
-def run_cli(monkeypatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["selflabel", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
-
-
-def test_profile_command_per_case(tmp_path, monkeypatch, capsys):
+def test_profile_command_per_case(tmp_path, capsys):
     inputs, out = tmp_path / "imagesTs", tmp_path / "prof"
     inputs.mkdir()
     for name in ("case_a_0000.nii.gz", "case_b_0000.nii.gz"):
         (inputs / name).write_bytes(b"not read")
     args = ["profile", "--out", str(out), "--per-case", str(inputs), "--interval", "0.05", "--"]
-    code = run_cli(monkeypatch, *args, sys.executable, "-c", LIST_INPUT, "{input}", str(tmp_path / "{case}.txt"))
-    assert code == 0
+    code, printed, err = run_cli([*args, sys.executable, "-c", LIST_INPUT, "{input}", tmp_path / "{case}.txt"], capsys)
+    assert code == 0, err
     # Each run saw its case alone in its input folder.
     assert (tmp_path / "case_a.txt").read_text() == "case_a_0000.nii.gz"
     assert (tmp_path / "case_b.txt").read_text() == "case_b_0000.nii.gz"
@@ -148,23 +151,23 @@ def test_profile_command_per_case(tmp_path, monkeypatch, capsys):
     assert all(float(r[1]) > 0 and r[-1] == "0" for r in rows[1:])
     record = json.loads((out / "case_a.json").read_text())
     assert record["exit_code"] == 0 and record["case"] == "case_a" and "{input}" not in " ".join(record["command"])
-    assert "case_a:" in capsys.readouterr().out
+    assert "case_a:" in printed
 
 
-def test_profile_command_errors(tmp_path, monkeypatch, capsys):
-    code = run_cli(
-        monkeypatch, "profile", "--out", str(tmp_path / "p"), "--", sys.executable, "-c", "raise SystemExit(3)"
+def test_profile_command_errors(tmp_path, capsys):
+    code, _, err = run_cli(
+        ["profile", "--out", tmp_path / "p", "--", sys.executable, "-c", "raise SystemExit(3)"], capsys
     )
-    assert code == 2 and "exit 3" in capsys.readouterr().err
+    assert code == 2 and "exit 3" in err
     assert (tmp_path / "p" / "profile.json").exists()  # the record is written before the error
-    code = run_cli(monkeypatch, "profile", "--per-case", str(tmp_path), "--", sys.executable, "-c", "pass")
-    assert code == 2 and "{input}" in capsys.readouterr().err
-    code = run_cli(monkeypatch, "profile", "--out", str(tmp_path / "q"), "--", "no-such-command-xyz")
-    assert code == 2 and "command not found: no-such-command-xyz" in capsys.readouterr().err
+    code, _, err = run_cli(["profile", "--per-case", tmp_path, "--", sys.executable, "-c", "pass"], capsys)
+    assert code == 2 and "{input}" in err
+    code, _, err = run_cli(["profile", "--out", tmp_path / "q", "--", "no-such-command-xyz"], capsys)
+    assert code == 2 and "command not found: no-such-command-xyz" in err
 
 
 def test_run_shorter_than_one_interval_has_no_samples():
-    with Profiler(interval=0.5) as prof:
+    with Profiler(interval=60.0) as prof:  # no machine is so loaded that an empty block lasts a minute
         pass
     result = prof.result()
     assert result.t_s == [] and result.cpu_auc == 0.0

@@ -6,16 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import sys
 
 import numpy as np
 import pytest
 
-from selflabel.cli import main
 from selflabel.errors import InputError
 from selflabel.evaluate import CSV_COLUMNS, evaluate_folders, summary_path
 from selflabel.io import write_nifti
 from selflabel.metrics import score_case
+from tests.conftest import run_cli
 
 SPACING = (3.0, 0.8, 2.5)  # the liver shift below (2 voxels along axis 0) is 6 mm, beyond its 5-mm tolerance
 
@@ -41,26 +40,19 @@ def folders(tmp_path):
     return pred_dir, gt_dir
 
 
-def run_cli(monkeypatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["selflabel", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
-
-
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.reader(f))
 
 
-def test_evaluate_command_writes_flare_csv(folders, tmp_path, monkeypatch, capsys, caplog):
+def test_evaluate_command_writes_flare_csv(folders, tmp_path, capsys, caplog):
     pred_dir, gt_dir = folders
     out = tmp_path / "metrics.csv"
     with caplog.at_level(logging.WARNING, logger="selflabel.evaluate"):
-        code = run_cli(
-            monkeypatch, "evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--out", str(out), "--workers", "1"
+        code, printed, err = run_cli(
+            ["evaluate", "--pred", pred_dir, "--gt", gt_dir, "--out", out, "--workers", 1], capsys
         )
-    assert code == 0
+    assert code == 0, err
     rows = read_csv(out)
     assert tuple(rows[0]) == CSV_COLUMNS
     assert rows[0][:3] == ["Name", "Liver_DSC", "RK_DSC"] and rows[0][14] == "Liver_NSD" and len(rows[0]) == 27
@@ -79,7 +71,6 @@ def test_evaluate_command_writes_flare_csv(folders, tmp_path, monkeypatch, capsy
     assert all(table["FLARE22_Tr_0003.nii.gz"][c] == "0.0" for c in CSV_COLUMNS[1:])
     assert any("no prediction for FLARE22_Tr_0003.nii.gz" in r.getMessage() for r in caplog.records)
     assert any("FLARE22_Tr_0009.nii.gz" in r.getMessage() for r in caplog.records)
-    printed = capsys.readouterr().out
     assert "Liver" in printed and "±" in printed
     assert "extra prediction(s), not scored: FLARE22_Tr_0009.nii.gz" in printed
     assert "missing prediction(s), scored 0: FLARE22_Tr_0003.nii.gz" in printed
@@ -104,16 +95,14 @@ def test_parallel_workers_give_the_same_rows(folders, tmp_path):
     assert one.missing == ["FLARE22_Tr_0003.nii.gz"] and [p.name for p in one.extra] == ["FLARE22_Tr_0009.nii.gz"]
 
 
-def test_mismatched_shape_is_a_one_line_error(folders, tmp_path, monkeypatch, capsys):
+def test_mismatched_shape_is_a_one_line_error(folders, tmp_path, capsys):
     pred_dir, gt_dir = folders
     bad = pred_dir / "FLARE22_Tr_0001.nii.gz"
     write_nifti(bad, labels()[:, :, :9], spacing=SPACING)
-    out = str(tmp_path / "m.csv")
-    code = run_cli(
-        monkeypatch, "evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--out", out, "--workers", "1"
-    )
+    args = ["evaluate", "--pred", pred_dir, "--gt", gt_dir, "--out", tmp_path / "m.csv", "--workers", 1]
+    code, _, err = run_cli(args, capsys)
     assert code == 2
-    err = capsys.readouterr().err.strip()
+    err = err.strip()
     assert err.count("\n") == 0 and err.startswith("selflabel: error: ")
     assert str(bad) in err and "shape (16, 16, 9)" in err
     assert not (tmp_path / "m.csv").exists()
