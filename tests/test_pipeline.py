@@ -1,17 +1,23 @@
-"""selflabel run: every stage, every report artefact, honest splits, resume and refusal of changed settings."""
+"""selflabel run: every stage, every report artefact, honest splits, resume, refusal of changed settings, fine-tuning
+from the student's weights and the pseudo-labels' sampling weight."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
 
+from selflabel.checkpoints import ModelSpec, load_checkpoint
 from selflabel.config import load_config
+from selflabel.data import SliceDataset, Source
 from selflabel.errors import SelflabelError
 from selflabel.pipeline import Pipeline, run_recipe
 from selflabel.report import PAPER_COLUMNS
-from tests.conftest import run_cli
+from selflabel.training_log import read_iterations
+from tests.conftest import cli_sets, run_cli
 
 MICRO = {
     "preprocess.image_size": 32,
@@ -109,8 +115,8 @@ def test_changed_settings_of_a_finished_stage_are_refused(finished, cohort, caps
     changed = load_config("cpu", overrides={**MICRO, "train.lr": 0.01})
     with pytest.raises(SelflabelError, match=r"stage 'teacher' ran with other settings \(train.lr: 0.001 -> 0.01\)"):
         Pipeline(cohort, work, changed, progress=False).run()
-    sets = [arg for key, value in MICRO.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
-    code, _, err = run_cli(["run", cohort, "--out", work, "--preset", "cpu", *sets, "--force", "nonsense"], capsys)
+    args = ["run", cohort, "--out", work, "--preset", "cpu", *cli_sets(MICRO), "--force", "nonsense"]
+    code, _, err = run_cli(args, capsys)
     assert code == 2 and "--force nonsense: not a stage" in err
 
 
@@ -137,3 +143,58 @@ def test_one_more_round_extends_a_finished_run(finished, cohort, tmp_path):
     summary = json.loads((copy / "report" / "summary.json").read_text())
     assert list(summary["models"]) == ["teacher", "student", "student2"]
     assert (copy / "eval" / "student2" / "test" / "metrics.csv").is_file()
+
+
+def _parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The learned weights of a run's best checkpoint (BatchNorm's running statistics left out: not learned)."""
+    state = load_checkpoint(run_dir / "best.pt")["model"]
+    return {k: v for k, v in state.items() if "running_" not in k and "num_batches_tracked" not in k}
+
+
+def _largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_finetuning_starts_from_the_student_s_best_weights(finished, cohort, tmp_path):
+    """Fine-tuning added to a finished run, at a learning rate too small to move anything: its weights are the
+    student's (which are not the initial ones), it trained on the labelled cases only, and it is evaluated."""
+    _, work = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    cfg = load_config("cpu", overrides={**MICRO, "pipeline.finetune_epochs": 1, "pipeline.finetune_lr": 1e-12})
+    assert Pipeline(cohort, copy, cfg, progress=False).run() == ["finetune", "evaluate", "report"]
+    tuned, student = copy / "models" / "student_finetuned", copy / "models" / "student"
+    spec = json.loads((student / "model.json").read_text())
+    spec.pop("parameters", None)
+    torch.manual_seed(cfg.seed)  # as training seeds the initial weights
+    initial = {k: v for k, v in ModelSpec(**spec).build().state_dict().items() if k in _parameters(student)}
+    assert _largest_difference(_parameters(student), initial) > 1e-4
+    assert _largest_difference(_parameters(tuned), _parameters(student)) < 1e-8
+    assert [r["lr"] for r in read_iterations(tuned)] == pytest.approx([1e-12, 1e-12 * 0.5**0.9])
+    sources = json.loads((tuned / "split.json").read_text())["sources"]
+    assert [s["cases"] for s in sources] == [json.loads((copy / "split.json").read_text())["train"]]
+    summary = json.loads((copy / "report" / "summary.json").read_text())
+    assert list(summary["models"]) == ["teacher", "student", "student_finetuned"]
+
+
+def test_pseudo_weight_sets_the_student_s_sampling_weight(finished, cohort, tmp_path):
+    """The student stage alone, rerun with ``train.pseudo_weight`` 3: its split record gives the pseudo-labelled
+    source weight 3, and the slice dataset made from that record draws those slices 3 times as often."""
+    _, work = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    before = json.loads((copy / "models" / "student" / "split.json").read_text())["sources"]
+    assert [s["weight"] for s in before] == [1.0, 1.0]
+    shutil.rmtree(copy / "models" / "student")
+    pipeline = Pipeline(cohort, copy, load_config("cpu", overrides={**MICRO, "train.pseudo_weight": 3.0}), False)
+    next(stage for stage in pipeline.stages() if stage.name == "student1").run()
+    record = json.loads((copy / "models" / "student" / "split.json").read_text())["sources"]
+    assert [s["weight"] for s in record] == [1.0, 3.0]
+    assert [s["cases"] for s in record] == [s["cases"] for s in before]
+    assert Path(record[1]["label_dir"]) == copy / "pseudo" / "round1" / "train"
+    sources = [Source(Path(s["cache_dir"]), tuple(s["cases"]), Path(s["label_dir"]), s["weight"]) for s in record]
+    dataset = SliceDataset(sources, MICRO["preprocess.image_size"])
+    pseudo = dataset.slices[:, 0] == 1
+    assert pseudo.any() and (~pseudo).any()
+    assert set(dataset.weights[pseudo]) == {3.0} and set(dataset.weights[~pseudo]) == {1.0}
