@@ -119,4 +119,4 @@ def test_preprocess_command_reports_cache_size(tiny_dataset, tmp_path, capsys):
     code, out, _ = run_cli(["preprocess", tiny_dataset, tmp_path / "c", "--set", "preprocess.image_size=32"], capsys)
     assert code == 0 and "4 cached" in out and "MB" in out
     assert json.loads((tmp_path / "c" / "Case_00001.json").read_text())["settings"]["image_size"] == 32
-    assert load_config().preprocess.image_size == 224
+    assert load_config().preprocess.image_size == PreprocessConfig().image_size  # --set changed no default
