@@ -1,5 +1,5 @@
-"""selflabel.inference and selflabel.slicewise: geometry on a real CT in several orientations, resume,
-parts of a folder, a corrupt input among good ones, largest components and flip TTA."""
+"""selflabel.inference: geometry on a real CT in several orientations, resume, parts of a folder, a corrupt input
+among good ones, and largest components."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from nibabel.orientations import aff2axcodes
 from selflabel import inference
 from selflabel.inference import largest_components, predict_folder
 from selflabel.io import list_cases, read_image
-from selflabel.preprocess import resize_slices
-from selflabel.slicewise import predict_volume, resized_argmax, slice_probabilities
 from tests.conftest import assert_same_geometry, lookup_predictor, reorient, run_cli, torchrun_cli, write_scans
 
 #: Orientations the real CT is written in: RAS as stored, LPS (DICOM/ITK), in-plane axes swapped,
@@ -197,76 +195,3 @@ def test_largest_component_per_organ_with_26_connectivity():
     assert out is labels
     assert np.array_equal(out, expected)
     assert np.count_nonzero(out == 1) == 4 and np.count_nonzero(out == 3) == 8
-
-
-class Pointwise(torch.nn.Module):
-    """A 1x1 convolution: each pixel's logits depend on that pixel alone, so flips commute with the model."""
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 4):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(in_channels, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 3 * self.conv(x)
-
-
-def test_flip_tta_for_a_flip_equivariant_model_changes_nothing():
-    torch.manual_seed(0)
-    model = Pointwise().eval()
-    volume = torch.randn(5, 8, 8)
-    plain = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=2)])
-    tta = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=2, tta_flip=True)])
-    assert tta.shape == plain.shape == (5, 4, 8, 8)
-    assert torch.allclose(tta, plain, atol=1e-6)
-    a = predict_volume(model, volume, (12, 10), batch_size=2, with_confidence=True, with_lowres=True)
-    b = predict_volume(model, volume, (12, 10), batch_size=2, tta_flip=True, with_confidence=True, with_lowres=True)
-    assert a.labels.shape == b.labels.shape == (5, 12, 10)
-    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.lowres_labels, b.lowres_labels)
-    assert np.allclose(a.confidence, b.confidence, atol=1e-3)
-
-
-def test_flip_tta_averages_the_unflipped_predictions_of_the_flipped_inputs():
-    """For a model that is not flip-equivariant: the mean of p(x), flipW(p(flipW x)) and flipH(p(flipH x))."""
-    torch.manual_seed(0)
-    model = torch.nn.Conv2d(3, 4, 3, padding=1).eval()  # 2.5D: context 1 -> 3 channels
-    volume = torch.randn(4, 6, 6)
-    tta = torch.cat([p for _, p in slice_probabilities(model, volume, context=1, tta_flip=True)])
-    x = torch.stack([volume[[max(z - 1, 0), z, min(z + 1, 3)]] for z in range(4)])
-    with torch.no_grad():
-        probs = [torch.softmax(model(x), 1)]
-        probs += [torch.flip(torch.softmax(model(torch.flip(x, (d,))), 1), (d,)) for d in (-1, -2)]
-    assert torch.allclose(tta, sum(probs) / 3, atol=1e-6)
-    assert not torch.allclose(tta, probs[0], atol=1e-3)
-
-
-@pytest.mark.parametrize(
-    ("low", "out_hw", "blur"),
-    [
-        ((3, 40, 40), (97, 130), 2.0),
-        ((2, 24, 31), (24, 64), 1.0),
-        ((2, 50, 50), (50, 50), 1.0),
-        ((2, 64, 64), (40, 80), 1.0),
-    ],
-)
-def test_resized_argmax_equals_the_argmax_of_the_resized_probabilities(low, out_hw, blur):
-    """Upsampling (borders only interpolated), same size, and shrinking in one axis (the full resize)."""
-    torch.manual_seed(0)
-    logits = torch.nn.functional.interpolate(torch.randn(low[0], 5, 6, 6) * 6, size=low[1:], mode="bicubic")
-    probs = torch.softmax(logits / blur, 1).contiguous(memory_format=torch.channels_last)
-    expected = resize_slices(probs, out_hw).argmax(1).to(torch.uint8)
-    labels = resized_argmax(probs, out_hw, max_mixed=1.0)  # the shortcut however many borders
-    assert labels.dtype == torch.uint8 and labels.shape == (low[0], *out_hw)
-    assert len(labels.unique()) >= 3
-    assert torch.equal(labels, expected)
-    assert torch.equal(resized_argmax(probs, out_hw, max_mixed=0.0), expected)  # any border: the full resize
-
-
-def test_resized_argmax_on_real_organ_borders(real_ct):
-    """The label of the real CT made soft at 64x64 and brought back to 224x224: most pixels take the shortcut."""
-    volume = np.asarray(nib.load(real_ct["label"]).dataobj).astype(np.int64)
-    labels = torch.from_numpy(volume[:, :, ::20]).permute(2, 0, 1)
-    onehot = torch.nn.functional.one_hot(labels, 14).permute(0, 3, 1, 2).float()
-    probs = torch.softmax(6 * resize_slices(onehot, 64), 1)
-    expected = resize_slices(probs, 224).argmax(1).to(torch.uint8)
-    assert len(expected.unique()) > 5
-    assert torch.equal(resized_argmax(probs, (224, 224)), expected)
