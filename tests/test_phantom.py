@@ -265,6 +265,17 @@ def test_bad_arguments():
         write_cohort("unused", labeled=0, unlabeled=0, test=0)
 
 
+def test_package_exports_its_api_and_paints_the_label_table():
+    import selflabel.phantom as phantom
+    from selflabel.labels import FLARE22_ORGANS
+    from selflabel.phantom.organs import scene
+
+    assert {name for name in phantom.__all__ if not hasattr(phantom, name)} == set()
+    painted = {name: value for name, value in vars(scene).items() if name.isupper() and isinstance(value, int)}
+    assert sorted(painted.values()) == [organ.index for organ in FLARE22_ORGANS]
+    assert painted["LIVER"] == 1 and painted["LEFT_KIDNEY"] == 13 and painted["RIGHT_ADRENAL"] == 7
+
+
 def test_cli_demo_data(tmp_path):
     from typer.testing import CliRunner
 
