@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from selflabel.config import FLARE22_LABELS
 from selflabel.errors import InputError, SelflabelError
 from selflabel.io import load_dataset, read_case
+from selflabel.labels import FLARE22_LABELS
 from selflabel.phantom import (
     MIN_ORGAN_VOXELS,
     PHASES,

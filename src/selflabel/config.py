@@ -24,25 +24,6 @@ import yaml
 from selflabel.atomic import atomic_write_text
 from selflabel.errors import ConfigError
 
-#: FLARE22's 13 organs, index -> name, as in FLARE22's dataset.json.
-FLARE22_LABELS: dict[str, int] = {
-    "background": 0,
-    "liver": 1,
-    "right_kidney": 2,
-    "spleen": 3,
-    "pancreas": 4,
-    "aorta": 5,
-    "inferior_vena_cava": 6,
-    "right_adrenal_gland": 7,
-    "left_adrenal_gland": 8,
-    "gallbladder": 9,
-    "esophagus": 10,
-    "stomach": 11,
-    "duodenum": 12,
-    "left_kidney": 13,
-}
-
-
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Intensity normalisation, the in-plane crop and the cache's in-plane grid.
