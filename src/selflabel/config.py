@@ -24,6 +24,7 @@ import yaml
 from selflabel.atomic import atomic_write_text
 from selflabel.errors import ConfigError
 
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Intensity normalisation, the in-plane crop and the cache's in-plane grid.
