@@ -1,0 +1,375 @@
+"""Which options help? Run the recipe with options on/off over cohorts and seeds; one JSON row per run.
+
+    python benchmarks/ablation.py --out /tmp/ablation --cohorts phantom realct --seeds 0 1 \\
+        --options baseline finetune2 --jobs 2 [--short] [--extra train.epochs=1 ...]
+    python benchmarks/ablation.py --out /tmp/ablation --table
+
+Each row (cohort, seed, option) is one `selflabel run COHORT --out OUT/runs/<cohort>_s<seed>_<option> --preset cpu
+--quiet --set seed=<seed> ...` subprocess with OMP_NUM_THREADS=1, `--jobs` at a time; its output goes to
+OUT/logs/<row>.log. A cohort is built once per seed under OUT/cohorts/<cohort>_s<seed>/ (cohort seed = row seed)
+and reused. Rows are appended to OUT/rows.jsonl as they finish (flushed); a rerun skips every row already measured
+with the same arguments (a failed row is run again: `selflabel run` resumes its work folder), so an interrupted run
+keeps what it measured. The table (printed at the end, or alone with --table) takes the last measured row of each
+(cohort, seed, option), else its last failed one: per option, mean +- sd over seeds of the teacher's and the final
+model's (the report's last: student, studentN or student_finetuned) test DSC/NSD, the gain final - teacher, the
+difference to `baseline` paired by seed, and the time; then the final models' per-organ test DSC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selflabel.labels import FLARE22_ORGANS
+
+HERE = Path(__file__).resolve().parent
+
+#: Option name -> extra `selflabel run` arguments. Adding an option is one line here.
+OPTIONS: dict[str, list[str]] = {
+    "baseline": [],
+    "finetune2": ["--finetune-epochs", "2"],
+}
+#: Appended with --short: a shorter schedule of the cpu preset (6 teacher / 8 student epochs of 200 iterations).
+SHORT: list[str] = ["--set", "train.epochs=3", "--set", "pipeline.student_epochs=4"]
+#: Every run: the CPU preset, one data-loading process, quiet.
+COMMON: list[str] = ["--preset", "cpu", "--quiet", "--set", "train.num_workers=0"]
+BASELINE = "baseline"
+SPLITS: tuple[str, str] = ("validation", "test")
+
+
+def _phantom(out: Path, seed: int) -> list[str]:
+    return [sys.executable, "-m", "selflabel.cli", "demo-data", str(out), "--labeled", "6", "--unlabeled", "16",
+            "--test", "8", "--seed", str(seed), "--size", "128", "--slices", "40", "--workers", "2"]  # fmt: skip
+
+
+def _realct(out: Path, seed: int) -> list[str]:
+    return [sys.executable, str(HERE / "realct_cohort.py"), str(out), "--labeled", "4", "--unlabeled", "24",
+            "--test", "8", "--seed", str(seed), "--workers", "2"]  # fmt: skip
+
+
+#: Cohort name -> the command that builds it (reusing a complete one) in a folder for a seed.
+COHORTS: dict[str, Callable[[Path, int], list[str]]] = {"phantom": _phantom, "realct": _realct}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row to measure."""
+
+    cohort: str
+    seed: int
+    option: str
+    args: tuple[str, ...]  # everything after COMMON and the seed: --short, the option's arguments, --extra
+
+    @property
+    def name(self) -> str:
+        return f"{self.cohort}_s{self.seed}_{self.option}"
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.cohort, self.seed, self.option)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def _tail(path: Path, lines: int = 6, skip: int = 0) -> str:
+    """The last non-empty `lines` of a log (after its first `skip` lines), joined by ' | '."""
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    return " | ".join([line.strip() for line in text.splitlines()[skip:] if line.strip()][-lines:])
+
+
+_RUNNING: set[subprocess.Popen] = set()
+_LOCK = threading.Lock()
+
+
+def _call(command: list[str], log: Path) -> int:
+    """Run `command` with one thread per library, output to `log`; return its exit code (killed with the harness)."""
+    with log.open("a") as fh:
+        proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=_env())
+        with _LOCK:
+            _RUNNING.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with _LOCK:
+                _RUNNING.discard(proc)
+
+
+def _stop_running() -> None:
+    with _LOCK:
+        procs = list(_RUNNING)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def cohort_dir(out: Path, cohort: str, seed: int) -> Path:
+    return out / "cohorts" / f"{cohort}_s{seed}"
+
+
+def build_cohort(out: Path, cohort: str, seed: int) -> str | None:
+    """Build (or reuse) one cohort; return None or the error."""
+    target = cohort_dir(out, cohort, seed)
+    log = out / "logs" / f"cohort_{cohort}_s{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    code = _call(COHORTS[cohort](target, seed), log)
+    print(f"cohort {cohort} s{seed}: {_tail(log, 1)}", flush=True)
+    return None if code == 0 else f"cohort build failed (exit {code}): {_tail(log)}"
+
+
+def _split_scores(split: dict[str, Any]) -> dict[str, Any]:
+    organs = {name: {"dsc": v["dsc"], "nsd": v["nsd"]} for name, v in split["organs"].items()}
+    return {"mean_dsc": split["mean_dsc"], "mean_nsd": split["mean_nsd"], "organs": organs}
+
+
+def read_results(work: Path) -> dict[str, Any]:
+    """Teacher and final model (the report's last) per split, and seconds per stage, from a finished work folder."""
+    summary = json.loads((work / "report" / "summary.json").read_text())
+    models = summary["models"]
+    final = list(models)[-1]
+    scores = {
+        role: {s: _split_scores(models[name]["splits"][s]) for s in SPLITS if s in models[name]["splits"]}
+        for role, name in (("teacher", "teacher"), ("final", final))
+    }
+    stages = {}
+    for path in sorted((work / "stages").glob("*.json")):
+        record = json.loads(path.read_text())
+        stages[path.stem] = record.get("seconds")
+    return {"final_model": final, "models": scores, "stages": stages}
+
+
+def run_job(out: Path, job: Job) -> dict[str, Any]:
+    """Run one `selflabel run`; return its row (status ok or failed, with the error)."""
+    work = out / "runs" / job.name
+    log = out / "logs" / f"{job.name}.log"
+    command = [sys.executable, "-m", "selflabel.cli", "run", str(cohort_dir(out, job.cohort, job.seed)),
+               "--out", str(work), *COMMON, "--set", f"seed={job.seed}", *job.args]  # fmt: skip
+    row: dict[str, Any] = {"cohort": job.cohort, "seed": job.seed, "option": job.option, "args": list(job.args)}
+    start = time.perf_counter()
+    log.write_text(" ".join(command) + "\n")
+    code = _call(command, log)
+    row["wall_s"] = round(time.perf_counter() - start, 1)
+    if code != 0:
+        return {**row, "status": "failed", "error": f"exit {code}: {_tail(log, skip=1)}"}
+    try:
+        return {**row, "status": "ok", "error": None, **read_results(work)}
+    except (OSError, KeyError, IndexError, json.JSONDecodeError) as exc:
+        return {**row, "status": "failed", "error": f"unreadable report ({type(exc).__name__}: {exc})"}
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of rows.jsonl (a torn last line from an interrupted write is ignored)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def plan(
+    cohorts: Iterable[str], seeds: Iterable[int], options: Iterable[str], short: Sequence[str], extra: Sequence[str]
+) -> list[Job]:
+    """Jobs by seed, cohort, option (every option's first seed first); run arguments: short, option, extra."""
+    return [Job(c, s, o, (*short, *OPTIONS[o], *extra)) for s in seeds for c in cohorts for o in options]
+
+
+def run_all(out: Path, jobs: list[Job], workers: int) -> None:
+    """Run the jobs not measured yet, `workers` at a time, appending each row as it finishes."""
+    rows_path = out / "rows.jsonl"
+    measured = {(r["cohort"], r["seed"], r["option"], tuple(r["args"])) for r in read_rows(rows_path)
+                if r.get("status") == "ok"}  # fmt: skip
+    todo = [j for j in jobs if (*j.key, j.args) not in measured]
+    print(f"ablation: {len(jobs)} rows, {len(jobs) - len(todo)} already measured, {len(todo)} to run", flush=True)
+    if not todo:
+        return
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    failed_cohorts: dict[tuple[str, int], str] = {}
+    for cohort, seed in dict.fromkeys((j.cohort, j.seed) for j in todo):
+        error = build_cohort(out, cohort, seed)
+        if error:
+            failed_cohorts[(cohort, seed)] = error
+    runnable = []
+    for job in todo:
+        error = failed_cohorts.get((job.cohort, job.seed))
+        if error:
+            row = {"cohort": job.cohort, "seed": job.seed, "option": job.option, "args": list(job.args),
+                   "wall_s": 0.0, "status": "failed", "error": error}  # fmt: skip
+            _append(rows_path, row)
+        else:
+            runnable.append(job)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    futures = {pool.submit(run_job, out, job): job for job in runnable}
+    try:
+        for future in as_completed(futures):
+            row = future.result()
+            _append(rows_path, row)
+            print(f"{futures[future].name}: {_describe(row)}", flush=True)
+    except KeyboardInterrupt:
+        for future in futures:
+            future.cancel()
+        _stop_running()  # runs in flight keep their work folders; a rerun resumes them
+        print("ablation: interrupted; rerun the same command to go on", file=sys.stderr, flush=True)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _describe(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return f"FAILED after {row['wall_s']:.0f} s: {row['error']}"
+    t, f = row["models"]["teacher"].get("test", {}), row["models"]["final"].get("test", {})
+    return (
+        f"test DSC teacher {t.get('mean_dsc', float('nan')):.3f} -> {row['final_model']} "
+        f"{f.get('mean_dsc', float('nan')):.3f}, NSD {t.get('mean_nsd', float('nan')):.3f} -> "
+        f"{f.get('mean_nsd', float('nan')):.3f}; {row['wall_s'] / 60:.1f} min"
+    )
+
+
+# ---- the table ----
+
+
+def _latest(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, int, str], dict[str, Any]]:
+    """Per (cohort, seed, option): the last measured row, else the last failed one."""
+    latest: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["cohort"], row["seed"], row["option"])
+        if row.get("status") == "ok" or latest.get(key, {}).get("status") != "ok":
+            latest[key] = row
+    return latest
+
+
+def _score(row: dict[str, Any], role: str, metric: str, split: str = "test") -> float:
+    value = row.get("models", {}).get(role, {}).get(split, {}).get(metric)
+    return float("nan") if value is None else float(value)
+
+
+def _ms(values: Sequence[float], digits: int = 3, signed: bool = False) -> str:
+    """'mean ± sd' over seeds (sd with ddof=1; the mean alone for one value; '-' for none)."""
+    v = np.array([x for x in values if x == x], dtype=float)
+    if v.size == 0:
+        return "-"
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+    text = fmt.format(v.mean())
+    return text if v.size == 1 else f"{text} ± {v.std(ddof=1):.{digits}f}"
+
+
+def _order(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    return [o for o in OPTIONS if o in names] + sorted(names - set(OPTIONS))
+
+
+def table(rows: Iterable[dict[str, Any]]) -> str:
+    """Markdown: per cohort, per option, teacher/final test DSC and NSD, gains, difference to baseline, time."""
+    rows = list(rows)
+    latest = _latest(rows)
+    last = {(r["cohort"], r["seed"], r["option"]): r for r in rows}
+    if not latest:
+        return "(no rows)"
+    lines: list[str] = []
+    for cohort in sorted({k[0] for k in latest}):
+        mine = {k: r for k, r in latest.items() if k[0] == cohort}
+        seeds = sorted({k[1] for k in mine})
+        lines += [f"### {cohort} (seeds {', '.join(map(str, seeds))}; test split, mean ± sd over seeds)", ""]
+        lines += [
+            "| option | ok/runs | teacher DSC | final DSC | gain DSC | vs baseline DSC | teacher NSD | final NSD "
+            "| gain NSD | vs baseline NSD | time (min) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        base = {k[1]: r for k, r in mine.items() if k[2] == BASELINE and r["status"] == "ok"}
+        organ_rows = []
+        for option in _order(k[2] for k in mine):
+            runs = [r for k, r in sorted(mine.items()) if k[2] == option]
+            ok = [r for r in runs if r["status"] == "ok"]
+            cells = [option, f"{len(ok)}/{len(runs)}"]
+            for metric in ("mean_dsc", "mean_nsd"):
+                teacher = [_score(r, "teacher", metric) for r in ok]
+                final = [_score(r, "final", metric) for r in ok]
+                gain = [f - t for f, t in zip(final, teacher, strict=True)]
+                if option == BASELINE:
+                    vs = "—"
+                else:
+                    diffs = [_score(r, "final", metric) - _score(base[r["seed"]], "final", metric)
+                             for r in ok if r["seed"] in base]  # fmt: skip
+                    vs = _ms(diffs, signed=True)
+                cells += [_ms(teacher), _ms(final), _ms(gain, signed=True), vs]
+            cells.append(_ms([r["wall_s"] / 60 for r in ok], digits=1))
+            lines.append("| " + " | ".join(cells) + " |")
+            finals = {r.get("final_model") for r in ok}
+            organ_rows.append((option, ok, "/".join(sorted(f for f in finals if f))))
+        organs = [o.short for o in FLARE22_ORGANS]
+        lines += ["", f"{cohort}: final model's per-organ test DSC (mean over seeds)", ""]
+        lines += ["| option | model | " + " | ".join(organs) + " |", "|---|---|" + "---|" * len(organs)]
+        for option, ok, finals in organ_rows:
+            cells = []
+            for organ in organs:
+                values = [r["models"]["final"].get("test", {}).get("organs", {}).get(organ, {}).get("dsc") for r in ok]
+                values = [float(v) for v in values if v is not None and v == v]
+                cells.append(f"{np.mean(values):.3f}" if values else "-")
+            lines.append(f"| {option} | {finals or '-'} | " + " | ".join(cells) + " |")
+        failed = [(k, r["error"]) for k, r in sorted(last.items()) if k[0] == cohort and r["status"] != "ok"]
+        lines += [""] if failed else []
+        for k, error in failed:
+            note = " (the table shows an earlier measured row)" if mine[k]["status"] == "ok" else ""
+            lines.append(f"- last attempt failed{note}: {cohort} s{k[1]} {k[2]}: {str(error)[:300]}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for cohorts, runs, logs and rows.jsonl")
+    parser.add_argument("--cohorts", nargs="+", default=list(COHORTS), choices=list(COHORTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), help=f"of {list(OPTIONS)}")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each single-threaded)")
+    parser.add_argument("--short", action="store_true", help=f"append {' '.join(SHORT)}")
+    parser.add_argument("--extra", nargs="*", default=[], metavar="KEY=VALUE", help="--set values for every run")
+    parser.add_argument("--table", action="store_true", help="only print the table of rows.jsonl")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the runs in flight like Ctrl-C
+    if not args.table:
+        unknown = [o for o in args.options if o not in OPTIONS]
+        if unknown:
+            parser.error(f"unknown option(s) {unknown}; known: {list(OPTIONS)}")
+        bad = [e for e in args.extra if "=" not in e]
+        if bad:
+            parser.error(f"--extra expects KEY=VALUE, got {bad}")
+        extra = [part for kv in args.extra for part in ("--set", kv)]
+        args.out.mkdir(parents=True, exist_ok=True)
+        run_all(args.out, plan(args.cohorts, args.seeds, args.options, SHORT if args.short else [], extra), args.jobs)
+    print(table(read_rows(args.out / "rows.jsonl")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
