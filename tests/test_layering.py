@@ -2,7 +2,7 @@
 pseudolabel -> pipeline -> cli.
 
 `metrics`, `evaluate`, `efficiency`, `training_log` and `report` sit beside the chain: anything may use them, and
-they use only the foundation (errors, atomic, labels, config, distributed, runtime, io, batch) and each other.
+they use only the foundation (errors, atomic, labels, config, distributed, runtime, progress, io, batch) and each other.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "selflabel"
 
 CHAIN = [
-    {"errors", "atomic", "labels", "config", "distributed", "runtime"},
+    {"errors", "atomic", "labels", "config", "distributed", "runtime", "progress"},
     {"io", "batch"},
     {"preprocess", "phantom"},
     {"data"},

@@ -258,7 +258,7 @@ def test_two_torchrun_processes_pseudolabel_and_rank_0_writes_the_table(tiny_run
     done = torchrun_cli(args)
     assert done.returncode == 0, done.stderr[-3000:]
     written = sorted(line.split(": ")[1].split(",")[0] for line in done.stdout.splitlines() if "written" in line)
-    assert written == ["1 written", "2 written"]  # rank 0: cases 1 and 3; rank 1: case 2
+    assert written == ["3 written"]  # rank 0: cases 1 and 3, rank 1: case 2; one summary line, by rank 0
     assert done.stdout.count("case(s) selected") == 1  # rank 0 alone, after both ranks finished
     _, rows = _read_csv(tmp_path / "out" / "pseudolabels.csv")
     assert [r["case"] for r in rows] == ["Case_00001", "Case_00002", "Case_00003"]

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
-from selflabel.distributed import DistInfo
+from selflabel.distributed import DistInfo, gather_objects
 from selflabel.errors import SelflabelError
 from selflabel.io import Case
+from selflabel.progress import show_progress
 
 T = TypeVar("T")
 
@@ -53,6 +53,20 @@ class BatchReport:
         return self
 
 
+def gather_report(report: BatchReport, info: DistInfo) -> BatchReport:
+    """Every torchrun rank's report merged, on every rank (the report itself without DDP): one summary for the job.
+
+    A collective call (every rank must make it); it also waits for every rank to finish its cases.
+    """
+    reports = gather_objects(report, info)
+    if len(reports) == 1:
+        return reports[0]
+    merged = BatchReport()
+    for part in reports:
+        merged.merge(part)
+    return merged
+
+
 def shard(items: Sequence[T], num_parts: int, part_id: int) -> list[T]:
     """This part's items, ``items[part_id::num_parts]`` (each item in exactly one part)."""
     if num_parts < 1 or not 0 <= part_id < num_parts:
@@ -81,7 +95,10 @@ def run_cases(
     desc: str,
     progress: bool = True,
 ) -> BatchReport:
-    """Run `work` on every case not `is_done`, timing each and collecting failures by case name."""
+    """Run `work` on every case not `is_done`, timing each and collecting failures by case name.
+
+    Progress is a bar on a terminal and a plain line every half minute in a log (`selflabel.progress`).
+    """
     report = BatchReport()
     todo = []
     for case in cases:
@@ -89,7 +106,7 @@ def run_cases(
             report.skipped.append(case.name)
         else:
             todo.append(case)
-    bar = tqdm(todo, desc=desc, unit="case", disable=not progress or not todo)
+    bar = show_progress(todo, desc=desc, unit="case", enabled=progress and bool(todo))
     for case in bar:
         start = time.perf_counter()
         try:
@@ -104,4 +121,5 @@ def run_cases(
             bar.set_postfix(last=f"{report.seconds[case.name]:.1f}s")
             continue
         bar.write(f"error: {report.failed[case.name]}")
+    bar.close()
     return report

@@ -1,12 +1,15 @@
 """The `selflabel` command: parse arguments, build the config, call one library function.
 
-Known errors (`SelflabelError`) are printed as one line, `selflabel: error: <file>: <problem>`, with exit code 2.
-Library modules are imported inside each command so that `selflabel --help` stays fast.
+Known errors (`SelflabelError`) are printed as one line, `selflabel: error: <file>: <problem>`, with exit code 2;
+input read anyway (converted, partly skipped) as one line `selflabel: warning: <file>: <problem>`, on stderr.
+Summary lines come once per torchrun job (rank 0). Library modules are imported inside each command so that
+`selflabel --help` stays fast.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,6 +57,13 @@ def parse_sets(values: list[str] | None) -> dict[str, Any]:
 def _given(options: dict[str, Any]) -> dict[str, Any]:
     """The options the user gave (those not None), as dotted config overrides."""
     return {key: value for key, value in options.items() if value is not None}
+
+
+def say(message: str) -> None:
+    """A command's summary line, printed once per torchrun job (by rank 0)."""
+    from selflabel.progress import say as say_once
+
+    say_once(message)
 
 
 def build_config(preset: str, config: Path | None, sets: list[str] | None, **options: Any):
@@ -143,8 +153,8 @@ def demo(
 
 def _echo_report(report: Path) -> None:
     """The report's result tables (everything before its training section), then its path."""
-    typer.echo(report.read_text().split("## Training")[0])
-    typer.echo(f"report: {report}")
+    say(report.read_text().split("## Training")[0])
+    say(f"report: {report}")
 
 
 @app.command("demo-data")
@@ -181,7 +191,15 @@ DeviceOption = Annotated[
 @app.command()
 def predict(
     model: RunOption,
-    input_dir: Annotated[Path, typer.Option("--input", "-i", help="Folder of <case>_0000.nii.gz scans.")],
+    input_dir: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            help="Folder of scans: <case>_0000.nii.gz or <case>.nii.gz files, or DICOM series "
+            "(one per subfolder, or the folder itself is one).",
+        ),
+    ],
     output_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for <case>.nii.gz predictions.")],
     overwrite: Annotated[bool, typer.Option(help="Redo cases already written.")] = False,
     num_parts: PartsOption = None,
@@ -217,15 +235,18 @@ def predict(
         with Profiler() as profiler:
             report = run()
         result = profiler.save(profile / "efficiency.json", profile / "efficiency.png", command="selflabel predict")
-        typer.echo(f"efficiency: {result.summary()}")
-    typer.echo(f"{output_dir}: {report.summary()}")
-    report.raise_if_failed()
+        say(f"efficiency: {result.summary()}")
+    say(f"{output_dir}: {report.summary()}")  # the whole job's cases, under torchrun too
+    _raise_once(report)
 
 
 @app.command()
 def pseudolabel(
     model: RunOption,
-    input_dir: Annotated[Path, typer.Option("--input", "-i", help="Folder of unlabelled scans.")],
+    input_dir: Annotated[
+        Path,
+        typer.Option("--input", "-i", help="Folder of unlabelled scans: NIfTI files or DICOM series (as predict)."),
+    ],
     output_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for pseudo-labels and their table.")],
     cache: Annotated[Path | None, typer.Option(help="Preprocessing cache (default: OUTPUT/cache).")] = None,
     previous: Annotated[
@@ -256,10 +277,10 @@ def pseudolabel(
         model, input_dir, output_dir, cache_dir=cache, previous_dir=previous, overwrite=overwrite,
         num_parts=num_parts, part_id=part_id, progress=not quiet, overrides=overrides,
     )  # fmt: skip
-    typer.echo(f"{output_dir}: {report.summary()}")
+    say(f"{output_dir}: {report.summary()}")
     if selection is not None:
-        typer.echo(f"{len(selection.kept)} case(s) selected, {len(selection.dropped)} dropped; see pseudolabels.csv")
-    report.raise_if_failed()
+        say(f"{len(selection.kept)} case(s) selected, {len(selection.dropped)} dropped; see pseudolabels.csv")
+    _raise_once(report)
 
 
 @app.command()
@@ -342,7 +363,7 @@ def train(
         },
     )
     result = train_on_dataset(data_dir, out, cfg, cache_dir=cache, split_file=split, progress=not quiet)
-    typer.echo(f"{out}: trained {result.epochs} epochs in {result.seconds:.0f} s; best epoch {result.best_epoch}")
+    say(f"{out}: trained {result.epochs} epochs in {result.seconds:.0f} s; best epoch {result.best_epoch}")
 
 
 @app.command()
@@ -366,8 +387,38 @@ def preprocess(
     report.raise_if_failed()
 
 
+def _raise_once(report: Any) -> None:
+    """A batch report's failures as one error line: by rank 0 alone under torchrun (its report has every rank's
+    cases), so the job fails once with every failed case named."""
+    from selflabel.progress import is_main_process
+
+    if is_main_process():
+        report.raise_if_failed()
+
+
+def _show_input_warnings() -> None:
+    """Show `InputWarning`s as one line, ``selflabel: warning: <file>: <problem>``; other warnings as Python does."""
+    from selflabel.progress import InputWarning
+
+    python_way = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None, line=None) -> None:
+        if issubclass(category, InputWarning):
+            typer.echo(f"selflabel: warning: {message}", err=True)
+        else:
+            python_way(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main() -> None:
-    """Console-script entry point: run the app, report known errors in one line."""
+    """Console-script entry point: run the app, report known errors in one line and input warnings in one line."""
+    with warnings.catch_warnings():  # restores Python's display afterwards (the CLI may run inside a test)
+        _show_input_warnings()
+        _run_app()
+
+
+def _run_app() -> None:
     try:
         app()
     except SelflabelError as exc:

@@ -18,17 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from selflabel.atomic import atomic_path, atomic_write_csv, atomic_write_json
-from selflabel.batch import BatchReport, resolve_parts, run_cases, shard
+from selflabel.batch import BatchReport, gather_report, resolve_parts, run_cases, shard
 from selflabel.config import PseudoLabelConfig, save_config
-from selflabel.distributed import barrier, dist_info, init_distributed
+from selflabel.distributed import dist_info, init_distributed
 from selflabel.errors import InputError, SelflabelError
 from selflabel.inference import Predictor, output_name
-from selflabel.io import Case, Volume, from_canonical, list_cases, write_nifti
+from selflabel.io import Case, Volume, from_canonical, list_scans, read_header, write_nifti
 from selflabel.labels import IGNORE_INDEX
 from selflabel.preprocess import CacheEntry, CropBox, foreground_slices, organ_slices, preprocess_cases
 
@@ -134,7 +133,7 @@ class PseudoLabeller:
         volume = torch.from_numpy(np.load(entry.image).astype(np.float32))
         affine = np.asarray(meta["affine"])
         pred = self.predictor.predict_prepared(volume, CropBox.from_list(meta["crop"]), with_confidence=True)
-        header = _nifti_header(case.image)
+        header = read_header(case.image)  # a NIfTI file's own header, or a DICOM series' geometry
         labels = np.asfortranarray(from_canonical(pred.labels, affine))  # NIfTI's voxel order: no transposing copy
         write_nifti(self.out_dir / output_name(case), labels, reference=Volume(labels, affine, header))
         train_labels = filter_by_confidence(pred.lowres_labels, pred.lowres_confidence, self.cfg.confidence_tau)
@@ -167,13 +166,6 @@ class PseudoLabeller:
             raise InputError(path, f"shape {previous.shape} differs from this round's {labels.shape} (other settings?)")
         known = previous != IGNORE_INDEX  # voxels the previous round left unlabelled cannot have changed
         return changed_fraction(labels[known], previous[known])
-
-
-def _nifti_header(path: Path) -> nib.Nifti1Header:
-    try:
-        return nib.load(str(path)).header.copy()
-    except Exception as exc:
-        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__})") from None
 
 
 def read_stats(out_dir: str | Path) -> list[dict[str, Any]]:
@@ -245,7 +237,7 @@ def pseudolabel_cases(
     readable = [case for case in mine if case.name not in cached.failed]  # a bad scan must not stop the others
     report = run_cases(readable, is_done=done, work=labeller.label, desc="pseudo-label", progress=progress)
     report.failed.update(cached.failed)
-    barrier(info)
+    report = gather_report(report, info)  # every rank's cases, once every rank is done
     selection = None
     if info.is_main and (report.written or report.skipped):  # from every part's JSONs: the last part's is complete
         selection = write_table(out_dir, predictor.config.pseudolabel)
@@ -265,13 +257,14 @@ def pseudolabel_folder(
     progress: bool = True,
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[BatchReport, Selection | None]:
-    """`selflabel pseudolabel`: pseudo-label every scan of a folder (``<case>_0000.nii.gz`` or ``<case>.nii.gz``).
+    """`selflabel pseudolabel`: pseudo-label every scan of a folder (NIfTI files or DICOM series: `list_scans`).
 
     `overrides` change the run's saved settings (dotted keys, e.g. ``{"pseudolabel.confidence_tau": 0.9}``).
     """
+    scans = list_scans(input_dir)  # before the model loads: a wrong folder is told at once
     predictor = load_teacher(run_dir, overrides)
     cache = Path(cache_dir) if cache_dir else Path(out_dir) / "cache"
     return pseudolabel_cases(
-        predictor, list_cases(input_dir), cache_dir=cache, out_dir=out_dir, previous_dir=previous_dir,
+        predictor, scans, cache_dir=cache, out_dir=out_dir, previous_dir=previous_dir,
         overwrite=overwrite, num_parts=num_parts, part_id=part_id, progress=progress,
     )  # fmt: skip

@@ -1,7 +1,9 @@
-"""`selflabel predict`: every scan of a folder to ``<case>.nii.gz`` with the input's geometry.
+"""`selflabel predict`: every scan of a folder (NIfTI files or DICOM series) to ``<case>.nii.gz`` with the input's
+geometry.
 
 Batch work skips cases already written, shards ``cases[part_id::num_parts]`` (by rank under torchrun), and
-reports bad cases by name at the end while the others still finish.
+reports bad cases by name at the end while the others still finish; under torchrun every rank returns the whole
+job's report.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from selflabel.batch import BatchReport, resolve_parts, run_cases, shard
-from selflabel.distributed import barrier, dist_info, init_distributed
+from selflabel.batch import BatchReport, gather_report, resolve_parts, run_cases, shard
+from selflabel.distributed import dist_info, init_distributed
 from selflabel.inference.predictor import Predictor
-from selflabel.io import Case, list_cases, read_image, write_nifti
+from selflabel.io import Case, list_scans, read_image, write_nifti
 
 
 def output_name(case: Case) -> str:
-    """FLARE's output naming: ``<case>.nii.gz``."""
+    """FLARE's output naming: ``<case>.nii.gz`` (a DICOM series: ``<series folder name>.nii.gz``)."""
     return f"{case.name}.nii.gz"
 
 
@@ -32,15 +34,18 @@ def predict_folder(
     progress: bool = True,
     overrides: Mapping[str, Any] | None = None,
 ) -> BatchReport:
-    """Every ``*.nii.gz`` of `input_dir` -> ``output_dir/<case>.nii.gz``; `overrides` change the run's settings.
+    """Every scan of `input_dir` (`selflabel.io.list_scans`) -> ``output_dir/<case>.nii.gz``; `overrides` change
+    the run's settings.
 
     The output folder holds only the segmentations (FLARE's submission shape); the settings are the run's own.
+    Raises InputError naming `input_dir` when it holds no scan.
     """
     info = dist_info()
+    scans = list_scans(input_dir)  # before the model loads: a wrong folder is told at once
     predictor = Predictor.from_run(run_dir, overrides=overrides)
     init_distributed(info, next(predictor.model.parameters()).device)
     parts, part = resolve_parts(num_parts, part_id, info)
-    cases = shard(list_cases(input_dir), parts, part)
+    cases = shard(scans, parts, part)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -53,5 +58,4 @@ def predict_folder(
 
     desc = f"predict {part + 1}/{parts}" if parts > 1 else "predict"
     report = run_cases(cases, is_done=done, work=work, desc=desc, progress=progress)
-    barrier(info)
-    return report
+    return gather_report(report, info)

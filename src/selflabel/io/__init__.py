@@ -1,4 +1,4 @@
-"""Reading and writing scans: NIfTI volumes with their geometry, and nnU-Net v2 raw datasets."""
+"""Reading and writing scans: NIfTI volumes and DICOM CT series with their geometry, and nnU-Net raw datasets."""
 
 from selflabel.io.dataset import (
     CHANNEL_SUFFIX,
@@ -6,7 +6,9 @@ from selflabel.io.dataset import (
     Dataset,
     case_files,
     case_name,
+    image_files,
     list_cases,
+    list_scans,
     load_dataset,
     read_case,
     single_files,
@@ -19,8 +21,10 @@ from selflabel.io.nifti import (
     canonical_axes,
     check_same_grid,
     from_canonical,
+    read_header,
     read_image,
     read_label,
+    source_stamp,
     to_canonical,
     write_nifti,
 )
@@ -37,12 +41,16 @@ __all__ = [
     "case_name",
     "check_same_grid",
     "from_canonical",
+    "image_files",
     "list_cases",
+    "list_scans",
     "load_dataset",
     "read_case",
+    "read_header",
     "read_image",
     "read_label",
     "single_files",
+    "source_stamp",
     "to_canonical",
     "write_dataset_json",
     "write_nifti",

@@ -88,14 +88,45 @@ def _voxels(path: Path, img: nib.Nifti1Image, dtype: type) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> Volume:
-    """Read a CT volume as float32 (scaling applied). Raises InputError for NaN/inf, non-3D or unreadable data."""
+    """Read a CT volume as float32 (scaling applied): a NIfTI file, or a folder holding one DICOM series.
+
+    Raises InputError for NaN/inf, non-3D or unreadable data, and for a series that is not one regular CT grid.
+    """
     path = Path(path)
+    if path.is_dir():
+        from selflabel.io.dicom import read_series
+
+        return read_series(path)
     img = _load(path)
     data = _voxels(path, img, np.float32)
     bad = data.size - int(np.count_nonzero(np.isfinite(data)))
     if bad:
         raise InputError(path, f"contains {bad} NaN or infinite voxels")
     return Volume(data, img.affine.copy(), img.header.copy(), path)
+
+
+def read_header(path: str | Path) -> nib.Nifti1Header:
+    """The NIfTI header an image's outputs are written with: the file's own, or a DICOM series' geometry."""
+    path = Path(path)
+    if path.is_dir():
+        from selflabel.io.dicom import nifti_header, series_geometry
+
+        geometry = series_geometry(path)
+        return nifti_header(geometry.shape, geometry.affine)
+    return _load(path).header.copy()
+
+
+def source_stamp(path: str | Path) -> dict:
+    """What identifies an input's current content: path, size and modification time (a series: of all its files)."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    stats = [p.stat() for p in files]
+    return {
+        "path": str(path.resolve()),
+        "size": sum(s.st_size for s in stats),
+        "mtime_ns": max((s.st_mtime_ns for s in stats), default=0),
+        **({"files": len(files)} if path.is_dir() else {}),
+    }
 
 
 def read_label(path: str | Path, allowed: Collection[int] | None = None) -> Volume:

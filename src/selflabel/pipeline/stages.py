@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selflabel import progress
 from selflabel.atomic import atomic_write_json
 from selflabel.errors import SelflabelError
 
 
 def say(message: str) -> None:
-    """A progress line of the recipe, flushed at once (batch logs see it when it happens)."""
-    print(message, flush=True)
+    """A progress line of the recipe, flushed at once (batch logs see it when it happens); rank 0 alone prints."""
+    progress.say(message)
 
 
 @dataclass(frozen=True)

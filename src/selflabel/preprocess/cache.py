@@ -25,15 +25,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from selflabel.atomic import atomic_path, atomic_write_json
 from selflabel.batch import BatchReport
 from selflabel.config import PreprocessConfig
 from selflabel.errors import InputError, SelflabelError
-from selflabel.io import Case, canonical_axes, load_dataset, read_case
+from selflabel.io import Case, canonical_axes, load_dataset, read_case, source_stamp
 from selflabel.labels import IGNORE_INDEX
 from selflabel.preprocess.volume import prepare_image, prepare_label
+from selflabel.progress import Progress, show_progress
 
 CACHE_VERSION = 1
 
@@ -70,10 +70,7 @@ class CacheEntry:
 
 
 def _stamp(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return None if path is None else source_stamp(path)  # a DICOM series: all its files
 
 
 def _settings(cfg: PreprocessConfig) -> dict[str, Any]:
@@ -188,7 +185,7 @@ def preprocess_cases(
     todo = [c for c in cases if not is_cached(c, folder, cfg)]
     report = BatchReport(skipped=[c.name for c in cases if c not in todo])
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress or not todo)
+    bar = show_progress(total=len(todo), desc="preprocess", unit="case", enabled=progress and bool(todo))
     if workers == 1:
         results = (_try_cache(c, folder, cfg, label_values) for c in todo)
         _collect(results, report, bar)
@@ -208,7 +205,7 @@ def _try_cache(case: Case, folder: Path, cfg: PreprocessConfig, label_values) ->
         return case.name, str(exc)
 
 
-def _collect(results, report: BatchReport, bar: tqdm) -> None:
+def _collect(results, report: BatchReport, bar: Progress) -> None:
     for name, error in results:
         if error is None:
             report.written.append(name)

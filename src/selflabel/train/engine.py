@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from selflabel import training_log
 from selflabel.checkpoints import ModelSpec, load_checkpoint, save_checkpoint, write_run_folder
@@ -32,6 +31,7 @@ from selflabel.data import (
 )
 from selflabel.distributed import barrier, dist_info, init_distributed
 from selflabel.losses import DiceCELoss
+from selflabel.progress import Progress, show_progress
 from selflabel.report import plot_training
 from selflabel.runtime import amp_dtype, autocast, setup_device
 from selflabel.train.validation import is_improvement, selection_score, summarize_validation, validate_cases
@@ -221,12 +221,12 @@ class _Trainer:
         start = time.perf_counter()
         t = self.cfg.train
         log = training_log.IterationLog(self.run_dir) if self.info.is_main else None
-        bar = tqdm(
+        bar = show_progress(
             total=self.max_iterations,
             initial=self.epoch * self.batches + self.batch,
             desc=f"train {self.run_dir.name}",
             unit="it",
-            disable=not (self.progress and self.info.is_main),
+            enabled=self.progress and self.info.is_main,
         )
         done = 0
         while self.epoch < t.epochs:
@@ -255,7 +255,7 @@ class _Trainer:
             plot_training([(self.run_dir.name, self.run_dir)], self.run_dir / "curves.png")
         return self._result(start)
 
-    def _end_epoch(self, bar: tqdm) -> None:
+    def _end_epoch(self, bar: Progress) -> None:
         t = self.cfg.train
         record: dict[str, Any] = {"epoch": self.epoch, "iterations": (self.epoch + 1) * self.batches}
         last = self.epoch + 1 == t.epochs
@@ -269,10 +269,11 @@ class _Trainer:
             if improved:
                 self.best, self.best_epoch = score, self.epoch
             record.update(summary, score=score, best=improved)
-            bar.write(
-                f"epoch {self.epoch}: val DSC {summary['mean_dsc']:.4f} NSD {summary['mean_nsd']:.4f}"
-                + (" (best)" if improved else "")
-            )
+            if self.info.is_main:  # every rank validates; one prints
+                bar.write(
+                    f"epoch {self.epoch}: val DSC {summary['mean_dsc']:.4f} NSD {summary['mean_nsd']:.4f}"
+                    + (" (best)" if improved else "")
+                )
         self.epoch, self.batch = self.epoch + 1, 0
         if record.get("best") or (not self.val_cases and last):
             self._save("best")
