@@ -8,11 +8,12 @@ Each row (cohort, seed, option) is one `selflabel run COHORT --out OUT/runs/<coh
 --quiet --set seed=<seed> ...` subprocess with OMP_NUM_THREADS=1, `--jobs` at a time; its output goes to
 OUT/logs/<row>.log. A cohort is built once per seed under OUT/cohorts/<cohort>_s<seed>/ (cohort seed = row seed)
 and reused. Rows are appended to OUT/rows.jsonl as they finish (flushed); a rerun skips every row already measured
-with the same arguments (a failed row is run again: `selflabel run` resumes its work folder), so an interrupted run
-keeps what it measured. The table (printed at the end, or alone with --table) takes the last measured row of each
-(cohort, seed, option), else its last failed one: per option, mean +- sd over seeds of the teacher's and the final
-model's (the report's last: student, studentN or student_finetuned) test DSC/NSD, the gain final - teacher, the
-difference to `baseline` paired by seed, and the time; then the final models' per-organ test DSC.
+with the same arguments (a failed or interrupted row is run again: `selflabel run` resumes its work folder, which
+is started afresh when the row's arguments changed), so an interrupted run keeps what it measured. The table
+(printed at the end, or alone with --table) takes the last measured row of each (cohort, seed, option), else its
+last failed one: per option, mean +- sd over seeds of the teacher's and the final model's (the report's last:
+student, studentN or student_finetuned) test DSC/NSD, the gain final - teacher, the difference to `baseline`
+paired by seed, and the time; then the final models' per-organ test DSC.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,6 +166,11 @@ def run_job(out: Path, job: Job) -> dict[str, Any]:
     command = [sys.executable, "-m", "selflabel.cli", "run", str(cohort_dir(out, job.cohort, job.seed)),
                "--out", str(work), *COMMON, "--set", f"seed={job.seed}", *job.args]  # fmt: skip
     row: dict[str, Any] = {"cohort": job.cohort, "seed": job.seed, "option": job.option, "args": list(job.args)}
+    stamp = work.with_name(work.name + ".args.json")  # what the work folder was started with
+    if work.exists() and (not stamp.is_file() or json.loads(stamp.read_text()) != list(job.args)):
+        shutil.rmtree(work)  # started with other arguments: `selflabel run` would refuse to resume it
+    work.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(list(job.args)))
     start = time.perf_counter()
     log.write_text(" ".join(command) + "\n")
     code = _call(command, log)
@@ -366,7 +373,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--extra expects KEY=VALUE, got {bad}")
         extra = [part for kv in args.extra for part in ("--set", kv)]
         args.out.mkdir(parents=True, exist_ok=True)
-        run_all(args.out, plan(args.cohorts, args.seeds, args.options, SHORT if args.short else [], extra), args.jobs)
+        jobs = plan(args.cohorts, args.seeds, args.options, SHORT if args.short else [], extra)
+        try:
+            run_all(args.out, jobs, args.jobs)
+        except KeyboardInterrupt:
+            return 130
     print(table(read_rows(args.out / "rows.jsonl")))
     return 0
 
