@@ -1,0 +1,288 @@
+"""selflabel.io.dicom: the real CT series of ../shared/data/totalsegmentator_dicom read with the geometry an
+independent reader (SimpleITK's GDCM) and the DICOM tags give; predict and pseudolabel on series folders; broken
+series (mixed, missing slice, uneven spacing, not CT, duplicated slice) refused with a line naming them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from selflabel import inference, pseudolabel
+from selflabel.checkpoints import ModelSpec
+from selflabel.config import load_config
+from selflabel.errors import InputError
+from selflabel.inference import Predictor
+from selflabel.io import list_scans, read_header, read_image, source_stamp, write_nifti
+from selflabel.labels import FLARE22_LABELS
+from tests.conftest import run_cli
+
+SERIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalsegmentator_dicom" / "series"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def series() -> Path:
+    """The real 20-slice CT series (skips when ../shared is absent)."""
+    if not SERIES.is_dir() or len(list(SERIES.iterdir())) != 20:
+        pytest.skip(f"real DICOM series missing (expected 20 files in {SERIES}; see its SOURCE.md)")
+    return SERIES
+
+
+def copy_series(series: Path, folder: Path) -> Path:
+    """A writable copy of the series (the shared files are read-only)."""
+    shutil.copytree(series, folder, copy_function=shutil.copyfile)
+    return folder
+
+
+def edit(path: Path, **tags) -> None:
+    """Change some header tags of one DICOM file in place (the compressed pixel data is kept as is)."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+
+
+def by_position(folder: Path) -> list[Path]:
+    """The folder's files from the lowest slice (most inferior z) to the highest, read off the tags."""
+    return sorted(
+        folder.iterdir(), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2])
+    )
+
+
+def tag_affine(folder: Path) -> np.ndarray:
+    """The RAS affine computed by hand from the tags of the lowest and highest slice (RAS = LPS with x, y negated)."""
+    files = by_position(folder)
+    first, last = (pydicom.dcmread(p, stop_before_pixels=True) for p in (files[0], files[-1]))
+    row, col = np.array(first.ImageOrientationPatient[:3], float), np.array(first.ImageOrientationPatient[3:], float)
+    dr, dc = (float(v) for v in first.PixelSpacing)  # PixelSpacing = (between rows, between columns)
+    p0, p1 = np.array(first.ImagePositionPatient, float), np.array(last.ImagePositionPatient, float)
+    lps = np.eye(4)
+    lps[:3, :3] = np.column_stack([row * dc, col * dr, (p1 - p0) / (len(files) - 1)])
+    lps[:3, 3] = p0
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+# ---- the real series ----
+
+
+def test_real_series_has_the_geometry_of_its_tags_and_of_source_md(series):
+    volume = read_image(series)
+    assert volume.array.shape == (512, 512, 20) and volume.array.dtype == np.float32
+    assert volume.spacing == pytest.approx((0.9765625, 0.9765625, 2.0))  # 2 mm apart, though SliceThickness says 3
+    assert np.allclose(volume.affine, tag_affine(series), atol=1e-4)
+    assert volume.affine[:3, 3] == pytest.approx([249.51171875, 437.51171875, -804.5])  # LPS (-249.51, -437.51, ...)
+    assert volume.axcodes == ("L", "P", "S") and volume.axial_axis == 2
+    assert volume.array.min() == -1024.0  # stored 0 with RescaleIntercept -1024: air outside the reconstruction
+    assert np.median(volume.array[:40, :40]) < -900  # a corner of the field of view is air
+
+
+def test_real_series_matches_simpleitk_voxel_for_voxel(series):
+    """GDCM (through SimpleITK) reads the same voxels and places them at the same points."""
+    sitk = pytest.importorskip("SimpleITK", reason="SimpleITK (a dev dependency) is the independent reader")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
+    image = reader.Execute()
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.array(image.GetSpacing())
+    lps[:3, 3] = image.GetOrigin()
+    volume = read_image(series)
+    assert np.allclose(volume.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, atol=1e-4)
+    assert np.array_equal(volume.array, sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32))
+
+
+def test_slice_order_comes_from_positions_not_file_names(series, tmp_path):
+    """Files renamed in reverse order of their positions read as the same volume."""
+    folder = tmp_path / "renamed"
+    folder.mkdir()
+    for i, path in enumerate(reversed(by_position(series))):
+        shutil.copyfile(path, folder / f"IM{i:04d}")
+    volume = read_image(folder)
+    assert np.array_equal(volume.array, read_image(series).array)
+    assert np.allclose(volume.affine, tag_affine(series))
+
+
+class Body(torch.nn.Module):
+    """A stand-in network: class 1 (liver) where the HU-window-normalised input is above 0.5, i.e. above -300 HU."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logit = 40.0 * (x[:, :1] - 0.5)
+        return torch.cat([torch.zeros_like(logit), logit, *[torch.full_like(logit, -1e4)] * 12], dim=1)
+
+
+def body_predictor() -> Predictor:
+    """`Body` on 128x128 slices with an HU window of (-500, -100): the 512x512 series goes down and back up."""
+    cfg = load_config(
+        overrides={
+            "preprocess.normalization": "hu_window",
+            "preprocess.hu_window": [-500.0, -100.0],
+            "preprocess.image_size": 128,
+            "inference.batch_size": 20,
+        }
+    )
+    return Predictor(Body().eval(), ModelSpec("body", 14, 1, 128), cfg, dict(FLARE22_LABELS))
+
+
+def _world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    return (affine @ np.append(np.argwhere(mask).mean(axis=0), 1.0))[:3]
+
+
+def test_predict_on_the_series_writes_its_geometry_and_lines_up_with_the_body(series, tmp_path, capsys, monkeypatch):
+    """`selflabel predict -i <folder of series>`: ``series.nii.gz`` with the DICOM's affine (from the tags), and a
+    body detector's output on the body: its foreground inside the body read independently, centred on it in world
+    millimetres; the same mask flipped front to back would not fit."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "series").symlink_to(series, target_is_directory=True)
+    monkeypatch.setattr(inference.Predictor, "from_run", lambda *args, **kwargs: body_predictor())
+    code, out, err = run_cli(["predict", "-m", "unused", "-i", inputs, "-o", tmp_path / "out", "--quiet"], capsys)
+    assert code == 0, err
+    assert "1 written, 0 skipped, 0 failed" in out
+    written = nib.load(tmp_path / "out" / "series.nii.gz")
+    assert written.shape == (512, 512, 20) and written.get_data_dtype() == np.uint8
+    assert np.allclose(written.affine, tag_affine(series), atol=1e-4)
+    assert int(written.header["qform_code"]) == 1 and int(written.header["sform_code"]) == 1
+    pred = np.asarray(written.dataobj) == 1
+    # the body, read without selflabel: pydicom pixels + rescale, slices by position, (column, row, slice) axes
+    slices = [pydicom.dcmread(p) for p in by_position(series)]
+    hu = np.stack([s.pixel_array.T * float(s.RescaleSlope) + float(s.RescaleIntercept) for s in slices], axis=-1)
+    body = hu > -300
+    inside = float((pred & body).sum() / pred.sum())
+    covered = float((pred & body).sum() / body.sum())
+    assert inside > 0.97 and covered > 0.97, (inside, covered)
+    shift = _world_centroid(pred, written.affine) - _world_centroid(body, tag_affine(series))
+    assert np.abs(shift).max() < 1.0, shift  # mm
+    flipped = body[:, ::-1]  # anterior <-> posterior (the table is behind the patient)
+    assert 2 * (pred & flipped).sum() / (pred.sum() + flipped.sum()) < 0.7
+
+
+def test_pseudolabel_on_a_series_writes_its_geometry(series, tmp_path, capsys, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "abdomen").symlink_to(series, target_is_directory=True)
+    monkeypatch.setattr(pseudolabel, "load_teacher", lambda *args, **kwargs: body_predictor())
+    args = ["pseudolabel", "-m", "unused", "-i", inputs, "-o", tmp_path / "out", "--quiet"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "1 written, 0 skipped, 0 failed" in out
+    written = nib.load(tmp_path / "out" / "abdomen.nii.gz")
+    assert np.allclose(written.affine, tag_affine(series), atol=1e-4) and written.shape == (512, 512, 20)
+    assert (tmp_path / "out" / "train" / "abdomen_seg.npy").is_file()
+    assert "abdomen," in (tmp_path / "out" / "pseudolabels.csv").read_text()
+
+
+def test_header_and_stamp_of_a_series(series, tmp_path):
+    header = read_header(series)
+    assert np.allclose(header.get_best_affine(), tag_affine(series), atol=1e-4)
+    assert header.get_data_shape() == (512, 512, 20)
+    copy = copy_series(series, tmp_path / "copy")
+    before = source_stamp(copy)
+    assert before["files"] == 20 and before["size"] == sum(p.stat().st_size for p in series.iterdir())
+    edit(next(copy.iterdir()), PatientWeight="80")
+    assert source_stamp(copy) != before  # a changed slice makes a cached case stale
+
+
+# ---- finding series ----
+
+
+def test_input_folders_of_series_single_series_and_nifti(series, tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "patient_a").symlink_to(series, target_is_directory=True)
+    write_nifti(mixed / "Case_00001_0000.nii.gz", np.zeros((4, 4, 4), np.int16))
+    cases = list_scans(mixed)
+    assert [(c.name, c.image.name) for c in cases] == [
+        ("Case_00001", "Case_00001_0000.nii.gz"),
+        ("patient_a", "patient_a"),
+    ]
+    assert [(c.name, c.image) for c in list_scans(series)] == [("series", series)]  # the folder is the series
+    both = copy_series(series, tmp_path / "both")
+    write_nifti(both / "extra.nii.gz", np.zeros((4, 4, 4), np.int16))
+    with pytest.raises(InputError, match=r"both: holds the files of a DICOM series and also extra.nii.gz"):
+        list_scans(both)
+
+
+def test_non_dicom_files_in_a_series_are_named_and_skipped(series, tmp_path):
+    folder = copy_series(series, tmp_path / "s")
+    (folder / "notes.txt").write_text("exported by PACS")
+    with pytest.warns(UserWarning, match=r"s: skipped 1 file\(s\) that are not DICOM images \(notes.txt\)"):
+        volume = read_image(folder)
+    assert volume.array.shape == (512, 512, 20)
+
+
+# ---- broken series: one line naming the folder or the file ----
+
+
+def _mixed(folder: Path) -> str:
+    for path in by_position(folder)[:2]:
+        edit(path, SeriesInstanceUID="1.2.3.4", SeriesNumber=7, SeriesDescription="Topogram")
+    return r"mixes 2 series: 18 file\(s\) like .* 2 file\(s\) like .*'Topogram'.*put each series in a folder of its own"
+
+
+def _missing_slice(folder: Path) -> str:
+    files = by_position(folder)
+    files[10].unlink()
+    return rf"1 slice\(s\) missing: 4.000 mm between {files[9].name} and {files[11].name}, 2.000 mm elsewhere"
+
+
+def _uneven_spacing(folder: Path) -> str:
+    path = by_position(folder)[5]
+    position = pydicom.dcmread(path).ImagePositionPatient
+    edit(path, ImagePositionPatient=[position[0], position[1], float(position[2]) + 0.5])
+    return r"uneven slice spacing: (2.500|1.500) mm between"
+
+
+def _not_ct(folder: Path) -> str:
+    path = by_position(folder)[3]
+    edit(path, Modality="MR")
+    return rf"{path.name}: modality MR, not CT"
+
+
+def _duplicated_slice(folder: Path) -> str:
+    path = by_position(folder)[7]
+    shutil.copyfile(path, folder / "copy_of_a_slice")
+    return r"lie at the same position \(-790.50 mm\): duplicated files, or two series in one folder"
+
+
+def _other_orientation(folder: Path) -> str:
+    path = by_position(folder)[0]
+    edit(path, ImageOrientationPatient=[1, 0, 0, 0, 0, -1])  # a coronal localizer among axial slices
+    return rf"{path.name}: orientation differs"
+
+
+BROKEN = [_mixed, _missing_slice, _uneven_spacing, _not_ct, _duplicated_slice, _other_orientation]
+
+
+@pytest.mark.parametrize("breakage", BROKEN, ids=[b.__name__.strip("_") for b in BROKEN])
+def test_broken_series_is_refused_naming_it(series, tmp_path, breakage):
+    folder = copy_series(series, tmp_path / "broken")
+    pattern = breakage(folder)
+    with pytest.raises(InputError, match=pattern) as info:
+        read_image(folder)
+    assert str(info.value).startswith(str(folder)) and "\n" not in str(info.value)
+
+
+def test_a_broken_series_among_good_ones_is_named_and_nothing_is_written_for_it(series, tmp_path, capsys, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "good").symlink_to(series, target_is_directory=True)
+    _missing_slice(copy_series(series, inputs / "gap"))
+    monkeypatch.setattr(inference.Predictor, "from_run", lambda *args, **kwargs: body_predictor())
+    code, out, err = run_cli(["predict", "-m", "unused", "-i", inputs, "-o", tmp_path / "out", "--quiet"], capsys)
+    assert code == 2
+    assert "1 written, 0 skipped, 1 failed" in out
+    errors = [line for line in err.splitlines() if line.startswith("selflabel: error:")]
+    assert len(errors) == 1 and f"{inputs / 'gap'}: 1 slice(s) missing" in errors[0], err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
