@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from selflabel.io import write_nifti
-from tests.conftest import run_cli
+from selflabel.io import load_dataset, write_nifti
+from selflabel.labels import FLARE22_LABELS
+from tests.conftest import blob_case, run_cli
 
 
 def _image(ds, name="FLARE22_Tr_0001"):
@@ -86,6 +87,11 @@ def _bad_dataset_json(ds):
     return "dataset.json", "background"
 
 
+def _training_image_of_channel_1_only(ds):
+    _image(ds).rename(ds / "imagesTr" / "FLARE22_Tr_0001_0001.nii.gz")
+    return "FLARE22_Tr_0001_0001.nii.gz", "expected <case>_0000.nii.gz"
+
+
 CASES = [
     _missing_dataset_json,
     _image_without_label,
@@ -99,6 +105,7 @@ CASES = [
     _truncated_file,
     _not_a_nifti,
     _bad_dataset_json,
+    _training_image_of_channel_1_only,
 ]
 
 
@@ -115,3 +122,102 @@ def test_preprocess_reports_bad_input_in_one_line(tiny_dataset, tmp_path, capsys
     # nothing half-written: the bad case left no file at all, and no temporary files remain
     leftovers = list(cache.glob("FLARE22_Tr_0001*")) + list(cache.glob(".*")) if cache.exists() else []
     assert leftovers == []
+
+
+# ---- inputs that used to pass silently (issue 12) ----
+
+
+def _lines(err: str, kind: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith(f"selflabel: {kind}:")]
+
+
+def test_nnunet_v1_dataset_json_is_read_as_v2_with_one_warning_line(tiny_dataset, tmp_path, capsys):
+    """nnU-Net v1's dataset.json ("modality", labels index -> name, no file_ending, file lists) converts: the
+    same labels as the v2 file, one warning line naming dataset.json and what was converted."""
+    v1 = {
+        "name": "Tiny",
+        "modality": {"0": "CT"},
+        "labels": {str(index): name for name, index in FLARE22_LABELS.items()},
+        "numTraining": 2,
+        "training": [{"image": f"./imagesTr/FLARE22_Tr_000{i}.nii.gz", "label": f"./labelsTr/FLARE22_Tr_000{i}.nii.gz"}
+                     for i in (1, 2)],
+        "test": ["./imagesTs/FLARETs_0001.nii.gz"],
+    }  # fmt: skip
+    (tiny_dataset / "dataset.json").write_text(json.dumps(v1))
+    code, out, err = run_cli(["preprocess", tiny_dataset, tmp_path / "cache", "--workers", "1"], capsys)
+    assert code == 0, err
+    warnings = _lines(err, "warning")
+    assert len(warnings) == 1, err  # dataset.json is read twice by the command; the warning comes once
+    assert f"{tiny_dataset / 'dataset.json'}: nnU-Net v1 format, read as v2" in warnings[0]
+    assert '"modality" read as channel_names {"0": "CT"}' in warnings[0]
+    assert "labels index -> name inverted" in warnings[0] and 'no "file_ending": read as ".nii.gz"' in warnings[0]
+    assert "4 cached" in out
+    with pytest.warns(UserWarning, match="nnU-Net v1 format"):
+        assert load_dataset(tiny_dataset).labels == FLARE22_LABELS
+
+
+def test_label_map_with_a_gap_is_refused_naming_dataset_json(tiny_dataset, tmp_path, capsys):
+    """No "pancreas": 4 (labels 0-3, 5-13): refused as nnU-Net refuses it, saying which index and what to do."""
+    meta = json.loads((tiny_dataset / "dataset.json").read_text())
+    del meta["labels"]["pancreas"]
+    (tiny_dataset / "dataset.json").write_text(json.dumps(meta))
+    cache = tmp_path / "cache"
+    code, _out, err = run_cli(["preprocess", tiny_dataset, cache, "--workers", "1"], capsys)
+    assert code == 2
+    errors = _lines(err, "error")
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert f"{tiny_dataset / 'dataset.json'}: label indices must follow one another from 0" in errors[0]
+    assert "index 4 missing (labels 0-3, 5-13): renumber the labels here and in the label files" in errors[0]
+    assert not cache.exists()  # nothing written
+
+
+@pytest.mark.parametrize("group", ["unlabeledTr", "imagesTs"])
+def test_case_with_only_a_second_channel_is_named_and_skipped(tiny_dataset, tmp_path, capsys, group):
+    """An unlabelled (or test) case with a _0001 file and no _0000: a warning naming the file; the others cached."""
+    image, _ = blob_case(np.random.default_rng(5))
+    lone = write_nifti(tiny_dataset / group / "Extra_00009_0001.nii.gz", image, affine=np.diag([1.5, 1.5, 3.0, 1.0]))
+    cache = tmp_path / "cache"
+    code, out, err = run_cli(["preprocess", tiny_dataset, cache, "--workers", "1"], capsys)
+    assert code == 0, err
+    warnings = _lines(err, "warning")
+    assert len(warnings) == 1, err
+    assert f"{lone}: skipped: channel 0001 of case 'Extra_00009', which has no Extra_00009_0000.nii.gz" in warnings[0]
+    assert "4 cached" in out and not list(cache.glob("Extra_00009*"))
+
+
+def test_second_channel_beside_the_ct_is_named_and_ignored(tmp_path):
+    from selflabel.io import list_scans
+
+    for name in ("Case_00001_0000.nii.gz", "Case_00001_0001.nii.gz", "Case_00002_0000.nii.gz"):
+        write_nifti(tmp_path / name, np.zeros((4, 4, 4), np.int16))
+    with pytest.warns(UserWarning, match=r"Case_00001_0001.nii.gz: channel 0001 of case 'Case_00001' ignored"):
+        cases = list_scans(tmp_path)
+    assert [(c.name, c.image.name) for c in cases] == [
+        ("Case_00001", "Case_00001_0000.nii.gz"),
+        ("Case_00002", "Case_00002_0000.nii.gz"),
+    ]
+
+
+@pytest.mark.parametrize("command", ["predict", "pseudolabel"])
+def test_input_folder_without_scans_is_refused_naming_it(tmp_path, capsys, command):
+    """An empty input is almost always the wrong folder: exit 2, the folder and what was looked for, at once (before
+    the model loads: this run folder does not even exist) and without creating the output folder."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "notes.txt").write_text("the scans are on the other disk")
+    args = [command, "-m", tmp_path / "no_run", "-i", scans, "-o", tmp_path / "out"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 2 and "written" not in out
+    errors = _lines(err, "error")
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert (
+        f"{scans}: no scans found (looked for <case>_0000.nii.gz or <case>.nii.gz files and DICOM series" in errors[0]
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_folder_given_as_input_says_which_subfolder(tiny_dataset, tmp_path, capsys):
+    code, _out, err = run_cli(["predict", "-m", tmp_path / "no_run", "-i", tiny_dataset, "-o", tmp_path / "o"], capsys)
+    assert code == 2
+    assert _lines(err, "error")[0].endswith("this is an nnU-Net dataset: give its imagesTs/ or unlabeledTr/"), err
+    assert not _lines(err, "warning")

@@ -14,6 +14,7 @@ from selflabel.io import (
     check_same_grid,
     from_canonical,
     list_cases,
+    list_scans,
     load_dataset,
     read_image,
     read_label,
@@ -76,11 +77,19 @@ def test_load_dataset_finds_every_group(tiny_dataset):
     assert ds.num_classes == 14 and ds.labels["liver"] == 1 and ds.labels["left_kidney"] == 13
 
 
-def test_dataset_json_with_index_to_name_labels_is_accepted(tiny_dataset):
+def test_dataset_json_with_index_to_name_labels_is_accepted_with_a_warning(tiny_dataset):
     meta = json.loads((tiny_dataset / "dataset.json").read_text())
     meta["labels"] = {str(v): k for k, v in meta["labels"].items()}
     (tiny_dataset / "dataset.json").write_text(json.dumps(meta))
-    assert load_dataset(tiny_dataset).labels["spleen"] == 3
+    with pytest.warns(UserWarning, match=r"dataset.json: nnU-Net v1 format.*labels index -> name inverted"):
+        assert load_dataset(tiny_dataset).labels["spleen"] == 3
+
+
+def test_numbered_plain_names_are_cases_not_channels(tmp_path):
+    """Without any ``_0000`` file a folder does not use nnU-Net naming: ``scan_0001`` is a case, not channel 1."""
+    for name in ("scan_0001.nii.gz", "scan_0002.nii.gz"):
+        write_nifti(tmp_path / name, np.zeros((4, 4, 4), np.int16))
+    assert [c.name for c in list_scans(tmp_path)] == ["scan_0001", "scan_0002"]
 
 
 def test_any_folder_of_scans_lists_as_unlabelled_cases(tmp_path):

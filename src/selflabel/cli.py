@@ -409,6 +409,8 @@ def _show_input_warnings() -> None:
             python_way(message, category, filename, lineno, file, line)
 
     warnings.showwarning = show
+    if not sys.warnoptions:  # each distinct warning once (dataset.json read twice warns once), unless -W says
+        warnings.filterwarnings("default", category=InputWarning)
 
 
 def main() -> None:

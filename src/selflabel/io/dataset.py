@@ -189,17 +189,24 @@ def list_scans(folder: str | Path, file_ending: str = ".nii.gz") -> list[Case]:
         if sub.name in cases:
             raise InputError(sub, f"series folder has the case name of {cases[sub.name].image.name}; rename one")
         cases[sub.name] = Case(sub.name, sub)
+    if not cases:
+        looked = f"<case>_0000{file_ending} or <case>{file_ending} files and DICOM series (one per subfolder, or "
+        looked += "the folder itself)"
+        raise InputError(folder, f"no scans found (looked for {looked}){_where_scans_are(folder)}")
     for sub in subfolders:
         if sub not in series and any(p.is_file() for p in sub.iterdir()):
             warn_input(sub, "skipped: holds no DICOM files (folders inside series folders are not searched)")
-    if not cases:
-        dataset = (folder / "dataset.json").is_file()
-        hint = "; it is an nnU-Net dataset: give its imagesTs/ or unlabeledTr/" if dataset else ""
-        raise InputError(
-            folder, f"no scans found (looked for <case>_0000{file_ending} or <case>{file_ending} files, and DICOM "
-            f"series: one per subfolder, or the folder itself){hint}"
-        )  # fmt: skip
     return sorted(cases.values(), key=lambda case: case.name)
+
+
+def _where_scans_are(folder: Path) -> str:
+    """A hint for a folder without scans: the dataset it is, or its subfolder that holds NIfTI files."""
+    if (folder / "dataset.json").is_file():
+        return "; this is an nnU-Net dataset: give its imagesTs/ or unlabeledTr/"
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if any(sub.glob("*.nii*")):
+            return f"; {sub.name}/ holds NIfTI files: give that folder"
+    return ""
 
 
 def _index_ranges(values: list[int]) -> str:
