@@ -338,6 +338,12 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if not 0 <= t.foreground_fraction <= 1:
         raise ConfigError(f"train.foreground_fraction must be in [0, 1], got {t.foreground_fraction}")
+    if t.pseudo_weight <= 0:
+        raise ConfigError(f"train.pseudo_weight must be positive, got {t.pseudo_weight}")
+    if pl.finetune_lr <= 0:
+        raise ConfigError(f"pipeline.finetune_lr must be positive, got {pl.finetune_lr}")
+    if not 0 <= config.augment.copy_paste <= 1 or not 0 <= config.augment.strong_prob <= 1:
+        raise ConfigError("augment.copy_paste and augment.strong_prob must be in [0, 1]")
     if not 0 < pl.train_fraction < 1:
         raise ConfigError(f"pipeline.train_fraction must be in (0, 1), got {pl.train_fraction}")
     if pl.rounds < 1:

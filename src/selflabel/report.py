@@ -214,11 +214,11 @@ def _pseudo_table(summary: Mapping[str, Any]) -> str:
 def comparison_line(summary: Mapping[str, Any], split: str) -> str | None:
     """ "student vs teacher" in one sentence for `split` (None when either is missing)."""
     models = summary["models"]
-    names = [n for n in models if split in models[n]["splits"]]
-    if "teacher" not in names or len(names) < 2:
+    names = [n for n in models if split in models[n]["splits"] and n != "teacher"]
+    if "teacher" not in models or split not in models["teacher"]["splits"] or not names:
         return None
     teacher = models["teacher"]["splits"][split]
-    best_name = max(names[1:], key=lambda n: models[n]["splits"][split]["mean_dsc"])
+    best_name = max(names, key=lambda n: models[n]["splits"][split]["mean_dsc"])
     best = models[best_name]["splits"][split]
     delta = 100 * (best["mean_dsc"] - teacher["mean_dsc"])
     verdict = "helped" if delta > 0 else "did not help"
