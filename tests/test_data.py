@@ -323,3 +323,97 @@ def test_probability_is_the_share_of_transformed_samples():
     rng = np.random.default_rng(0)
     changed = sum(RandomRot90Flip(prob=0.3)(image, label, rng)[0] is not image for _ in range(2000))
     assert changed / 2000 == pytest.approx(0.3, abs=0.04)
+
+
+# ---- options beyond the paper: per-organ sampling, copy-paste, the strong set ----
+
+
+@pytest.fixture(scope="module")
+def organ_cache(tmp_path_factory) -> Path:
+    """Two cases: ``big`` with organ 1 on 10 of 12 slices, ``small`` with organ 7 (an adrenal) on one slice."""
+    folder = tmp_path_factory.mktemp("organs")
+    rng = np.random.default_rng(1)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    cases = []
+    for name in ("big", "small"):
+        image, label = blob_case(rng)
+        label[:] = 0
+        if name == "big":
+            label[3:12, 4:14, 1:11] = 1
+        else:
+            label[5:8, 5:8, 6] = 7
+        write_nifti(folder / f"{name}_0000.nii.gz", image, affine=affine)
+        write_nifti(folder / f"{name}.nii.gz", label, affine=affine)
+        cases.append(Case(name, folder / f"{name}_0000.nii.gz", folder / f"{name}.nii.gz"))
+    preprocess_cases(cases, folder / "cache", PreprocessConfig(image_size=SIZE), workers=1, progress=False)
+    return folder / "cache"
+
+
+def _organ_share(data: SliceDataset, keys_: np.ndarray, organ: int) -> float:
+    return float(np.isin(keys_[:, 0], data.organ_slices[organ]).mean())
+
+
+def test_per_organ_sampling_shows_a_one_slice_organ_as_often_as_a_large_one(organ_cache):
+    data = SliceDataset([Source(organ_cache, ("big", "small"))], SIZE)
+    assert sorted(data.organ_slices) == [1, 7] and len(data.organ_slices[7]) == 1
+    common = {"batch_size": 50, "num_batches": 40, "seed": 0, "foreground_fraction": 1.0}
+    any_keys = keys(SliceSampler(data, **common, foreground_sampling="any"))
+    per_keys = keys(SliceSampler(data, **common, foreground_sampling="per_organ"))
+    # "any": the adrenal's slice is one of 11 organ slices; "per_organ": half of the draws go to it
+    assert _organ_share(data, any_keys, 7) == pytest.approx(1 / 11, abs=0.03)
+    assert _organ_share(data, per_keys, 7) == pytest.approx(0.5, abs=0.05)
+    assert _organ_share(data, per_keys, 1) == pytest.approx(0.5, abs=0.05)
+
+
+def test_copy_paste_moves_a_box_of_image_and_label_of_the_other_kind(organ_cache, tmp_path):
+    """A pseudo-labelled slice gets a box of an expert-labelled one, image and label together (and the reverse)."""
+    for suffix in (".json", "_seg.npy"):
+        (tmp_path / f"small{suffix}").write_bytes((organ_cache / f"small{suffix}").read_bytes())
+    seg = np.load(tmp_path / "small_seg.npy")
+    np.save(tmp_path / "small_seg.npy", np.where(seg > 0, 9, 0).astype(np.uint8))  # pseudo-labels say organ 9
+    sources = [Source(organ_cache, ("big",)), Source(organ_cache, ("small",), label_dir=tmp_path)]
+    plain = SliceDataset(sources, SIZE)
+    mixed = SliceDataset(sources, SIZE, copy_paste=1.0)
+    pasted = 0
+    for index in range(len(plain)):
+        for seed in range(3):
+            x, y, _ = mixed[(index, seed)]
+            x0, y0, _ = plain[(index, -1)]
+            changed = (x[0] != x0[0]) | (y != y0)
+            if not changed.any():
+                continue
+            pasted += 1
+            rows, cols = np.nonzero(changed.numpy())
+            box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+            # what came in is one slice of the other kind, image and label from the same place
+            other = range(DEPTH, 2 * DEPTH) if index < DEPTH else range(DEPTH)
+            assert any(
+                torch.equal(x[0][box], plain[(j, -1)][0][0][box]) and torch.equal(y[box], plain[(j, -1)][1][box])
+                for j in other
+            )
+    assert pasted > len(plain)  # most samples are mixed
+    assert SliceDataset(sources[:1], SIZE, copy_paste=1.0).copy_paste == 0.0  # one kind only: nothing to mix
+
+
+def test_the_strong_set_changes_intensities_but_not_labels():
+    from selflabel.data import build_intensity_augmentation
+
+    assert build_intensity_augmentation(AugmentConfig()) == []  # the paper's set has none
+    cfg = AugmentConfig(strong=True, strong_prob=1.0)
+    transforms = build_intensity_augmentation(cfg)
+    assert len(build_augmentation(cfg)) == 3  # the zoom joins the rotations
+    image = torch.linspace(-2, 2, 2 * SIZE * SIZE).reshape(2, SIZE, SIZE)
+    outs = []
+    for seed in (0, 0, 1):
+        rng = np.random.default_rng(seed)
+        x = image
+        for transform in transforms:
+            x = transform(x, rng)
+        outs.append(x)
+    assert outs[0].shape == image.shape and not torch.allclose(outs[0], image)
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    label = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
+    label[4:8, 4:8] = 3
+    zoom = build_augmentation(cfg)[-1]
+    zoomed_image, zoomed_label = zoom(image, label, np.random.default_rng(2))
+    assert set(torch.unique(zoomed_label).tolist()) <= {0, 3}  # nearest: no new label values

@@ -263,3 +263,29 @@ def test_two_torchrun_processes_pseudolabel_and_rank_0_writes_the_table(tiny_run
     _, rows = _read_csv(tmp_path / "out" / "pseudolabels.csv")
     assert [r["case"] for r in rows] == ["Case_00001", "Case_00002", "Case_00003"]
     assert not math.isnan(float(rows[1]["mean_confidence"]))
+
+
+def test_soft_weights_are_the_teachers_confidence_and_an_ensemble_averages_checkpoints(tiny_run, tmp_path):
+    """With ``pseudolabel.soft_weights`` the training labels come with the teacher's confidence beside them; with
+    ``checkpoints: best_and_latest`` the teacher is the mean of its two checkpoints' probabilities."""
+    from selflabel.pseudolabel import load_teacher, pseudolabel_folder
+
+    inputs = tmp_path / "in"
+    write_scans(inputs, 2)
+    overrides = {"inference.device": "cpu", "pseudolabel.soft_weights": True}
+    report, _ = pseudolabel_folder(tiny_run, inputs, tmp_path / "out", overrides=overrides, progress=False)
+    assert len(report.written) == 2
+    teacher = Predictor.from_run(tiny_run, overrides=overrides)
+    for name in ("Case_00001", "Case_00002"):
+        weight = np.load(tmp_path / "out" / "train" / f"{name}_weight.npy")
+        meta = json.loads((tmp_path / "out" / "cache" / f"{name}.json").read_text())
+        volume = torch.from_numpy(np.load(tmp_path / "out" / "cache" / f"{name}.npy").astype(np.float32))
+        expected = teacher.predict_prepared(volume, tuple(meta["canonical_shape"][1:]), with_confidence=True)
+        assert weight.dtype == np.float16 and np.array_equal(weight, expected.lowres_confidence)
+        assert json.loads((tmp_path / "out" / "train" / f"{name}.json").read_text())["soft_weights"] is True
+    ensemble = load_teacher(tiny_run, {**overrides, "pseudolabel.checkpoints": "best_and_latest"})
+    latest = Predictor.from_run(tiny_run, which="latest", overrides=overrides)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        mean = (torch.softmax(teacher.model(x), 1) + torch.softmax(latest.model(x), 1)) / 2
+        assert torch.allclose(torch.softmax(ensemble.model(x), 1), mean, atol=1e-6)

@@ -204,3 +204,33 @@ def test_overfits_the_real_ct(real_ct, tmp_path):
     for organ in ("Liver", "Spleen", "RK", "LK"):
         assert organs[organ]["dsc"] > 0.9, (organ, organs[organ])
     shutil.rmtree(cache)
+
+
+def cfg_model(cfg):
+    from selflabel.checkpoints import ModelSpec
+
+    return ModelSpec.from_config(cfg.model, cfg.preprocess.image_size, 14).build()
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_confidence_weights_reach_the_loss(tiny_cache, tmp_path, weight):
+    """Pseudo-labels whose voxels all weigh 0 teach nothing: the weights stay the initial ones; weighing 1 they move.
+
+    The labels are those of FLARE22_Tr_0001, set apart as pseudo-labels with a weight map beside them."""
+    _, cache = tiny_cache
+    labels = tmp_path / "pseudo"
+    labels.mkdir()
+    for suffix in (".json", "_seg.npy"):
+        shutil.copy(cache / f"FLARE22_Tr_0001{suffix}", labels)
+    seg = np.load(labels / "FLARE22_Tr_0001_seg.npy")
+    np.save(labels / "FLARE22_Tr_0001_weight.npy", np.full(seg.shape, weight, dtype=np.float16))
+    cfg = load_config(overrides={**TINY, "train.epochs": 1, "model.drop_path_rate": 0.0})
+    source = Source(cache, ("FLARE22_Tr_0001",), label_dir=labels, voxel_weights=True)
+    run = tmp_path / "run"
+    torch.manual_seed(cfg.seed)
+    initial = {k: v.clone() for k, v in cfg_model(cfg).state_dict().items()}
+    train_model(cfg, run, sources=[source], val_cases=[], val_cache=cache, labels=FLARE22_LABELS, progress=False)
+    trained = load_checkpoint(run / "latest.pt")["model"]
+    moved = max(float((trained[k].float() - initial[k].float()).abs().max()) for k in initial)
+    assert (moved == 0.0) if weight == 0.0 else (moved > 1e-4)
+
