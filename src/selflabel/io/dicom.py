@@ -232,4 +232,5 @@ def read_series(folder: str | Path) -> Volume:
     array = np.empty((cols, rows, n), dtype=np.float32)
     for k, s in enumerate(geometry.slices):
         array[:, :, k] = _pixels(s).T  # pixel_array is (row, column)
+        s.ds = None  # the file's data and its decoded copy are not needed any more
     return Volume(array, geometry.affine, nifti_header(array.shape, geometry.affine), folder)
