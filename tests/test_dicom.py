@@ -323,3 +323,14 @@ def test_a_broken_series_among_good_ones_is_named_and_nothing_is_written_for_it(
     assert len(errors) == 1 and f"{inputs / 'gap'}: 1 slice(s) missing" in errors[0], err
     assert "Traceback" not in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
+
+
+def test_pixels_no_installed_decoder_can_read_are_named(series, monkeypatch):
+    def no_decoder(self):
+        raise RuntimeError("Unable to decode the pixel data: no plugins are available\ninstall one")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
+    syntax = r"JPEG 2000 Image Compression \(Lossless Only\)"
+    said = r"Unable to decode the pixel data: no plugins are available$"
+    with pytest.raises(InputError, match=rf"CT\.[0-9.]+: pixel data \({syntax}\) could not be decoded: {said}"):
+        read_image(series)
