@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from selflabel import training_log
 from selflabel.checkpoints import ModelSpec, load_checkpoint, save_checkpoint, write_run_folder
@@ -75,10 +76,28 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    import torch.distributed.nn.functional as dist_fn
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over DDP ranks with a gradient: each rank's input gets the sum of every rank's upstream gradient.
 
-    return dist_fn.all_reduce(tensor)
+    Written here because torch's autograd-aware `torch.distributed.nn.functional.all_reduce` is deprecated and its
+    suggested replacement is a private module.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    return _AllReduceSum.apply(tensor)
 
 
 class _Trainer:
