@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -173,3 +175,18 @@ def test_run_shorter_than_one_interval_has_no_samples():
     assert result.t_s == [] and result.cpu_auc == 0.0
     assert result.summary()["cpu_max_percent"] is None and result.summary()["gpu_memory_max_mb"] is None
     assert "no samples" in result.describe()
+
+
+def test_profile_per_case_gives_a_dicom_series_its_own_run(tmp_path, capsys):
+    """A series subfolder is one case: its run sees the series folder alone, as a NIfTI case sees its file alone."""
+    series = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalsegmentator_dicom" / "series"
+    if not series.is_dir():
+        pytest.skip(f"real DICOM series missing (expected {series}; see its SOURCE.md)")
+    inputs = tmp_path / "in"
+    shutil.copytree(series, inputs / "abdomen")
+    (inputs / "case_a_0000.nii.gz").write_bytes(b"not read")
+    args = ["profile", "--out", str(tmp_path / "prof"), "--per-case", str(inputs), "--interval", "0.05", "--"]
+    code, _, err = run_cli([*args, sys.executable, "-c", LIST_INPUT, "{input}", tmp_path / "{case}.txt"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "abdomen.txt").read_text() == "abdomen"
+    assert (tmp_path / "case_a.txt").read_text() == "case_a_0000.nii.gz"

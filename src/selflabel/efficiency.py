@@ -44,8 +44,8 @@ from typing import Any
 import psutil
 
 from selflabel.atomic import atomic_path, atomic_write_csv, atomic_write_text
-from selflabel.errors import InputError, SelflabelError
-from selflabel.io import case_files
+from selflabel.errors import SelflabelError
+from selflabel.io import case_files, list_scans
 
 __all__ = [
     "GPU_TOLERANCE_MB",
@@ -390,10 +390,12 @@ def _run_measured(command: list[str], interval: float, gpu_index: int, **meta: A
 
 
 def _case_groups(folder: Path, file_ending: str) -> dict[str, list[Path]]:
+    """Each case's inputs: its NIfTI files (every channel), or its DICOM series folder."""
     groups = case_files(folder, file_ending)
-    if not groups:
-        raise InputError(folder, f"no cases ending in {file_ending}")
-    return groups
+    for case in list_scans(folder, file_ending):  # raises InputError naming the folder when it holds no scan
+        if case.image.is_dir():
+            groups[case.name] = [case.image]
+    return dict(sorted(groups.items()))
 
 
 def profile_command(
@@ -408,7 +410,8 @@ def profile_command(
 
     Without `per_case_dir`: one run -> ``profile.json`` and ``profile.png``.
 
-    With `per_case_dir`: one run per case of that folder (files grouped by `selflabel.io.case_name`), each with a
+    With `per_case_dir`: one run per case of that folder (NIfTI files grouped by `selflabel.io.case_name`, or a DICOM
+    series folder), each with a
     fresh temporary folder holding only that case's files (copied before the clock starts); ``{input}`` in the
     command is replaced by that folder and ``{case}`` by the case name. Writes ``<case>.json``/``<case>.png`` and
     ``efficiency.csv`` (FLARE's load_json.py columns: Name, Time, GPU_Mem, AUC_GPU_Time, CPU_Utilization,
@@ -439,7 +442,10 @@ def profile_command(
         for name, files in groups.items():
             with tempfile.TemporaryDirectory(prefix=f"selflabel-{name}-") as tmp:
                 for path in files:
-                    shutil.copy2(path, tmp)
+                    if path.is_dir():
+                        shutil.copytree(path, Path(tmp) / path.name)
+                    else:
+                        shutil.copy2(path, tmp)
                 args = [arg.replace(INPUT_PLACEHOLDER, tmp).replace(CASE_PLACEHOLDER, name) for arg in command]
                 result = _run_measured(args, interval, gpu_index, case=name)
             result.save(out_dir / f"{name}.json", out_dir / f"{name}.png")
