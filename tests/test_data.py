@@ -408,7 +408,7 @@ def test_the_strong_set_changes_intensities_but_not_labels():
         rng = np.random.default_rng(seed)
         x = image
         for transform in transforms:
-            x = transform(x, rng)
+            x = transform(x, torch.zeros(SIZE, SIZE, dtype=torch.uint8), rng)
         outs.append(x)
     assert outs[0].shape == image.shape and not torch.allclose(outs[0], image)
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
@@ -417,3 +417,17 @@ def test_the_strong_set_changes_intensities_but_not_labels():
     zoom = build_augmentation(cfg)[-1]
     zoomed_image, zoomed_label = zoom(image, label, np.random.default_rng(2))
     assert set(torch.unique(zoomed_label).tolist()) <= {0, 3}  # nearest: no new label values
+
+
+def test_organ_shift_moves_each_organ_by_one_value_and_leaves_the_rest():
+    from selflabel.data.augment import RandomOrganShift
+
+    image = torch.zeros(3, SIZE, SIZE)
+    label = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
+    label[2:6, 2:6], label[8:12, 8:12], label[0, 0] = 2, 13, 255
+    out = RandomOrganShift(prob=1.0, amount=0.5)(image, label, np.random.default_rng(3))
+    for organ in (2, 13):
+        values = torch.unique(out[:, label == organ])
+        assert values.numel() == 1 and 0 < abs(float(values)) <= 0.5  # one shift per organ, every channel
+    assert not out[:, (label == 0) | (label == 255)].any()  # background and ignored voxels unchanged
+    assert torch.equal(RandomOrganShift(prob=0.0, amount=0.5)(image, label, np.random.default_rng(3)), image)

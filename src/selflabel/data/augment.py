@@ -2,7 +2,7 @@
 
 Small callables taking an explicit `numpy.random.Generator`. Spatial transforms map ``(image (C, H, W) float32,
 label (H, W) uint8, rng)`` to a new pair, image and label moved together (a per-voxel weight map travels as an
-extra image channel). Intensity transforms map ``(image, rng)`` to a new image and leave the label alone.
+extra image channel). Intensity transforms map ``(image, label, rng)`` to a new image and leave the label alone.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class RandomBrightnessContrast:
     brightness: float = 0.2
     contrast: float = 0.25
 
-    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if rng.random() >= self.prob:
             return image
         c = float(rng.uniform(1 - self.contrast, 1 + self.contrast))
@@ -104,7 +104,7 @@ class RandomGamma:
     prob: float = 0.3
     gamma: float = 0.3
 
-    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if rng.random() >= self.prob:
             return image
         g = math.exp(float(rng.uniform(-self.gamma, self.gamma)))
@@ -120,7 +120,7 @@ class RandomNoise:
     prob: float = 0.3
     std: float = 0.1
 
-    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if rng.random() >= self.prob:
             return image
         sd = float(rng.uniform(0, self.std))
@@ -135,7 +135,7 @@ class RandomBlur:
     prob: float = 0.2
     sigma: float = 1.0
 
-    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if rng.random() >= self.prob or self.sigma <= 0.5:
             return image
         sigma = float(rng.uniform(0.5, self.sigma))
@@ -147,6 +147,30 @@ class RandomBlur:
         x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel[:, :, None, :])
         x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel[:, :, :, None])
         return x[:, 0]
+
+
+@dataclass(frozen=True)
+class RandomOrganShift:
+    """Each organ in the slice, with probability `prob`, brighter or darker by a shift uniform in ± amount
+    (normalised units): other contrast phases (a kidney plain or enhanced) seen from the labels at hand.
+
+    Ignored voxels (255) and background keep their values; the shift is applied to every context channel.
+    """
+
+    prob: float = 0.3
+    amount: float = 0.5
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if self.amount <= 0:
+            return image
+        organs = [int(v) for v in torch.unique(label).tolist() if 0 < v < 255]
+        shift = torch.zeros(256, dtype=image.dtype)
+        for organ in organs:
+            if rng.random() < self.prob:
+                shift[organ] = float(rng.uniform(-self.amount, self.amount))
+        if not shift.any():
+            return image
+        return image + shift[label.long()][None]
 
 
 # ---- the sets ----
@@ -161,13 +185,15 @@ def build_augmentation(cfg: AugmentConfig) -> list:
 
 
 def build_intensity_augmentation(cfg: AugmentConfig) -> list:
-    """The intensity transforms of the strong set (brightness/contrast, gamma, noise, blur); none unless `strong`."""
-    if not cfg.strong:
-        return []
-    p = cfg.strong_prob
-    return [
-        RandomBrightnessContrast(p, cfg.brightness, cfg.contrast),
-        RandomGamma(p, cfg.gamma),
-        RandomNoise(p, cfg.noise_std),
-        RandomBlur(p, cfg.blur_sigma),
-    ]
+    """The intensity transforms: per-organ shifts when `organ_shift` > 0, then the strong set (brightness/contrast,
+    gamma, noise, blur) when `strong`."""
+    transforms: list = [RandomOrganShift(cfg.organ_shift_prob, cfg.organ_shift)] if cfg.organ_shift > 0 else []
+    if cfg.strong:
+        p = cfg.strong_prob
+        transforms += [
+            RandomBrightnessContrast(p, cfg.brightness, cfg.contrast),
+            RandomGamma(p, cfg.gamma),
+            RandomNoise(p, cfg.noise_std),
+            RandomBlur(p, cfg.blur_sigma),
+        ]
+    return transforms

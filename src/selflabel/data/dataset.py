@@ -137,7 +137,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 x, y, w = paste_box((x, y, w), self._slice(int(rng.choice(other))), rng)
             x, y, w = self._spatial(x, y, w, rng)
             for transform in self.intensity:
-                x = transform(x, rng)
+                x = transform(x, y, rng)
         return x.contiguous(), y.long(), w.contiguous()
 
     def _spatial(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, rng: np.random.Generator):
