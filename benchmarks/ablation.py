@@ -39,10 +39,39 @@ from selflabel.labels import FLARE22_ORGANS
 
 HERE = Path(__file__).resolve().parent
 
-#: Option name -> extra `selflabel run` arguments. Adding an option is one line here.
+
+def _sets(*pairs: str) -> list[str]:
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+#: Option name -> extra `selflabel run` arguments on top of the cpu preset. Adding an option is one line here.
+#: `baseline` is the preset; `cpu_before` the cpu preset before issue 11; each `no_*` turns one of the preset's
+#: options off, each `plus_*` adds one it does not take.
 OPTIONS: dict[str, list[str]] = {
     "baseline": [],
-    "finetune2": ["--finetune-epochs", "2"],
+    "cpu_before": _sets(
+        "preprocess.crop=none",
+        "preprocess.normalization=percentile_zscore",
+        "train.foreground_sampling=any",
+        "augment.rot90_flip_prob=0.5",
+        "augment.copy_paste=0",
+        "pipeline.student_augment=same",
+        "pipeline.train_fraction=0.4",
+    ),
+    "no_crop": _sets("preprocess.crop=none"),
+    "no_ct_foreground": _sets("preprocess.normalization=percentile_zscore"),
+    "no_per_organ": _sets("train.foreground_sampling=any"),
+    "with_mirroring": _sets("augment.rot90_flip_prob=0.5"),
+    "no_strong_student": _sets("pipeline.student_augment=same"),
+    "no_copy_paste": _sets("augment.copy_paste=0"),
+    "split_0.4": _sets("pipeline.train_fraction=0.4"),
+    "plus_soft_weights": _sets("pseudolabel.soft_weights=true"),
+    "plus_ensemble": _sets("pseudolabel.checkpoints=best_and_latest"),
+    "plus_largest_component": _sets("inference.largest_component=true"),
+    "plus_context1": _sets("model.context=1", "student.context=1"),
+    "plus_organ_shift": _sets("augment.organ_shift=0.6"),
+    "plus_finetune2": ["--finetune-epochs", "2"],
+    "plus_small_student": _sets("pipeline.student_model=own", "student.unet_channels=[8,16,32,64]"),
 }
 #: Appended with --short: a shorter schedule of the cpu preset (6 teacher / 8 student epochs of 200 iterations).
 SHORT: list[str] = ["--set", "train.epochs=3", "--set", "pipeline.student_epochs=4"]
