@@ -5,12 +5,12 @@
 #   bash benchmarks/gpu_check.sh
 #
 # The device machines of this workplace have torch, numpy, scipy, matplotlib, psutil, tqdm, typer, pyyaml and
-# nvidia-ml-py but not nibabel, surface-distance or connected-components-3d. Download their wheels here first
+# nvidia-ml-py but not nibabel, surface-distance, connected-components-3d or pydicom. Download their wheels here first
 # (Python 3.12, manylinux x86_64) into .whl/, which .git/info/exclude ignores, and carry `.whl`:
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl nibabel surface-distance connected-components-3d
+#     -d .whl nibabel surface-distance connected-components-3d pydicom
 #
 # Steps: environment; training throughput of the full Swin-Unet at 224 (bf16, channels_last) from the real data
 # loader and from memory, with peak memory; model forward/backward speed; the inference benchmark; a short
