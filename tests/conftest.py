@@ -232,3 +232,15 @@ def tiny_run(tmp_path_factory) -> Path:
         return train_tiny_run(tmp_path_factory.mktemp("tiny"))
     finally:
         torch.set_num_threads(before)
+
+
+class AboveHalf(torch.nn.Module):
+    """A stand-in network: class 1 where the (HU-window-normalised) input is above 0.5, else background."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # slicewise reads the device off the parameters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logit = 40.0 * (x[:, :1] - 0.5)
+        return torch.cat([torch.zeros_like(logit), logit, *[torch.full_like(logit, -1e4)] * 12], dim=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
 from selflabel.checkpoints import ModelSpec
@@ -15,6 +14,7 @@ from selflabel.io import Case, read_image
 from selflabel.labels import FLARE22_LABELS
 from selflabel.preprocess import CacheEntry, CropBox, preprocess_cases
 from selflabel.preprocess.crop import body_box, crop, paste
+from tests.conftest import AboveHalf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,23 +53,12 @@ def test_crop_pads_outside_and_paste_restores_the_box():
     assert crop(volume, full, 0) is volume and paste(volume, full) is volume
 
 
-class Threshold(torch.nn.Module):
-    """A stand-in network: class 1 where the HU-window-normalised input is above 0.5 (75 HU), else 0."""
-
-    def __init__(self):
-        super().__init__()
-        self.unused = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logit = 40.0 * (x[:, :1] - 0.5)
-        return torch.cat([torch.zeros_like(logit), logit, *[torch.full_like(logit, -1e4)] * 12], dim=1)
-
-
 def threshold_predictor(crop_mode: str) -> Predictor:
+    """`AboveHalf` at 64x64 with the default HU window (-125, 275): class 1 above 75 HU."""
     cfg = load_config(
         overrides={"preprocess.normalization": "hu_window", "preprocess.image_size": 64, "preprocess.crop": crop_mode}
     )
-    return Predictor(Threshold().eval(), ModelSpec("threshold", 14, 1, 64), cfg, dict(FLARE22_LABELS))
+    return Predictor(AboveHalf().eval(), ModelSpec("threshold", 14, 1, 64), cfg, dict(FLARE22_LABELS))
 
 
 def _padded(img: nib.Nifti1Image, pad_x: int, pad_y: int, codes: tuple[str, str, str]) -> nib.Nifti1Image:

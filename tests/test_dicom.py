@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
 
 from selflabel import inference, pseudolabel
 from selflabel.checkpoints import ModelSpec
@@ -20,7 +19,7 @@ from selflabel.errors import InputError
 from selflabel.inference import Predictor
 from selflabel.io import list_scans, read_header, read_image, source_stamp, write_nifti
 from selflabel.labels import FLARE22_LABELS
-from tests.conftest import run_cli
+from tests.conftest import AboveHalf, run_cli
 
 SERIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalsegmentator_dicom" / "series"
 
@@ -146,20 +145,9 @@ def test_every_slice_lands_where_its_tags_put_it(series, tmp_path, change):
     assert placed == set(range(20))
 
 
-class Body(torch.nn.Module):
-    """A stand-in network: class 1 (liver) where the HU-window-normalised input is above 0.5, i.e. above -300 HU."""
-
-    def __init__(self):
-        super().__init__()
-        self.unused = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logit = 40.0 * (x[:, :1] - 0.5)
-        return torch.cat([torch.zeros_like(logit), logit, *[torch.full_like(logit, -1e4)] * 12], dim=1)
-
-
 def body_predictor() -> Predictor:
-    """`Body` on 128x128 slices with an HU window of (-500, -100): the 512x512 series goes down and back up."""
+    """`AboveHalf` (above -300 HU) on 128x128 slices with an HU window of (-500, -100): the 512x512 series goes
+    down and back up."""
     cfg = load_config(
         overrides={
             "preprocess.normalization": "hu_window",
@@ -168,7 +156,7 @@ def body_predictor() -> Predictor:
             "inference.batch_size": 20,
         }
     )
-    return Predictor(Body().eval(), ModelSpec("body", 14, 1, 128), cfg, dict(FLARE22_LABELS))
+    return Predictor(AboveHalf().eval(), ModelSpec("body", 14, 1, 128), cfg, dict(FLARE22_LABELS))
 
 
 def _world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
