@@ -69,7 +69,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_ensemble": _sets("pseudolabel.checkpoints=best_and_latest"),
     "plus_largest_component": _sets("inference.largest_component=true"),
     "plus_context1": _sets("model.context=1", "student.context=1"),
-    "plus_organ_shift": _sets("augment.organ_shift=0.6"),
+    "plus_phase_shift": _sets("augment.phase_shift=1.0"),
     "plus_finetune2": ["--finetune-epochs", "2"],
     "plus_small_student": _sets("pipeline.student_model=own", "student.unet_channels=[8,16,32,64]"),
 }

@@ -419,15 +419,28 @@ def test_the_strong_set_changes_intensities_but_not_labels():
     assert set(torch.unique(zoomed_label).tolist()) <= {0, 3}  # nearest: no new label values
 
 
-def test_organ_shift_moves_each_organ_by_one_value_and_leaves_the_rest():
-    from selflabel.data.augment import RandomOrganShift
+def test_a_phase_moves_organs_together_by_their_enhancement_and_leaves_the_rest():
+    from selflabel.data import RandomPhase
+    from selflabel.labels import BY_INDEX
 
     image = torch.zeros(3, SIZE, SIZE)
     label = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
-    label[2:6, 2:6], label[8:12, 8:12], label[0, 0] = 2, 13, 255
-    out = RandomOrganShift(prob=1.0, amount=0.5)(image, label, np.random.default_rng(3))
-    for organ in (2, 13):
-        values = torch.unique(out[:, label == organ])
-        assert values.numel() == 1 and 0 < abs(float(values)) <= 0.5  # one shift per organ, every channel
-    assert not out[:, (label == 0) | (label == 255)].any()  # background and ignored voxels unchanged
-    assert torch.equal(RandomOrganShift(prob=0.0, amount=0.5)(image, label, np.random.default_rng(3)), image)
+    label[2:6, 2:6], label[8:12, 8:12], label[12:14, 0:4], label[0, 0] = 2, 1, 9, 255  # kidney, liver, bile
+    out = RandomPhase(prob=1.0, amount=1.0)(image, label, np.random.default_rng(3), units_per_hu=0.01)
+    kidney, liver = float(out[0, 3, 3]), float(out[0, 9, 9])
+    assert kidney != 0 and torch.all(out[:, label == 2] == kidney)  # one value per organ, every channel
+    # one factor for the slice: each organ's shift is its enhancement (HU) times the factor, in image units
+    factor = kidney / (0.01 * BY_INDEX[2].enhancement_hu)
+    assert abs(factor) <= 1 and liver == pytest.approx(factor * 0.01 * BY_INDEX[1].enhancement_hu, rel=1e-5)
+    assert not out[:, (label == 0) | (label == 255) | (label == 9)].any()  # background, ignored, bile unchanged
+    assert torch.equal(RandomPhase(prob=0.0)(image, label, np.random.default_rng(3), 0.01), image)
+
+
+def test_the_phase_is_scaled_to_each_case_normalisation(cache):
+    from selflabel.data.dataset import units_per_hu
+
+    assert units_per_hu({"clip": 60.0, "mean": 10.0, "std": 200.0}) == pytest.approx(1 / 200)
+    assert units_per_hu({"low": -125.0, "high": 275.0}) == pytest.approx(1 / 400)
+    data = SliceDataset([Source(cache, ("blobs",))], SIZE)
+    meta = json.loads((cache / "blobs.json").read_text())
+    assert np.allclose(data.units_per_hu, 1 / meta["intensity"]["std"])

@@ -92,9 +92,9 @@ class AugmentConfig:
     strong: also zoom (1 ± `scale`), brightness (± `brightness`) and contrast (1 ± `contrast`), gamma
         (exp(± `gamma`)), Gaussian noise (sd up to `noise_std`) and blur (sigma up to `blur_sigma` pixels), each with
         probability `strong_prob` (the noisy student's input noise; `pipeline.student_augment` sets it for students).
-    organ_shift: each organ of a training slice, with probability `organ_shift_prob`, made brighter or darker by up
-        to this much (normalised units; e.g. 0.6 is ~130 HU with ct_foreground on a typical abdomen): plain,
-        arterial and portal-venous looks of the same organ from labels of one phase (0 = off).
+    phase_shift: with probability `phase_shift_prob`, a training slice as if scanned in another contrast phase: every
+        organ moves by its typical enhancement (`labels.Organ.enhancement_hu`) times one factor uniform in
+        ± phase_shift (1 = from plain to portal-venous; 0 = off), in HU converted to the normalised units.
     copy_paste: probability that a training slice gets a random box (a side of 30-60 % of the slice) of a slice of
         the other kind pasted in, labels with it: a labelled box into a pseudo-labelled slice and the reverse
         (bidirectional copy-paste); only when a model trains on both kinds.
@@ -111,8 +111,8 @@ class AugmentConfig:
     gamma: float = 0.3
     noise_std: float = 0.1
     blur_sigma: float = 1.0
-    organ_shift: float = 0.0
-    organ_shift_prob: float = 0.5
+    phase_shift: float = 0.0
+    phase_shift_prob: float = 0.5
     copy_paste: float = 0.0
 
 

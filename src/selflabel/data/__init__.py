@@ -1,11 +1,19 @@
 """Training data: cached slices, the paper's augmentation, a deterministic sampler, and the case split."""
 
-from selflabel.data.augment import RandomRot90Flip, RandomRotate, build_augmentation, build_intensity_augmentation
+from selflabel.data.augment import (
+    RandomPhase,
+    RandomRot90Flip,
+    RandomRotate,
+    build_augmentation,
+    build_intensity_augmentation,
+    build_phase_augmentation,
+)
 from selflabel.data.dataset import SliceDataset, Source, paste_box
 from selflabel.data.sampling import SliceSampler
 from selflabel.data.split import read_split, split_cases, split_record
 
 __all__ = [
+    "RandomPhase",
     "RandomRot90Flip",
     "RandomRotate",
     "SliceDataset",
@@ -13,6 +21,7 @@ __all__ = [
     "Source",
     "build_augmentation",
     "build_intensity_augmentation",
+    "build_phase_augmentation",
     "paste_box",
     "read_split",
     "split_cases",

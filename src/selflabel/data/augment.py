@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from selflabel.config import AugmentConfig
+from selflabel.labels import FLARE22_ORGANS
 
 # ---- spatial ----
 
@@ -150,27 +151,30 @@ class RandomBlur:
 
 
 @dataclass(frozen=True)
-class RandomOrganShift:
-    """Each organ in the slice, with probability `prob`, brighter or darker by a shift uniform in ± amount
-    (normalised units): other contrast phases (a kidney plain or enhanced) seen from the labels at hand.
+class RandomPhase:
+    """With probability `prob`, the slice as if scanned in another contrast phase: every organ moves by its own
+    typical enhancement (`selflabel.labels.Organ.enhancement_hu`) times one factor uniform in ± amount, so organs
+    brighten or darken together, as a scan's phase moves them (-1: a portal-venous scan seen plain).
 
-    Ignored voxels (255) and background keep their values; the shift is applied to every context channel.
+    `units_per_hu` converts HU to the normalised image's units (1 / std for z-scores); ignored voxels (255) and
+    background keep their values; every context channel moves alike.
     """
 
     prob: float = 0.3
-    amount: float = 0.5
+    amount: float = 1.0
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        if self.amount <= 0:
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator, units_per_hu: float
+    ) -> torch.Tensor:
+        if rng.random() >= self.prob or self.amount <= 0:
             return image
-        organs = [int(v) for v in torch.unique(label).tolist() if 0 < v < 255]
-        shift = torch.zeros(256, dtype=image.dtype)
-        for organ in organs:
-            if rng.random() < self.prob:
-                shift[organ] = float(rng.uniform(-self.amount, self.amount))
-        if not shift.any():
-            return image
-        return image + shift[label.long()][None]
+        factor = float(rng.uniform(-self.amount, self.amount))
+        return image + (factor * units_per_hu) * _ENHANCEMENT[label.long()][None].to(image.dtype)
+
+
+_ENHANCEMENT = torch.zeros(256)
+for _organ in FLARE22_ORGANS:
+    _ENHANCEMENT[_organ.index] = _organ.enhancement_hu
 
 
 # ---- the sets ----
@@ -185,9 +189,8 @@ def build_augmentation(cfg: AugmentConfig) -> list:
 
 
 def build_intensity_augmentation(cfg: AugmentConfig) -> list:
-    """The intensity transforms: per-organ shifts when `organ_shift` > 0, then the strong set (brightness/contrast,
-    gamma, noise, blur) when `strong`."""
-    transforms: list = [RandomOrganShift(cfg.organ_shift_prob, cfg.organ_shift)] if cfg.organ_shift > 0 else []
+    """The intensity transforms of the strong set (brightness/contrast, gamma, noise, blur); none unless `strong`."""
+    transforms: list = []
     if cfg.strong:
         p = cfg.strong_prob
         transforms += [
@@ -197,3 +200,8 @@ def build_intensity_augmentation(cfg: AugmentConfig) -> list:
             RandomBlur(p, cfg.blur_sigma),
         ]
     return transforms
+
+
+def build_phase_augmentation(cfg: AugmentConfig) -> RandomPhase | None:
+    """The contrast-phase simulation when `phase_shift` > 0, else None."""
+    return RandomPhase(cfg.phase_shift_prob, cfg.phase_shift) if cfg.phase_shift > 0 else None

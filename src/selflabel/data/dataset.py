@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selflabel.data.augment import RandomPhase
 from selflabel.errors import InputError
 from selflabel.preprocess import CacheEntry, resize_slices
 
@@ -52,7 +53,7 @@ class SliceDataset(torch.utils.data.Dataset):
     voxel weights (S, S) float32)``. `foreground` marks the slices holding an organ, `organ_slices` maps each organ
     label to the slices holding it. `sample_seed` < 0 means no augmentation. `image_size` resizes (bilinear /
     nearest) when the cache's grid differs. Augmentation: `copy_paste` (see `AugmentConfig`), then the `augment`
-    (spatial) transforms on image, label and weights, then the `intensity` transforms on the image.
+    (spatial) transforms on image, label and weights, then the contrast `phase`, then the `intensity` transforms.
     """
 
     def __init__(
@@ -64,8 +65,10 @@ class SliceDataset(torch.utils.data.Dataset):
         *,
         intensity: Sequence | None = None,
         copy_paste: float = 0.0,
+        phase: RandomPhase | None = None,
     ):
         self.sources = list(sources)
+        self.phase = phase
         self.image_size = image_size
         self.context = context
         self.augment = list(augment or [])
@@ -74,9 +77,11 @@ class SliceDataset(torch.utils.data.Dataset):
         self._volumes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         rows = []  # (source, case, z, has_foreground)
         organs: dict[int, list[int]] = {}  # organ label -> indices of the slices holding it
+        units: list[float] = []  # per slice: normalised image units per HU
         for s, source in enumerate(self.sources):
             for c, name in enumerate(source.cases):
-                depth = int(_read_meta(CacheEntry(source.cache_dir, name))["canonical_shape"][0])
+                image_meta = _read_meta(CacheEntry(source.cache_dir, name))
+                depth = int(image_meta["canonical_shape"][0])
                 labels = CacheEntry(source.label_dir or source.cache_dir, name)
                 meta = _read_meta(labels)
                 if not labels.seg.is_file():
@@ -87,6 +92,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 for organ, zs in meta.get("organ_slices", {}).items():
                     organs.setdefault(int(organ), []).extend(len(rows) + z for z in zs)
                 rows += [(s, c, z, z in foreground) for z in range(depth)]
+                units += [units_per_hu(image_meta["intensity"])] * depth
         if not rows:
             raise InputError(self.sources[0].cache_dir if self.sources else Path("."), "no training slices")
         table = np.array(rows, dtype=np.int64)
@@ -94,6 +100,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.foreground = table[:, 3].astype(bool)
         self.organ_slices = {organ: np.array(idx, dtype=np.int64) for organ, idx in sorted(organs.items())}
         self.weights = np.array([self.sources[s].weight for s in self.slices[:, 0]], dtype=np.float64)
+        self.units_per_hu = np.asarray(units, dtype=np.float64)
         pseudo = np.array([self.sources[s].pseudo for s in self.slices[:, 0]], dtype=bool)
         self.kinds = [np.flatnonzero(~pseudo), np.flatnonzero(pseudo)]  # slices with expert, with pseudo labels
         self.copy_paste = copy_paste if all(len(k) for k in self.kinds) else 0.0
@@ -130,12 +137,14 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index, seed = key if isinstance(key, tuple) else (key, -1)
         x, y, w = self._slice(index)
-        if seed >= 0 and (self.augment or self.intensity or self.copy_paste):
+        if seed >= 0 and (self.augment or self.intensity or self.copy_paste or self.phase):
             rng = np.random.default_rng(seed)
             if self.copy_paste and rng.random() < self.copy_paste:
                 other = self.kinds[0 if self.sources[int(self.slices[index, 0])].pseudo else 1]
                 x, y, w = paste_box((x, y, w), self._slice(int(rng.choice(other))), rng)
             x, y, w = self._spatial(x, y, w, rng)
+            if self.phase is not None:
+                x = self.phase(x, y, rng, float(self.units_per_hu[index]))
             for transform in self.intensity:
                 x = transform(x, y, rng)
         return x.contiguous(), y.long(), w.contiguous()
@@ -148,6 +157,13 @@ class SliceDataset(torch.utils.data.Dataset):
         if self.has_voxel_weights:
             return stacked[:-1], y, stacked[-1]
         return stacked, y, w
+
+
+def units_per_hu(intensity: dict[str, float]) -> float:
+    """Normalised image units per HU of a cached case, from its normalisation statistics (cache meta)."""
+    if "std" in intensity:  # percentile z-score, ct_foreground
+        return 1.0 / max(float(intensity["std"]), 1e-6)
+    return 1.0 / (float(intensity["high"]) - float(intensity["low"]))  # HU window scaled to [0, 1]
 
 
 def paste_box(
