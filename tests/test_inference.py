@@ -195,3 +195,28 @@ def test_largest_component_per_organ_with_26_connectivity():
     assert out is labels
     assert np.array_equal(out, expected)
     assert np.count_nonzero(out == 1) == 4 and np.count_nonzero(out == 3) == 8
+
+
+def test_flip_tta_warns_for_a_model_trained_without_mirroring(tiny_run, tmp_path):
+    """Flip TTA mirrors the body; a model trained with augment.rot90_flip_prob 0 gets a warning naming its run."""
+    import shutil
+    import warnings
+
+    from selflabel.inference import Predictor
+    from selflabel.progress import InputWarning
+
+    def run_with(flip_prob: float) -> Path:
+        run = tmp_path / f"run_{flip_prob}"
+        shutil.copytree(tiny_run, run)
+        state = torch.load(run / "best.pt", weights_only=True)  # the settings a prediction uses travel with it
+        state["config"]["augment"]["rot90_flip_prob"] = flip_prob
+        torch.save(state, run / "best.pt")
+        return run
+
+    mirrored, unmirrored = run_with(0.5), run_with(0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        Predictor.from_run(mirrored, overrides={"inference.tta_flip": True})  # trained with mirroring: silent
+        Predictor.from_run(unmirrored)  # no TTA: silent
+    with pytest.warns(InputWarning, match=rf"{unmirrored}: flip TTA with a model trained without mirroring"):
+        Predictor.from_run(unmirrored, overrides={"inference.tta_flip": True})

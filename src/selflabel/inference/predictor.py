@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from selflabel.checkpoints import LoadedModel, load_run_model
-from selflabel.config import InferenceConfig, apply_overrides
+from selflabel.config import Config, InferenceConfig, apply_overrides
 from selflabel.distributed import dist_info
 from selflabel.inference.postprocess import largest_components
 from selflabel.io import Volume, from_canonical
 from selflabel.preprocess import CropBox, prepare_image
+from selflabel.progress import warn_input
 from selflabel.runtime import setup_device
 from selflabel.slicewise import VolumePrediction, predict_in_box
 
@@ -33,6 +34,14 @@ class Ensemble(torch.nn.Module):
         return torch.log(mean.clamp_min(1e-12))
 
 
+def _warn_unseen_flips(run_dir: str | Path, config: Config) -> None:
+    """Flip TTA shows the network mirrored bodies; one trained without mirroring has never seen the liver on the
+    left (benchmarks/RESULTS.md, "Inference-time options": about -0.15 test DSC on the ablation's models)."""
+    if config.inference.tta_flip and config.augment.rot90_flip_prob == 0:
+        warn_input(run_dir, "flip TTA with a model trained without mirroring (augment.rot90_flip_prob 0) shows it "
+                   "anatomy it never saw and lowers accuracy; leave --tta off for this model")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Predictor(LoadedModel):
     """A loaded run (model, spec, labels) and the settings its predictions use (`config`)."""
@@ -47,6 +56,7 @@ class Predictor(LoadedModel):
         """
         state = load_run_model(run_dir, which, "cpu")
         config = apply_overrides(state.config, overrides or {})
+        _warn_unseen_flips(run_dir, config)
         device = setup_device(config.inference.device, dist_info())
         return cls(state.model.to(device), state.spec, config, state.labels)
 

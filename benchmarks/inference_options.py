@@ -1,0 +1,143 @@
+"""Inference-time options measured on models that benchmarks/ablation.py trained: no retraining needed.
+
+For every finished run of one ablation option (default: the preset, `baseline`), each of its models (teacher and
+final) predicts its cohort's test scans with and without in-plane flip TTA (`--tta`) and per-organ largest-3D-
+component clean-up (`--lcc`); each variant is scored with FLARE22's DSC/NSD. These are the options that change only
+prediction (issue 11, through-plane consistency and the teacher ensemble's cheapest form); when one helps on both
+cohorts it is worth a full ablation row, in which the pseudo-labels get it too.
+
+Rows go to <out>/inference_options.jsonl as each finishes; rows already there are skipped, so an interrupted run
+keeps what it measured.
+
+    python benchmarks/inference_options.py --ablation /tmp/ablation            # measure, then the table
+    python benchmarks/inference_options.py --ablation /tmp/ablation --table    # only the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: Variant name -> `selflabel predict` flags.
+VARIANTS: dict[str, list[str]] = {
+    "plain": ["--no-tta", "--no-lcc"],
+    "lcc": ["--no-tta", "--lcc"],
+    "tta": ["--tta", "--no-lcc"],
+    "tta_lcc": ["--tta", "--lcc"],
+}
+MODELS = ("teacher", "final")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "selflabel.cli", *args]
+
+
+def _run(command: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[3:5])}: exit {done.returncode}: {done.stderr.strip()[-400:]}")
+
+
+def _final_model(run: Path) -> str:
+    """The run's last model folder name (student, or round<k> after several rounds)."""
+    return list(json.loads((run / "report" / "summary.json").read_text())["models"])[-1]
+
+
+def measure(ablation: Path, option: str, rows_path: Path) -> None:
+    done = {(r["run"], r["model"], r["variant"]) for r in read_rows(rows_path)}
+    for run in sorted((ablation / "runs").glob(f"*_s*_{option}")):
+        if not (run / "report" / "summary.json").is_file():
+            continue
+        cohort = ablation / "cohorts" / run.name[: -len(option) - 1]
+        for role in MODELS:
+            model = "teacher" if role == "teacher" else _final_model(run)
+            for variant, flags in VARIANTS.items():
+                if (run.name, role, variant) in done:
+                    continue
+                work = rows_path.parent / "inference_options" / run.name / role / variant
+                shutil.rmtree(work, ignore_errors=True)
+                start = time.perf_counter()
+                _run(_cli("predict", "-m", str(run / "models" / model), "-i", str(cohort / "imagesTs"),
+                          "-o", str(work / "pred"), *flags))  # fmt: skip
+                seconds = time.perf_counter() - start
+                _run(_cli("evaluate", "--pred", str(work / "pred"), "--gt", str(cohort / "labelsTs"),
+                          "--out", str(work / "metrics.csv"), "--workers", "1"))  # fmt: skip
+                summary = json.loads((work / "metrics_summary.json").read_text())
+                row = {"run": run.name, "cohort": cohort.name.rsplit("_s", 1)[0], "model": role, "variant": variant,
+                       "dsc": summary["mean_DSC"], "nsd": summary["mean_NSD"], "predict_s": round(seconds, 1),
+                       "organs": {k: v["DSC_mean"] for k, v in summary["organs"].items()}}  # fmt: skip
+                with rows_path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(f"{run.name} {role} {variant}: DSC {row['dsc']:.3f} NSD {row['nsd']:.3f}", flush=True)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line from an interrupted write
+    return rows
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):+.3f} ± {sd:.3f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Per cohort and model: each variant's test DSC/NSD minus `plain` on the same run, mean ± sd over runs."""
+    plain = {(r["run"], r["model"]): r for r in rows if r["variant"] == "plain"}
+    lines = [
+        "| cohort | model | variant | runs | DSC vs plain | NSD vs plain | plain DSC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cohort in sorted({r["cohort"] for r in rows}):
+        for role in MODELS:
+            for variant in VARIANTS:
+                pairs = [(r, plain[(r["run"], role)]) for r in rows if r["cohort"] == cohort and r["model"] == role
+                         and r["variant"] == variant and (r["run"], role) in plain]  # fmt: skip
+                if not pairs:
+                    continue
+                d_dsc = [r["dsc"] - p["dsc"] for r, p in pairs]
+                d_nsd = [r["nsd"] - p["nsd"] for r, p in pairs]
+                base = statistics.mean(p["dsc"] for _, p in pairs)
+                lines.append(
+                    f"| {cohort} | {role} | {variant} | {len(pairs)} | {_ms(d_dsc)} | {_ms(d_nsd)} | {base:.3f} |"
+                )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ablation", type=Path, required=True, help="benchmarks/ablation.py's --out folder")
+    parser.add_argument("--option", default="baseline", help="whose runs to use")
+    parser.add_argument("--table", action="store_true", help="only print the table")
+    args = parser.parse_args(argv)
+    rows_path = args.ablation / "inference_options.jsonl"
+    if not args.table:
+        try:
+            measure(args.ablation, args.option, rows_path)
+        except RuntimeError as exc:
+            print(f"inference_options: {exc}", file=sys.stderr)
+            return 1
+    print(table(read_rows(rows_path)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
