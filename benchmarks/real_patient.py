@@ -1,0 +1,70 @@
+"""A qualitative check on a real patient from another scanner: the DICOM series in ../shared/data (no labels).
+
+Each given run folder segments the series as a user would (`selflabel predict` on the DICOM folder); the script
+prints each organ's volume in mL and its centroid's position in the body (as fractions of the body's bounding box,
+right-to-left, anterior-to-posterior), so that a liver found on the patient's left, or an aorta of 2 L, shows
+up without labels, and draws the predictions over the scan (axial, coronal, sagittal) to <out>/<name>.png.
+
+    python benchmarks/real_patient.py --out /tmp/real_patient RUN_DIR [RUN_DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from selflabel.io import read_image, read_label, to_canonical, write_nifti
+from selflabel.io.dicom import read_series
+from selflabel.labels import BY_INDEX
+from selflabel.report import plot_pseudolabels
+
+SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator_dicom" / "series"
+
+
+def describe(image_path: Path, label_path: Path) -> list[str]:
+    """One line per organ found: volume (mL) and centroid as fractions of the body box (R->L, A->P, I->S)."""
+    image, labels = read_image(image_path), read_label(label_path)
+    img = to_canonical(image.array, image.affine)  # (z, y, x): towards S, P and L in the canonical layout
+    lab = to_canonical(labels.array, labels.affine)
+    body = np.argwhere(img > -300)
+    lo, hi = body.min(0), body.max(0) + 1
+    voxel_ml = float(np.prod(image.spacing)) / 1000.0
+    lines = []
+    for index in sorted(int(v) for v in np.unique(lab) if v):
+        where = np.argwhere(lab == index)
+        frac = (where.mean(0) - lo) / (hi - lo)
+        lines.append(
+            f"{BY_INDEX[index].name:>13}: {len(where) * voxel_ml:8.1f} mL, centroid R->L {frac[2]:.2f}, "
+            f"A->P {frac[1]:.2f}, I->S {frac[0]:.2f}"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (selflabel train / a work folder's models/*)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--series", type=Path, default=SERIES)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    image_path = args.out / "image.nii.gz"
+    volume = read_series(args.series)
+    write_nifti(image_path, volume.array, volume)
+    for run in args.runs:
+        name = f"{run.parent.parent.name}_{run.name}"
+        pred = args.out / name
+        command = [sys.executable, "-m", "selflabel.cli", "predict", "-m", str(run), "-i", str(args.series.parent),
+                   "-o", str(pred), "--overwrite", "--quiet"]  # fmt: skip
+        subprocess.run(command, check=True)
+        label_path = pred / f"{args.series.name}.nii.gz"
+        print(f"{name}:\n" + "\n".join(describe(image_path, label_path)), flush=True)
+        plot_pseudolabels({name: (image_path, label_path)}, args.out / f"{name}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
