@@ -71,6 +71,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_context1": _sets("model.context=1", "student.context=1"),
     "plus_phase_shift": _sets("augment.phase_shift=1.0"),
     "plus_finetune2": ["--finetune-epochs", "2"],
+    "plus_student_init": _sets("pipeline.student_init=teacher"),
     "plus_small_student": _sets("pipeline.student_model=own", "student.unet_channels=[8,16,32,64]"),
 }
 #: Appended with --short: a shorter schedule of the cpu preset (6 teacher / 8 student epochs of 200 iterations).

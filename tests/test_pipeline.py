@@ -198,3 +198,20 @@ def test_pseudo_weight_sets_the_student_s_sampling_weight(finished, cohort, tmp_
     pseudo = dataset.slices[:, 0] == 1
     assert pseudo.any() and (~pseudo).any()
     assert set(dataset.weights[pseudo]) == {3.0} and set(dataset.weights[~pseudo]) == {1.0}
+
+
+def test_student_init_teacher_starts_the_student_from_the_teacher_s_best_weights(finished, cohort, tmp_path):
+    """The student stage rerun with ``pipeline.student_init teacher`` at a learning rate too small to move anything:
+    its weights are the teacher's (the paper's student, from scratch, is not); a student of its own network refuses."""
+    _, work = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    teacher, student = copy / "models" / "teacher", copy / "models" / "student"
+    assert _largest_difference(_parameters(student), _parameters(teacher)) > 1e-4
+    shutil.rmtree(student)
+    overrides = {**MICRO, "pipeline.student_init": "teacher", "train.lr": 1e-12}
+    pipeline = Pipeline(cohort, copy, load_config("cpu", overrides=overrides), False)
+    next(stage for stage in pipeline.stages() if stage.name == "student1").run()
+    assert _largest_difference(_parameters(student), _parameters(teacher)) < 1e-8
+    with pytest.raises(SelflabelError, match="student_init teacher needs pipeline.student_model teacher"):
+        load_config("cpu", overrides={"pipeline.student_init": "teacher", "pipeline.student_model": "own"})

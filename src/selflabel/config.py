@@ -197,6 +197,9 @@ class PipelineConfig:
     student_model: ``"teacher"`` (every student is the teacher's network, the paper) or ``"own"``: students use the
         `student` section (another network or size, e.g. a small fast student of a large teacher).
     student_augment: ``"same"`` as the teacher, or ``"strong"``: students train with `augment.strong` on.
+    student_init: ``"scratch"`` (a new network, the paper) or ``"teacher"``: each student starts from its teacher's
+        best weights, so that a short schedule goes into the pseudo-labelled cases rather than into learning
+        anatomy again (needs ``student_model: teacher``; from round 2 the teacher is the previous student).
     """
 
     train_fraction: float = 0.4
@@ -206,6 +209,7 @@ class PipelineConfig:
     finetune_lr: float = 1e-4
     student_model: Literal["teacher", "own"] = "teacher"
     student_augment: Literal["same", "strong"] = "same"
+    student_init: Literal["scratch", "teacher"] = "scratch"
 
 
 @dataclass(frozen=True)
@@ -366,6 +370,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"pipeline.train_fraction must be in (0, 1), got {pl.train_fraction}")
     if pl.rounds < 1:
         raise ConfigError(f"pipeline.rounds must be >= 1, got {pl.rounds}")
+    if pl.student_init == "teacher" and pl.student_model != "teacher":
+        raise ConfigError("pipeline.student_init teacher needs pipeline.student_model teacher (the same network)")
     for name in ("drop_least_confident", "drop_most_changed"):
         if not 0 <= getattr(config.pseudolabel, name) < 1:
             raise ConfigError(f"pseudolabel.{name} must be in [0, 1)")

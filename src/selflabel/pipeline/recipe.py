@@ -89,7 +89,7 @@ class Pipeline:
         base = ("seed", "preprocess", "pipeline.train_fraction")
         train = (*base, "model", "augment", "train")
         student = (*train, "student", "inference", "pseudolabel", "pipeline.student_epochs", "pipeline.student_model",
-                   "pipeline.student_augment")  # fmt: skip
+                   "pipeline.student_augment", "pipeline.student_init")  # fmt: skip
         pseudo = (*train, "inference", "pseudolabel")
         stages = [
             Stage("prepare", base, ("split.json", "cache"), self._prepare),
@@ -162,7 +162,11 @@ class Pipeline:
         weights = self.cfg.pseudolabel.soft_weights
         pseudo = Source(self.cache, tuple(kept), label_dir, self.cfg.train.pseudo_weight, voxel_weights=weights)
         epochs = self.cfg.pipeline.student_epochs or self.cfg.train.epochs
-        self._train_model(self.models[round_], [pseudo], {**self._student_settings(), "train.epochs": epochs})
+        init = (
+            self.run_dir(self.models[round_ - 1]) / "best.pt" if self.cfg.pipeline.student_init == "teacher" else None
+        )
+        overrides = {**self._student_settings(), "train.epochs": epochs}
+        self._train_model(self.models[round_], [pseudo], overrides, init_from=init)
 
     def _finetune(self) -> None:
         p = self.cfg.pipeline
