@@ -57,6 +57,7 @@ OPTIONS: dict[str, list[str]] = {
         "augment.copy_paste=0",
         "pipeline.student_augment=same",
         "pipeline.train_fraction=0.4",
+        "pipeline.student_init=scratch",
     ),
     "no_crop": _sets("preprocess.crop=none"),
     "no_ct_foreground": _sets("preprocess.normalization=percentile_zscore"),
@@ -64,6 +65,7 @@ OPTIONS: dict[str, list[str]] = {
     "with_mirroring": _sets("augment.rot90_flip_prob=0.5"),
     "no_strong_student": _sets("pipeline.student_augment=same"),
     "no_copy_paste": _sets("augment.copy_paste=0"),
+    "no_student_init": _sets("pipeline.student_init=scratch"),
     "split_0.4": _sets("pipeline.train_fraction=0.4"),
     "plus_soft_weights": _sets("pseudolabel.soft_weights=true"),
     "plus_ensemble": _sets("pseudolabel.checkpoints=best_and_latest"),
@@ -71,8 +73,9 @@ OPTIONS: dict[str, list[str]] = {
     "plus_context1": _sets("model.context=1", "student.context=1"),
     "plus_phase_shift": _sets("augment.phase_shift=1.0"),
     "plus_finetune2": ["--finetune-epochs", "2"],
-    "plus_student_init": _sets("pipeline.student_init=teacher"),
-    "plus_small_student": _sets("pipeline.student_model=own", "student.unet_channels=[8,16,32,64]"),
+    "plus_small_student": _sets(
+        "pipeline.student_model=own", "pipeline.student_init=scratch", "student.unet_channels=[8,16,32,64]"
+    ),
 }
 #: Appended with --short: a shorter schedule of the cpu preset (6 teacher / 8 student epochs of 200 iterations).
 SHORT: list[str] = ["--set", "train.epochs=3", "--set", "pipeline.student_epochs=4"]
