@@ -36,7 +36,7 @@ class Ensemble(torch.nn.Module):
 
 def _warn_unseen_flips(run_dir: str | Path, config: Config) -> None:
     """Flip TTA shows the network mirrored bodies; one trained without mirroring has never seen the liver on the
-    left (benchmarks/RESULTS.md, "Inference-time options": about -0.15 test DSC on the ablation's models)."""
+    left (benchmarks/RESULTS.md, "Inference-time options": -0.16 to -0.55 test DSC on the ablation's models)."""
     if config.inference.tta_flip and config.augment.rot90_flip_prob == 0:
         warn_input(run_dir, "flip TTA with a model trained without mirroring (augment.rot90_flip_prob 0) shows it "
                    "anatomy it never saw and lowers accuracy; leave --tta off for this model")  # fmt: skip
