@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ablation import read_rows  # the same rows format (this folder is on sys.path when run as a script)
+
 #: Variant name -> `selflabel predict` flags.
 VARIANTS: dict[str, list[str]] = {
     "plain": ["--no-tta", "--no-lcc"],
@@ -78,18 +80,6 @@ def measure(ablation: Path, option: str, rows_path: Path) -> None:
                 with rows_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(f"{run.name} {role} {variant}: DSC {row['dsc']:.3f} NSD {row['nsd']:.3f}", flush=True)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last line from an interrupted write
-    return rows
 
 
 def _ms(values: list[float]) -> str:
