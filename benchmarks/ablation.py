@@ -117,7 +117,7 @@ class Job:
         return (self.cohort, self.seed, self.option)
 
 
-def _env() -> dict[str, str]:
+def single_thread_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -134,7 +134,7 @@ _LOCK = threading.Lock()
 def _call(command: list[str], log: Path) -> int:
     """Run `command` with one thread per library, output to `log`; return its exit code (killed with the harness)."""
     with log.open("a") as fh:
-        proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=_env())
+        proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=single_thread_env())
         with _LOCK:
             _RUNNING.add(proc)
         try:
@@ -229,7 +229,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _append(path: Path, row: dict[str, Any]) -> None:
+def append_row(path: Path, row: dict[str, Any]) -> None:
     with path.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
         fh.flush()
@@ -264,7 +264,7 @@ def run_all(out: Path, jobs: list[Job], workers: int) -> None:
         if error:
             row = {"cohort": job.cohort, "seed": job.seed, "option": job.option, "args": list(job.args),
                    "wall_s": 0.0, "status": "failed", "error": error}  # fmt: skip
-            _append(rows_path, row)
+            append_row(rows_path, row)
         else:
             runnable.append(job)
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
@@ -272,7 +272,7 @@ def run_all(out: Path, jobs: list[Job], workers: int) -> None:
     try:
         for future in as_completed(futures):
             row = future.result()
-            _append(rows_path, row)
+            append_row(rows_path, row)
             print(f"{futures[future].name}: {_describe(row)}", flush=True)
     except KeyboardInterrupt:
         for future in futures:

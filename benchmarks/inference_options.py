@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -26,7 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ablation import read_rows  # the same rows format (this folder is on sys.path when run as a script)
+from ablation import (  # the same rows format (this folder is on sys.path when run as a script)
+    append_row,
+    read_rows,
+    single_thread_env,
+)
 
 #: Variant name -> `selflabel predict` flags.
 VARIANTS: dict[str, list[str]] = {
@@ -43,8 +46,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def _run(command: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=single_thread_env(), capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[3:5])}: exit {done.returncode}: {done.stderr.strip()[-400:]}")
 
@@ -77,8 +79,7 @@ def measure(ablation: Path, option: str, rows_path: Path) -> None:
                 row = {"run": run.name, "cohort": cohort.name.rsplit("_s", 1)[0], "model": role, "variant": variant,
                        "dsc": summary["mean_DSC"], "nsd": summary["mean_NSD"], "predict_s": round(seconds, 1),
                        "organs": {k: v["DSC_mean"] for k, v in summary["organs"].items()}}  # fmt: skip
-                with rows_path.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+                append_row(rows_path, row)
                 print(f"{run.name} {role} {variant}: DSC {row['dsc']:.3f} NSD {row['nsd']:.3f}", flush=True)
 
 
