@@ -26,3 +26,18 @@ def test_rank_variables_without_a_rendezvous_give_one_clear_line(monkeypatch):
     with pytest.raises(SelflabelError, match="launch with torchrun, or unset RANK/WORLD_SIZE") as caught:
         init_distributed(dist_info(), torch.device("cpu"))
     assert "\n" not in str(caught.value)
+
+
+def test_the_cli_leaves_the_process_group_before_exit(tmp_path, capsys):
+    """A joined gloo group is destroyed when a command ends: its threads must not outlive the interpreter (SIGABRT)."""
+    from tests.conftest import run_cli
+
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        code, out, _ = run_cli(["--help"], capsys)
+        assert code == 0 and "Usage" in out
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

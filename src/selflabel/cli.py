@@ -429,6 +429,16 @@ def _run_app() -> None:
     except KeyboardInterrupt:
         typer.echo("selflabel: interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group before the interpreter exits (imported late: keeps `--help` fast)."""
+    if "selflabel.distributed" in sys.modules:  # only a command that did torch work can have joined one
+        from selflabel.distributed import shutdown_distributed
+
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

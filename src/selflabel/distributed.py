@@ -53,6 +53,16 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
             ) from None
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group, if one was joined.
+
+    Without this, gloo's worker threads can outlive the interpreter and abort the process at exit (SIGABRT,
+    "terminate called without an active exception") after the work itself has succeeded.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.barrier()
