@@ -72,6 +72,10 @@ OPTIONS: dict[str, list[str]] = {
     "plus_largest_component": _sets("inference.largest_component=true"),
     "plus_context1": _sets("model.context=1", "student.context=1"),
     "plus_phase_shift": _sets("augment.phase_shift=1.0"),
+    "plus_phase_half": _sets("augment.phase_shift=0.5"),
+    "plus_teacher_strong": _sets("augment.strong=true"),
+    "plus_student_lr": _sets("pipeline.student_lr=0.001"),
+    "plus_drop_confident": _sets("pseudolabel.drop_least_confident=0.25"),
     "plus_finetune2": ["--finetune-epochs", "2"],
     "plus_small_student": _sets(
         "pipeline.student_model=own", "pipeline.student_init=scratch", "student.unet_channels=[8,16,32,64]"

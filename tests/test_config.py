@@ -32,6 +32,7 @@ def test_saved_config_reloads_equal(tmp_path):
         ({"train.epochs": "many"}, "train.epochs: expected an integer"),
         ({"preprocess.clip_percentile": 0}, "clip_percentile must be in"),
         ({"pipeline.train_fraction": 1.0}, "train_fraction"),
+        ({"pipeline.student_lr": -1e-3}, "pipeline.student_lr must be >= 0"),
         ({"model": 3}, "expected a section"),
     ],
 )

@@ -201,17 +201,21 @@ def test_pseudo_weight_sets_the_student_s_sampling_weight(finished, cohort, tmp_
 
 
 def test_student_init_teacher_starts_the_student_from_the_teacher_s_best_weights(finished, cohort, tmp_path):
-    """The student stage rerun with ``pipeline.student_init teacher`` at a learning rate too small to move anything:
-    its weights are the teacher's (the paper's student, from scratch, is not); a student of its own network refuses."""
+    """The student stage rerun with ``pipeline.student_init teacher`` at a student learning rate
+    (``pipeline.student_lr``) too small to move anything: its weights are the teacher's (the paper's student, from
+    scratch, is not) and its log shows that rate, not ``train.lr``; a student of its own network refuses."""
     _, work = finished
     copy = tmp_path / "work"
     shutil.copytree(work, copy, symlinks=True)
     teacher, student = copy / "models" / "teacher", copy / "models" / "student"
     assert _largest_difference(_parameters(student), _parameters(teacher)) > 1e-4
     shutil.rmtree(student)
-    overrides = {**MICRO, "pipeline.student_init": "teacher", "train.lr": 1e-12}
-    pipeline = Pipeline(cohort, copy, load_config("cpu", overrides=overrides), False)
+    overrides = {**MICRO, "pipeline.student_init": "teacher", "pipeline.student_lr": 1e-12}
+    cfg = load_config("cpu", overrides=overrides)
+    pipeline = Pipeline(cohort, copy, cfg, False)
     next(stage for stage in pipeline.stages() if stage.name == "student1").run()
     assert _largest_difference(_parameters(student), _parameters(teacher)) < 1e-8
+    assert read_iterations(student)[0]["lr"] == pytest.approx(1e-12)
+    assert read_iterations(teacher)[0]["lr"] == pytest.approx(cfg.train.lr) and cfg.train.lr > 1e-6
     with pytest.raises(SelflabelError, match="student_init teacher needs pipeline.student_model teacher"):
         load_config("cpu", overrides={"pipeline.student_init": "teacher", "pipeline.student_model": "own"})

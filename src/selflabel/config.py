@@ -200,6 +200,7 @@ class PipelineConfig:
     student_init: ``"scratch"`` (a new network, the paper) or ``"teacher"``: each student starts from its teacher's
         best weights, so that a short schedule goes into the pseudo-labelled cases rather than into learning
         anatomy again (needs ``student_model: teacher``; from round 2 the teacher is the previous student).
+    student_lr: each student's initial learning rate (0 = `train.lr`, as in the paper); poly decay as in training.
     """
 
     train_fraction: float = 0.4
@@ -210,6 +211,7 @@ class PipelineConfig:
     student_model: Literal["teacher", "own"] = "teacher"
     student_augment: Literal["same", "strong"] = "same"
     student_init: Literal["scratch", "teacher"] = "scratch"
+    student_lr: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -367,6 +369,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.pseudo_weight must be positive, got {t.pseudo_weight}")
     if pl.finetune_lr <= 0:
         raise ConfigError(f"pipeline.finetune_lr must be positive, got {pl.finetune_lr}")
+    if pl.student_lr < 0:
+        raise ConfigError(f"pipeline.student_lr must be >= 0 (0 = train.lr), got {pl.student_lr}")
     if not 0 <= config.augment.copy_paste <= 1 or not 0 <= config.augment.strong_prob <= 1:
         raise ConfigError("augment.copy_paste and augment.strong_prob must be in [0, 1]")
     if not 0 < pl.train_fraction < 1:

@@ -89,7 +89,7 @@ class Pipeline:
         base = ("seed", "preprocess", "pipeline.train_fraction")
         train = (*base, "model", "augment", "train")
         student = (*train, "student", "inference", "pseudolabel", "pipeline.student_epochs", "pipeline.student_model",
-                   "pipeline.student_augment", "pipeline.student_init")  # fmt: skip
+                   "pipeline.student_augment", "pipeline.student_init", "pipeline.student_lr")  # fmt: skip
         pseudo = (*train, "inference", "pseudolabel")
         stages = [
             Stage("prepare", base, ("split.json", "cache"), self._prepare),
@@ -166,6 +166,8 @@ class Pipeline:
             self.run_dir(self.models[round_ - 1]) / "best.pt" if self.cfg.pipeline.student_init == "teacher" else None
         )
         overrides = {**self._student_settings(), "train.epochs": epochs}
+        if self.cfg.pipeline.student_lr > 0:
+            overrides["train.lr"] = self.cfg.pipeline.student_lr
         self._train_model(self.models[round_], [pseudo], overrides, init_from=init)
 
     def _finetune(self) -> None:
