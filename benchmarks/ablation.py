@@ -73,6 +73,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_context1": _sets("model.context=1", "student.context=1"),
     "plus_phase_shift": _sets("augment.phase_shift=1.0"),
     "plus_phase_half": _sets("augment.phase_shift=0.5"),
+    "plus_phase_target": _sets("augment.phase_shift=1.0", "augment.phase_mode=target"),
     "plus_teacher_strong": _sets("augment.strong=true"),
     "plus_student_lr": _sets("pipeline.student_lr=0.001"),
     "plus_drop_confident": _sets("pseudolabel.drop_least_confident=0.25"),

@@ -420,27 +420,69 @@ def test_the_strong_set_changes_intensities_but_not_labels():
 
 
 def test_a_phase_moves_organs_together_by_their_enhancement_and_leaves_the_rest():
-    from selflabel.data import RandomPhase
+    from selflabel.data import IntensityScale, RandomPhase
     from selflabel.labels import BY_INDEX
 
     image = torch.zeros(3, SIZE, SIZE)
     label = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
     label[2:6, 2:6], label[8:12, 8:12], label[12:14, 0:4], label[0, 0] = 2, 1, 9, 255  # kidney, liver, bile
-    out = RandomPhase(prob=1.0, amount=1.0)(image, label, np.random.default_rng(3), units_per_hu=0.01)
+    scale = IntensityScale(units_per_hu=0.01, hu_at_zero=0.0)
+    out = RandomPhase(prob=1.0, amount=1.0)(image, label, np.random.default_rng(3), scale)
     kidney, liver = float(out[0, 3, 3]), float(out[0, 9, 9])
     assert kidney != 0 and torch.all(out[:, label == 2] == kidney)  # one value per organ, every channel
     # one factor for the slice: each organ's shift is its enhancement (HU) times the factor, in image units
     factor = kidney / (0.01 * BY_INDEX[2].enhancement_hu)
     assert abs(factor) <= 1 and liver == pytest.approx(factor * 0.01 * BY_INDEX[1].enhancement_hu, rel=1e-5)
     assert not out[:, (label == 0) | (label == 255) | (label == 9)].any()  # background, ignored, bile unchanged
-    assert torch.equal(RandomPhase(prob=0.0)(image, label, np.random.default_rng(3), 0.01), image)
+    assert torch.equal(RandomPhase(prob=0.0)(image, label, np.random.default_rng(3), scale), image)
+
+
+def test_a_target_phase_puts_every_solid_organ_at_one_plausible_phase_whatever_the_scan_s():
+    """An arterial-bright aorta and a plain kidney in one slice: both land at ``plain + t * enhancement`` for the
+    same t in [0, amount], texture kept; the stomach (hollow), background and ignored voxels keep their values."""
+    from selflabel.data import IntensityScale, RandomPhase
+    from selflabel.labels import BY_INDEX
+
+    scale = IntensityScale(units_per_hu=1 / 200, hu_at_zero=50.0, low=(-100 - 50) / 200, high=(400 - 50) / 200)
+    hu = torch.full((1, SIZE, SIZE), -80.0)  # fat
+    label = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
+    label[2:6, 2:6], label[8:12, 8:12], label[12:14, 0:4], label[0, 0] = 5, 2, 11, 255  # aorta, kidney, stomach
+    hu[0, 2:6, 2:6] = 320.0 + torch.arange(16.0).reshape(4, 4)  # arterial aorta, with a texture
+    hu[0, 8:12, 8:12] = 30.0  # plain kidney
+    hu[0, 12:14, 0:4] = -100.0  # gas in the stomach, at the clip floor
+    image = (hu - 50.0) / 200
+    for seed in range(5):
+        out = RandomPhase(prob=1.0, amount=1.5, mode="target")(image, label, np.random.default_rng(seed), scale)
+        back = out * 200 + 50.0  # in HU again
+        aorta, kidney = BY_INDEX[5], BY_INDEX[2]
+        t = (float(back[0, label == 5].median()) - aorta.plain_hu) / aorta.enhancement_hu
+        assert -1e-4 <= t <= 1.5 + 1e-4
+        expected = kidney.plain_hu + t * kidney.enhancement_hu
+        assert float(back[0, label == 2].median()) == pytest.approx(expected, abs=0.01)
+        texture = back[0, 2:6, 2:6] - back[0, 2, 2]
+        assert torch.allclose(texture, torch.arange(16.0).reshape(4, 4), atol=1e-3)
+        untouched = (label == 0) | (label == 11) | (label == 255)
+        assert torch.equal(out[:, untouched], image[:, untouched])
+        assert float(out.max()) <= scale.high + 1e-6 and float(out.min()) >= scale.low - 1e-6
 
 
 def test_the_phase_is_scaled_to_each_case_normalisation(cache):
-    from selflabel.data.dataset import units_per_hu
+    from selflabel.data import IntensityScale, RandomPhase, build_phase_augmentation
 
-    assert units_per_hu({"clip": 60.0, "mean": 10.0, "std": 200.0}) == pytest.approx(1 / 200)
-    assert units_per_hu({"low": -125.0, "high": 275.0}) == pytest.approx(1 / 400)
+    z = IntensityScale.of({"clip": 60.0, "mean": 10.0, "std": 200.0})  # the paper's: clipped above only
+    assert (z.units_per_hu, z.hu_at_zero, z.low, z.high) == pytest.approx((1 / 200, 10.0, -np.inf, 50 / 200))
+    window = IntensityScale.of({"low": -125.0, "high": 275.0})
+    assert (window.units_per_hu, window.hu_at_zero, window.low, window.high) == pytest.approx((1 / 400, -125, 0, 1))
+    fg = IntensityScale.of({"low": -100.0, "high": 300.0, "mean": 100.0, "std": 50.0})
+    assert (fg.low, fg.high) == pytest.approx((-4.0, 4.0))
     data = SliceDataset([Source(cache, ("blobs",))], SIZE)
     meta = json.loads((cache / "blobs.json").read_text())
-    assert np.allclose(data.units_per_hu, 1 / meta["intensity"]["std"])
+    assert all(s == IntensityScale.of(meta["intensity"]) for s in data.scales)
+    assert data.scales[0].units_per_hu == pytest.approx(1 / meta["intensity"]["std"])
+    cfg = AugmentConfig(rot90_flip_prob=0, rotate_prob=0, phase_shift=1.2, phase_shift_prob=1.0, phase_mode="target")
+    phase = build_phase_augmentation(cfg)
+    assert phase == RandomPhase(1.0, 1.2, "target") and build_phase_augmentation(AugmentConfig()) is None
+    shifted = SliceDataset([Source(cache, ("blobs",))], SIZE, phase=phase)
+    index = int(np.flatnonzero(shifted.foreground)[0])
+    (x0, y0, _), (x1, y1, _) = data[index], shifted[(index, 7)]
+    assert torch.equal(y0, y1) and torch.equal(x0[:, y0 == 0], x1[:, y1 == 0]) and not torch.equal(x0, x1)

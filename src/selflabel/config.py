@@ -94,7 +94,9 @@ class AugmentConfig:
         probability `strong_prob` (the noisy student's input noise; `pipeline.student_augment` sets it for students).
     phase_shift: with probability `phase_shift_prob`, a training slice as if scanned in another contrast phase: every
         organ moves by its typical enhancement (`labels.Organ.enhancement_hu`) times one factor uniform in
-        ± phase_shift (1 = from plain to portal-venous; 0 = off), in HU converted to the normalised units.
+        ± phase_shift (1 = from plain to portal-venous; 0 = off), in HU converted to the normalised units
+        (`phase_mode` ``shift``), or each solid organ and vessel set to a random phase's intensity, plain to
+        `phase_shift` times its portal-venous enhancement, whatever the scan's phase (``target``; see `RandomPhase`).
     copy_paste: probability that a training slice gets a random box (a side of 30-60 % of the slice) of a slice of
         the other kind pasted in, labels with it: a labelled box into a pseudo-labelled slice and the reverse
         (bidirectional copy-paste); only when a model trains on both kinds.
@@ -113,6 +115,7 @@ class AugmentConfig:
     blur_sigma: float = 1.0
     phase_shift: float = 0.0
     phase_shift_prob: float = 0.5
+    phase_mode: Literal["shift", "target"] = "shift"
     copy_paste: float = 0.0
 
 

@@ -21,6 +21,8 @@ class Organ:
     tolerance_mm: NSD tolerance. z_range: scored only on the ground truth's axial range (aorta, IVC, esophagus).
     enhancement_hu: typical rise in HU from a plain to a portal-venous scan (approximate textbook values; bile does
         not enhance), used to show a model other contrast phases (`augment.phase_shift`).
+    plain_hu: typical unenhanced HU of a solid organ or vessel (textbook values), where `augment.phase_mode`
+        ``target`` sets it; None for bile and the hollow organs, whose lumen (air, fluid, oral contrast) decides.
     """
 
     index: int
@@ -30,22 +32,23 @@ class Organ:
     tolerance_mm: float
     z_range: bool = False
     enhancement_hu: float = 0.0
+    plain_hu: float | None = None
 
 
 FLARE22_ORGANS: tuple[Organ, ...] = (
-    Organ(1, "liver", "Liver", "Liver", 5.0, enhancement_hu=55),
-    Organ(2, "right_kidney", "RK", "RKidney", 3.0, enhancement_hu=120),
-    Organ(3, "spleen", "Spleen", "Spleen", 3.0, enhancement_hu=70),
-    Organ(4, "pancreas", "Pancreas", "Pancreas", 5.0, enhancement_hu=50),
-    Organ(5, "aorta", "Aorta", "Aorta", 2.0, z_range=True, enhancement_hu=120),
-    Organ(6, "inferior_vena_cava", "IVC", "IVC", 2.0, z_range=True, enhancement_hu=100),
-    Organ(7, "right_adrenal_gland", "RAG", "RAG", 2.0, enhancement_hu=30),
-    Organ(8, "left_adrenal_gland", "LAG", "LAG", 2.0, enhancement_hu=30),
+    Organ(1, "liver", "Liver", "Liver", 5.0, enhancement_hu=55, plain_hu=55),
+    Organ(2, "right_kidney", "RK", "RKidney", 3.0, enhancement_hu=120, plain_hu=30),
+    Organ(3, "spleen", "Spleen", "Spleen", 3.0, enhancement_hu=70, plain_hu=45),
+    Organ(4, "pancreas", "Pancreas", "Pancreas", 5.0, enhancement_hu=50, plain_hu=40),
+    Organ(5, "aorta", "Aorta", "Aorta", 2.0, z_range=True, enhancement_hu=120, plain_hu=40),
+    Organ(6, "inferior_vena_cava", "IVC", "IVC", 2.0, z_range=True, enhancement_hu=100, plain_hu=40),
+    Organ(7, "right_adrenal_gland", "RAG", "RAG", 2.0, enhancement_hu=30, plain_hu=25),
+    Organ(8, "left_adrenal_gland", "LAG", "LAG", 2.0, enhancement_hu=30, plain_hu=25),
     Organ(9, "gallbladder", "Gallbladder", "Gallbladder", 2.0, enhancement_hu=0),
     Organ(10, "esophagus", "Esophagus", "Esophagus", 3.0, z_range=True, enhancement_hu=30),
     Organ(11, "stomach", "Stomach", "Stomach", 5.0, enhancement_hu=40),
     Organ(12, "duodenum", "Duodenum", "Duodenum", 7.0, enhancement_hu=40),
-    Organ(13, "left_kidney", "LK", "LKidney", 3.0, enhancement_hu=120),
+    Organ(13, "left_kidney", "LK", "LKidney", 3.0, enhancement_hu=120, plain_hu=30),
 )
 
 #: FLARE22's dataset.json label map, name -> index, background included.

@@ -1,6 +1,7 @@
 """Training data: cached slices, the paper's augmentation, a deterministic sampler, and the case split."""
 
 from selflabel.data.augment import (
+    IntensityScale,
     RandomPhase,
     RandomRot90Flip,
     RandomRotate,
@@ -13,6 +14,7 @@ from selflabel.data.sampling import SliceSampler
 from selflabel.data.split import read_split, split_cases, split_record
 
 __all__ = [
+    "IntensityScale",
     "RandomPhase",
     "RandomRot90Flip",
     "RandomRotate",

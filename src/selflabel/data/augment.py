@@ -151,30 +151,72 @@ class RandomBlur:
 
 
 @dataclass(frozen=True)
-class RandomPhase:
-    """With probability `prob`, the slice as if scanned in another contrast phase: every organ moves by its own
-    typical enhancement (`selflabel.labels.Organ.enhancement_hu`) times one factor uniform in ± amount, so organs
-    brighten or darken together, as a scan's phase moves them (-1: a portal-venous scan seen plain).
+class IntensityScale:
+    """How a cached case's normalised units relate to HU: ``units = (HU - hu_at_zero) * units_per_hu``, clipped to
+    [low, high] units by its normalisation (±inf where a side is not clipped)."""
 
-    `units_per_hu` converts HU to the normalised image's units (1 / std for z-scores); ignored voxels (255) and
-    background keep their values; every context channel moves alike.
+    units_per_hu: float
+    hu_at_zero: float
+    low: float = -math.inf
+    high: float = math.inf
+
+    @classmethod
+    def of(cls, intensity: dict[str, float]) -> IntensityScale:
+        """The scale of a case from its cache meta's normalisation statistics."""
+        if "std" in intensity:  # percentile z-score (clip above only), ct_foreground (clip both sides)
+            per_hu, zero = 1.0 / max(float(intensity["std"]), 1e-6), float(intensity["mean"])
+            high = intensity.get("high", intensity.get("clip", math.inf))
+        else:  # HU window scaled to [0, 1]
+            per_hu, zero = 1.0 / (float(intensity["high"]) - float(intensity["low"])), float(intensity["low"])
+            high = intensity["high"]
+        low = intensity.get("low", -math.inf)
+        return cls(per_hu, zero, (float(low) - zero) * per_hu, (float(high) - zero) * per_hu)
+
+
+@dataclass(frozen=True)
+class RandomPhase:
+    """With probability `prob`, the slice as if scanned in another contrast phase; organs move together.
+
+    ``shift`` mode: every organ moves by its own typical enhancement (`selflabel.labels.Organ.enhancement_hu`)
+    times one factor uniform in ± amount, whatever the scan's phase (-1: a portal-venous scan seen plain).
+    ``target`` mode: each solid organ and vessel (those with a `plain_hu`) is moved, texture kept, so that its median
+    lands at ``plain_hu + t * enhancement_hu`` for one t uniform in [0, amount]: a plausible phase whatever the
+    scan's was (a plain scan is never pushed below plain); hollow organs and bile keep their values.
+
+    `scale` converts HU to the normalised image's units; ignored voxels (255) and background keep their values and
+    every context channel moves alike; ``target`` keeps the result within the normalisation's clip range.
     """
 
     prob: float = 0.3
     amount: float = 1.0
+    mode: str = "shift"
 
     def __call__(
-        self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator, units_per_hu: float
+        self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator, scale: IntensityScale
     ) -> torch.Tensor:
         if rng.random() >= self.prob or self.amount <= 0:
             return image
+        if self.mode == "target":
+            return self._to_target(image, label, float(rng.uniform(0.0, self.amount)), scale)
         factor = float(rng.uniform(-self.amount, self.amount))
-        return image + (factor * units_per_hu) * _ENHANCEMENT[label.long()][None].to(image.dtype)
+        return image + (factor * scale.units_per_hu) * _ENHANCEMENT[label.long()][None].to(image.dtype)
+
+    @staticmethod
+    def _to_target(image: torch.Tensor, label: torch.Tensor, t: float, scale: IntensityScale) -> torch.Tensor:
+        centre = image[image.shape[0] // 2]
+        shift = torch.zeros(label.shape, dtype=image.dtype)
+        for organ in _SOLID:
+            inside = label == organ.index
+            if inside.any():
+                target = (organ.plain_hu + t * organ.enhancement_hu - scale.hu_at_zero) * scale.units_per_hu
+                shift[inside] = target - float(centre[inside].median())
+        return (image + shift[None]).clamp(scale.low, scale.high)
 
 
 _ENHANCEMENT = torch.zeros(256)
 for _organ in FLARE22_ORGANS:
     _ENHANCEMENT[_organ.index] = _organ.enhancement_hu
+_SOLID = tuple(o for o in FLARE22_ORGANS if o.plain_hu is not None)
 
 
 # ---- the sets ----
@@ -204,4 +246,4 @@ def build_intensity_augmentation(cfg: AugmentConfig) -> list:
 
 def build_phase_augmentation(cfg: AugmentConfig) -> RandomPhase | None:
     """The contrast-phase simulation when `phase_shift` > 0, else None."""
-    return RandomPhase(cfg.phase_shift_prob, cfg.phase_shift) if cfg.phase_shift > 0 else None
+    return RandomPhase(cfg.phase_shift_prob, cfg.phase_shift, cfg.phase_mode) if cfg.phase_shift > 0 else None

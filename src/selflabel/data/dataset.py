@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selflabel.data.augment import RandomPhase
+from selflabel.data.augment import IntensityScale, RandomPhase
 from selflabel.errors import InputError
 from selflabel.preprocess import CacheEntry, resize_slices
 
@@ -77,7 +77,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self._volumes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         rows = []  # (source, case, z, has_foreground)
         organs: dict[int, list[int]] = {}  # organ label -> indices of the slices holding it
-        units: list[float] = []  # per slice: normalised image units per HU
+        scales: list[IntensityScale] = []  # per slice: how its normalised units relate to HU
         for s, source in enumerate(self.sources):
             for c, name in enumerate(source.cases):
                 image_meta = _read_meta(CacheEntry(source.cache_dir, name))
@@ -92,7 +92,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 for organ, zs in meta.get("organ_slices", {}).items():
                     organs.setdefault(int(organ), []).extend(len(rows) + z for z in zs)
                 rows += [(s, c, z, z in foreground) for z in range(depth)]
-                units += [units_per_hu(image_meta["intensity"])] * depth
+                scales += [IntensityScale.of(image_meta["intensity"])] * depth
         if not rows:
             raise InputError(self.sources[0].cache_dir if self.sources else Path("."), "no training slices")
         table = np.array(rows, dtype=np.int64)
@@ -100,7 +100,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.foreground = table[:, 3].astype(bool)
         self.organ_slices = {organ: np.array(idx, dtype=np.int64) for organ, idx in sorted(organs.items())}
         self.weights = np.array([self.sources[s].weight for s in self.slices[:, 0]], dtype=np.float64)
-        self.units_per_hu = np.asarray(units, dtype=np.float64)
+        self.scales = scales
         pseudo = np.array([self.sources[s].pseudo for s in self.slices[:, 0]], dtype=bool)
         self.kinds = [np.flatnonzero(~pseudo), np.flatnonzero(pseudo)]  # slices with expert, with pseudo labels
         self.copy_paste = copy_paste if all(len(k) for k in self.kinds) else 0.0
@@ -144,7 +144,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 x, y, w = paste_box((x, y, w), self._slice(int(rng.choice(other))), rng)
             x, y, w = self._spatial(x, y, w, rng)
             if self.phase is not None:
-                x = self.phase(x, y, rng, float(self.units_per_hu[index]))
+                x = self.phase(x, y, rng, self.scales[index])
             for transform in self.intensity:
                 x = transform(x, y, rng)
         return x.contiguous(), y.long(), w.contiguous()
@@ -157,13 +157,6 @@ class SliceDataset(torch.utils.data.Dataset):
         if self.has_voxel_weights:
             return stacked[:-1], y, stacked[-1]
         return stacked, y, w
-
-
-def units_per_hu(intensity: dict[str, float]) -> float:
-    """Normalised image units per HU of a cached case, from its normalisation statistics (cache meta)."""
-    if "std" in intensity:  # percentile z-score, ct_foreground
-        return 1.0 / max(float(intensity["std"]), 1e-6)
-    return 1.0 / (float(intensity["high"]) - float(intensity["low"]))  # HU window scaled to [0, 1]
 
 
 def paste_box(
