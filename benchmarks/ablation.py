@@ -74,6 +74,9 @@ OPTIONS: dict[str, list[str]] = {
     "plus_phase_shift": _sets("augment.phase_shift=1.0"),
     "plus_phase_half": _sets("augment.phase_shift=0.5"),
     "plus_phase_target": _sets("augment.phase_shift=1.0", "augment.phase_mode=target"),
+    "plus_phase_target_p08": _sets(
+        "augment.phase_shift=1.0", "augment.phase_mode=target", "augment.phase_shift_prob=0.8"
+    ),
     "plus_teacher_strong": _sets("augment.strong=true"),
     "plus_student_lr": _sets("pipeline.student_lr=0.001"),
     "plus_drop_confident": _sets("pseudolabel.drop_least_confident=0.25"),
