@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -189,7 +190,7 @@ class RandomPhase:
 
     prob: float = 0.3
     amount: float = 1.0
-    mode: str = "shift"
+    mode: Literal["shift", "target"] = "shift"
 
     def __call__(
         self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator, scale: IntensityScale

@@ -147,13 +147,16 @@ class Pipeline:
         say(f"    {len(selection.kept)} of {len(self.dataset.unlabeled)} pseudo-labelled cases kept")
 
     def _student_settings(self) -> dict[str, Any]:
-        """What a student changes in the settings: its own network, strong augmentation (as configured)."""
+        """What a student changes in the settings: its own network, strong augmentation, its own learning rate (as
+        configured)."""
         p = self.cfg.pipeline
         overrides: dict[str, Any] = {}
         if p.student_model == "own":
             overrides["model"] = config_to_dict(self.cfg)["student"]
         if p.student_augment == "strong":
             overrides["augment.strong"] = True
+        if p.student_lr > 0:
+            overrides["train.lr"] = p.student_lr
         return overrides
 
     def _student(self, round_: int) -> None:
@@ -166,8 +169,6 @@ class Pipeline:
             self.run_dir(self.models[round_ - 1]) / "best.pt" if self.cfg.pipeline.student_init == "teacher" else None
         )
         overrides = {**self._student_settings(), "train.epochs": epochs}
-        if self.cfg.pipeline.student_lr > 0:
-            overrides["train.lr"] = self.cfg.pipeline.student_lr
         self._train_model(self.models[round_], [pseudo], overrides, init_from=init)
 
     def _finetune(self) -> None:
