@@ -1,5 +1,5 @@
 """selflabel.inference: geometry on a real CT in several orientations, resume, parts of a folder, a corrupt input
-among good ones, and largest components."""
+among good ones, largest components and the main axial slab."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from nibabel.orientations import aff2axcodes
 
 from selflabel import inference
-from selflabel.inference import largest_components, predict_folder
+from selflabel.inference import largest_components, main_axial_slab, predict_folder
 from selflabel.io import list_cases, read_image
 from tests.conftest import assert_same_geometry, lookup_predictor, reorient, run_cli, torchrun_cli, write_scans
 
@@ -195,6 +195,45 @@ def test_largest_component_per_organ_with_26_connectivity():
     assert out is labels
     assert np.array_equal(out, expected)
     assert np.count_nonzero(out == 1) == 4 and np.count_nonzero(out == 3) == 8
+
+
+def test_main_axial_slab_bridges_gaps_in_mm_and_keeps_the_heaviest_run():
+    labels = np.zeros((30, 4, 4), dtype=np.uint8)
+    labels[2:4] = 5  # a far run: 2 slices of 16 voxels
+    labels[10:14, :2] = 1  # the main slab: 4 slices of 8 ...
+    labels[17:20] = 2  # ... and 3 of 16 after a gap of 3 empty slices
+    labels[28, 0, 0] = 3  # a lone voxel far away
+    assert main_axial_slab(labels, slice_mm=5.0, gap_mm=15.0) == slice(10, 20)  # 3 slices x 5 mm bridged
+    assert main_axial_slab(labels, slice_mm=5.0, gap_mm=10.0) == slice(17, 20)  # not bridged: 48 > 32 voxels
+    assert main_axial_slab(labels, slice_mm=1.0, gap_mm=5.0) == slice(10, 20)  # 1 mm: the 3-slice gap only
+    assert main_axial_slab(labels, slice_mm=1.0, gap_mm=100.0) == slice(2, 29)  # everything bridged
+    assert main_axial_slab(np.zeros((7, 2, 2), np.uint8), 2.0, 30.0) == slice(0, 7)
+
+
+def test_main_slab_clears_organs_far_from_the_abdomen_in_a_prediction(real_ct):
+    """The real CT's labels predicted by a lookup model, with a far-away "organ" added 40 slices (120 mm) above the
+    abdomen in a longer scan: `inference.z_range main_slab` clears it and leaves the abdomen exactly as it was."""
+    from selflabel.io import Volume
+
+    image = read_image(real_ct["label"])
+    lab = np.asarray(image.array).astype(np.int16)
+    z = [ax for ax in range(3) if abs(image.affine[2, ax]) > 0.5][0]  # the superior-inferior array axis
+    pad = [(0, 0)] * 3
+    pad[z] = (0, 60)
+    longer = np.pad(lab, pad)
+    far = [slice(40, 60), slice(40, 60), slice(40, 60)]
+    far[z] = slice(lab.shape[z] + 40, lab.shape[z] + 42)
+    longer[tuple(far)] = 1
+    scan = Volume(longer * 10, image.affine, image.header)
+    predictor = lookup_predictor(14, 25.5, 122)
+    keep_all = predictor.predict(scan)
+    slab = predictor.with_overrides({"inference.z_range": "main_slab"}).predict(scan)
+    assert np.count_nonzero(keep_all[tuple(far)]) > 0.9 * 20 * 20 * 2  # the lookup model finds the far organ
+    assert np.count_nonzero(slab[tuple(far)]) == 0
+    near = [slice(None)] * 3
+    near[z] = slice(0, lab.shape[z])
+    assert np.array_equal(slab[tuple(near)], keep_all[tuple(near)])
+    assert np.count_nonzero(slab[tuple(near)]) > 0
 
 
 def test_flip_tta_warns_for_a_model_trained_without_mirroring(tiny_run, tmp_path):

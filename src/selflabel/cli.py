@@ -183,6 +183,9 @@ PartOption = Annotated[int | None, typer.Option(help="Which part this process do
 BatchOption = Annotated[int | None, typer.Option(help="Slices per forward pass (inference.batch_size).")]
 TtaOption = Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average over in-plane flips.")]
 LccOption = Annotated[bool | None, typer.Option("--lcc/--no-lcc", help="Keep each organ's largest component.")]
+ZRangeOption = Annotated[
+    str | None, typer.Option("--z-range", help="all, or main_slab: clear organs outside the main axial slab.")
+]
 DeviceOption = Annotated[
     str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: the run's inference.device).")
 ]
@@ -207,6 +210,7 @@ def predict(
     batch_size: BatchOption = None,
     tta: TtaOption = None,
     lcc: LccOption = None,
+    z_range: ZRangeOption = None,
     device: DeviceOption = None,
     profile: Annotated[
         Path | None, typer.Option(help="Write FLARE's efficiency record (JSON + PNG) into this folder.")
@@ -218,7 +222,7 @@ def predict(
 
     overrides = _given(
         {"inference.batch_size": batch_size, "inference.tta_flip": tta, "inference.largest_component": lcc,
-         "inference.device": device}
+         "inference.z_range": z_range, "inference.device": device}
     )  # fmt: skip
 
     def run():

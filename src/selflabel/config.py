@@ -154,11 +154,19 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Whole-volume prediction: batched axial slices, optional flip TTA and largest-component clean-up."""
+    """Whole-volume prediction: batched axial slices, optional flip TTA and clean-ups.
+
+    largest_component: keep each organ's largest 3D connected component.
+    z_range: ``"all"`` slices, or ``"main_slab"``: only the axial slab holding most of the predicted organ voxels
+        (runs of slices with organs, gaps of up to `z_gap_mm` bridged) keeps its labels; organs "found" in the
+        chest or legs of a longer scan, away from the abdomen, are cleared.
+    """
 
     batch_size: int = 32
     tta_flip: bool = False
     largest_component: bool = False
+    z_range: Literal["all", "main_slab"] = "all"
+    z_gap_mm: float = 30.0
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     device: str = "auto"
 
@@ -373,6 +381,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.foreground_fraction must be in [0, 1], got {t.foreground_fraction}")
     if t.pseudo_weight <= 0:
         raise ConfigError(f"train.pseudo_weight must be positive, got {t.pseudo_weight}")
+    if config.inference.z_gap_mm < 0:
+        raise ConfigError(f"inference.z_gap_mm must be >= 0, got {config.inference.z_gap_mm}")
     if pl.finetune_lr <= 0:
         raise ConfigError(f"pipeline.finetune_lr must be positive, got {pl.finetune_lr}")
     if pl.student_lr < 0:

@@ -132,7 +132,9 @@ class PseudoLabeller:
         meta = entry.read_meta()
         volume = torch.from_numpy(np.load(entry.image).astype(np.float32))
         affine = np.asarray(meta["affine"])
-        pred = self.predictor.predict_prepared(volume, CropBox.from_list(meta["crop"]), with_confidence=True)
+        pred = self.predictor.predict_prepared(
+            volume, CropBox.from_list(meta["crop"]), with_confidence=True, slice_mm=meta["canonical_spacing"][0]
+        )
         header = read_header(case.image)  # a NIfTI file's own header, or a DICOM series' geometry
         labels = np.asfortranarray(from_canonical(pred.labels, affine))  # NIfTI's voxel order: no transposing copy
         write_nifti(self.out_dir / output_name(case), labels, reference=Volume(labels, affine, header))

@@ -2,12 +2,13 @@
 
 Per case: read -> the run's preprocessing (canonical orientation, normalisation, resize) -> all axial slices in
 batches (mixed precision where available, optional flip TTA) -> softmax resized to the original in-plane grid ->
-arg-max -> optional per-organ largest connected component -> back to the input's orientation -> written
-atomically as ``<case>.nii.gz`` (FLARE's naming: the ``_0000`` suffix dropped) with the input's affine and header.
+arg-max -> optional per-organ largest connected component and main axial slab -> back to the input's orientation
+-> written atomically as ``<case>.nii.gz`` (FLARE's naming: the ``_0000`` suffix dropped) with the input's affine
+and header.
 """
 
 from selflabel.inference.folder import output_name, predict_folder
-from selflabel.inference.postprocess import largest_components
+from selflabel.inference.postprocess import clear_outside, largest_components, main_axial_slab
 from selflabel.inference.predictor import Predictor
 
-__all__ = ["Predictor", "largest_components", "output_name", "predict_folder"]
+__all__ = ["Predictor", "clear_outside", "largest_components", "main_axial_slab", "output_name", "predict_folder"]

@@ -13,8 +13,8 @@ import torch
 from selflabel.checkpoints import LoadedModel, load_run_model
 from selflabel.config import Config, InferenceConfig, apply_overrides
 from selflabel.distributed import dist_info
-from selflabel.inference.postprocess import largest_components
-from selflabel.io import Volume, from_canonical
+from selflabel.inference.postprocess import clear_outside, largest_components, main_axial_slab
+from selflabel.io import Volume, canonical_axes, from_canonical
 from selflabel.preprocess import CropBox, prepare_image
 from selflabel.progress import warn_input
 from selflabel.runtime import setup_device
@@ -74,12 +74,17 @@ class Predictor(LoadedModel):
         return self.config.inference
 
     def predict_prepared(
-        self, volume: torch.Tensor, box: CropBox | tuple[int, int], with_confidence: bool = False
+        self,
+        volume: torch.Tensor,
+        box: CropBox | tuple[int, int],
+        with_confidence: bool = False,
+        slice_mm: float = 0.0,
     ) -> VolumePrediction:
         """Predict a preprocessed canonical (Z, S, S) volume, the model's view of `box` of the canonical slices.
 
         `box`: the crop the volume was made from (`prepare_image`, the cache's ``crop``); an in-plane size
-        (H, W) means the whole slice. Full-grid maps come back at (Z, H, W).
+        (H, W) means the whole slice. Full-grid maps come back at (Z, H, W). `slice_mm`: the canonical slice
+        spacing, for ``inference.z_range main_slab`` (0 = unknown: no gap is bridged).
         """
         s = self.settings
         box = box if isinstance(box, CropBox) else CropBox.full(*box)
@@ -91,6 +96,11 @@ class Predictor(LoadedModel):
             largest_components(pred.labels)
             if pred.lowres_labels is not None:
                 largest_components(pred.lowres_labels)
+        if s.z_range == "main_slab":
+            keep = main_axial_slab(pred.labels, slice_mm, s.z_gap_mm)
+            for labels in (pred.labels, pred.lowres_labels):
+                if labels is not None:
+                    clear_outside(labels, keep)
         return pred
 
     def predict(self, image: Volume) -> np.ndarray:
@@ -100,5 +110,6 @@ class Predictor(LoadedModel):
         the canonical labels, with no transposing copy.
         """
         tensor, _, box = prepare_image(image, self.config.preprocess)
-        labels = self.predict_prepared(tensor, box).labels
+        slice_mm = float(canonical_axes(image.spacing, image.affine)[0])
+        labels = self.predict_prepared(tensor, box, slice_mm=slice_mm).labels
         return np.asfortranarray(from_canonical(labels, image.affine))
