@@ -33,6 +33,8 @@ def test_saved_config_reloads_equal(tmp_path):
         ({"preprocess.clip_percentile": 0}, "clip_percentile must be in"),
         ({"pipeline.train_fraction": 1.0}, "train_fraction"),
         ({"pipeline.student_lr": -1e-3}, "pipeline.student_lr must be >= 0"),
+        ({"inference.z_range": "abdomen"}, "inference.z_range: 'abdomen' is not one of"),
+        ({"inference.z_gap_mm": -5}, "inference.z_gap_mm must be >= 0"),
         ({"model": 3}, "expected a section"),
     ],
 )
