@@ -236,6 +236,17 @@ def test_main_slab_clears_organs_far_from_the_abdomen_in_a_prediction(real_ct):
     assert np.count_nonzero(slab[tuple(near)]) > 0
 
 
+def test_predict_cli_takes_the_z_range(tiny_run, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    write_scans(inputs, 1)
+    args = ["predict", "-m", tiny_run, "-i", inputs, "-o", tmp_path / "out", "--device", "cpu", "--quiet"]
+    code, out, err = run_cli([*args, "--z-range", "abdomen"], capsys)
+    assert code != 0 and "inference.z_range: 'abdomen' is not one of" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    code, out, err = run_cli([*args, "--z-range", "main_slab"], capsys)
+    assert code == 0 and "1 written" in out, err
+
+
 def test_flip_tta_warns_for_a_model_trained_without_mirroring(tiny_run, tmp_path):
     """Flip TTA mirrors the body; a model trained with augment.rot90_flip_prob 0 gets a warning naming its run."""
     import shutil
