@@ -76,6 +76,8 @@ OPTIONS: dict[str, list[str]] = {
     "plus_ensemble": _sets("pseudolabel.checkpoints=best_and_latest"),
     "plus_largest_component": _sets("inference.largest_component=true"),
     "plus_z_slab": _sets("inference.z_range=main_slab"),
+    "plus_elastic": _sets("augment.elastic_prob=0.5"),
+    "plus_elastic_strong": _sets("augment.elastic_prob=0.5", "augment.elastic_magnitude=0.08"),
     "plus_context1": _sets("model.context=1", "student.context=1"),
     "plus_phase_shift": _sets("augment.phase_shift=1.0"),
     "plus_phase_half": _sets("augment.phase_shift=0.5"),

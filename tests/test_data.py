@@ -12,6 +12,7 @@ import torch
 
 from selflabel.config import AugmentConfig, PreprocessConfig
 from selflabel.data import (
+    RandomElastic,
     RandomRot90Flip,
     RandomRotate,
     SliceDataset,
@@ -316,6 +317,33 @@ def test_probability_0_is_the_identity_and_a_seed_gives_one_result():
     for transform in off:
         x, y = transform(x, y, rng)
     assert x is image and y is label
+
+
+def test_elastic_moves_image_and_label_together_smoothly_and_within_its_magnitude():
+    image, label = _quadrant_pair(48)
+    moved = 0
+    for seed in range(8):
+        x, y = RandomElastic(prob=1.0, magnitude=0.06)(image, label, np.random.default_rng(seed))
+        assert x.shape == image.shape and y.dtype == torch.uint8
+        corner = (x + 1).round()
+        pure = ((x + 1 - corner).abs() < 1e-4).all(0)
+        assert pure.float().mean() > 0.6
+        assert torch.equal(y[pure], (corner[0] + 2 * corner[1]).to(torch.uint8)[pure])
+        moved += bool((y != label).any())
+        # a smooth field: the quadrants' borders move, a block's inside keeps its label (sd 0.06 = 1.4 px here)
+        assert torch.equal(y[4:18, 4:18], label[4:18, 4:18]) and torch.equal(y[30:44, 30:44], label[30:44, 30:44])
+    assert moved == 8
+    a = RandomElastic(prob=1.0)(image, label, np.random.default_rng(3))
+    b = RandomElastic(prob=1.0)(image, label, np.random.default_rng(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for off in (RandomElastic(prob=0.0), RandomElastic(prob=1.0, magnitude=0.0)):
+        assert off(image, label, np.random.default_rng(0))[0] is image
+
+
+def test_elastic_is_in_the_spatial_set_only_when_asked():
+    assert not any(isinstance(t, RandomElastic) for t in build_augmentation(AugmentConfig()))
+    (elastic,) = [t for t in build_augmentation(AugmentConfig(elastic_prob=0.4)) if isinstance(t, RandomElastic)]
+    assert elastic.prob == 0.4 and elastic.magnitude == AugmentConfig().elastic_magnitude
 
 
 def test_probability_is_the_share_of_transformed_samples():

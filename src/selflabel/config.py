@@ -97,6 +97,8 @@ class AugmentConfig:
         ± phase_shift (1 = from plain to portal-venous; 0 = off), in HU converted to the normalised units
         (`phase_mode` ``shift``), or each solid organ and vessel set to a random phase's intensity, plain to
         `phase_shift` times its portal-venous enhancement, whatever the scan's phase (``target``; see `RandomPhase`).
+    elastic_prob: probability of a smooth random deformation (`RandomElastic`: displacements of sd
+        `elastic_magnitude`, a fraction of the slice's half-side, on a 5x5 control grid); 0 = off (the paper).
     copy_paste: probability that a training slice gets a random box (a side of 30-60 % of the slice) of a slice of
         the other kind pasted in, labels with it: a labelled box into a pseudo-labelled slice and the reverse
         (bidirectional copy-paste); only when a model trains on both kinds.
@@ -116,6 +118,8 @@ class AugmentConfig:
     phase_shift: float = 0.0
     phase_shift_prob: float = 0.5
     phase_mode: Literal["shift", "target"] = "shift"
+    elastic_prob: float = 0.0
+    elastic_magnitude: float = 0.04
     copy_paste: float = 0.0
 
 
@@ -391,6 +395,12 @@ def validate(config: Config) -> None:
         raise ConfigError(f"pipeline.student_lr must be >= 0 (0 = train.lr), got {pl.student_lr}")
     if not 0 <= config.augment.copy_paste <= 1 or not 0 <= config.augment.strong_prob <= 1:
         raise ConfigError("augment.copy_paste and augment.strong_prob must be in [0, 1]")
+    a = config.augment
+    if not 0 <= a.elastic_prob <= 1 or a.elastic_magnitude < 0:
+        raise ConfigError(
+            f"augment.elastic_prob must be in [0, 1] and augment.elastic_magnitude >= 0, "
+            f"got {a.elastic_prob} and {a.elastic_magnitude}"
+        )
     if not 0 < pl.train_fraction < 1:
         raise ConfigError(f"pipeline.train_fraction must be in (0, 1), got {pl.train_fraction}")
     if pl.rounds < 1:

@@ -2,6 +2,7 @@
 
 from selflabel.data.augment import (
     IntensityScale,
+    RandomElastic,
     RandomPhase,
     RandomRot90Flip,
     RandomRotate,
@@ -15,6 +16,7 @@ from selflabel.data.split import read_split, split_cases, split_record
 
 __all__ = [
     "IntensityScale",
+    "RandomElastic",
     "RandomPhase",
     "RandomRot90Flip",
     "RandomRotate",

@@ -22,11 +22,15 @@ from selflabel.labels import FLARE22_ORGANS
 
 
 def _warp(image: torch.Tensor, label: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resample by the 2x3 affine `theta` (output -> input, normalised coordinates): image bilinear, label nearest.
+    """Resample by the 2x3 affine `theta` (output -> input, normalised coordinates); see `_resample`."""
+    return _resample(image, label, F.affine_grid(theta[None], [1, 1, *image.shape[-2:]], align_corners=False))
+
+
+def _resample(image: torch.Tensor, label: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample at `grid` (1, H, W, 2) (output -> input, normalised coordinates): image bilinear, label nearest.
 
     Voxels that come from outside the slice take each channel's minimum and background.
     """
-    grid = F.affine_grid(theta[None], [1, 1, *image.shape[-2:]], align_corners=False)
     low = image.amin(dim=(-2, -1), keepdim=True)
     warped = F.grid_sample((image - low)[None], grid, mode="bilinear", align_corners=False)[0] + low
     labels = F.grid_sample(label[None, None].float(), grid, mode="nearest", align_corners=False)[0, 0]
@@ -76,6 +80,30 @@ class RandomScale:
             return image, label
         inverse = 1.0 / float(rng.uniform(1 - self.amount, 1 + self.amount))
         return _warp(image, label, torch.tensor([[inverse, 0.0, 0.0], [0.0, inverse, 0.0]], dtype=torch.float32))
+
+
+@dataclass(frozen=True)
+class RandomElastic:
+    """With probability `prob`, a smooth random deformation (another patient's anatomy, roughly).
+
+    Displacements drawn N(0, `magnitude`) in normalised coordinates (a fraction of the slice's half-side) at a
+    coarse `points` x `points` control grid, interpolated bicubically to every pixel: organ-sized bends and local
+    zooms rather than pixel noise. Written here because the one torch call it needs (`grid_sample`) is already how
+    the other spatial transforms resample, with the same fill; MONAI's Rand2DElastic would add a dependency.
+    """
+
+    prob: float = 0.3
+    magnitude: float = 0.04
+    points: int = 5
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator):
+        if rng.random() >= self.prob or self.magnitude <= 0:
+            return image, label
+        height, width = image.shape[-2:]
+        coarse = rng.normal(0.0, self.magnitude, (1, 2, self.points, self.points)).astype(np.float32)
+        field = F.interpolate(torch.from_numpy(coarse), size=(height, width), mode="bicubic", align_corners=True)
+        identity = F.affine_grid(torch.eye(2, 3)[None], [1, 1, height, width], align_corners=False)
+        return _resample(image, label, identity + field.permute(0, 2, 3, 1))
 
 
 # ---- intensity ----
@@ -224,8 +252,11 @@ _SOLID = tuple(o for o in FLARE22_ORGANS if o.plain_hu is not None)
 
 
 def build_augmentation(cfg: AugmentConfig) -> list:
-    """The spatial transforms, applied in order: the paper's rotation and flip, plus the zoom when `strong`."""
+    """The spatial transforms, applied in order: the paper's rotation and flip, the elastic deformation when
+    `elastic_prob` > 0, the zoom when `strong`."""
     transforms: list = [RandomRot90Flip(cfg.rot90_flip_prob), RandomRotate(cfg.rotate_prob, cfg.rotate_degrees)]
+    if cfg.elastic_prob > 0:
+        transforms.append(RandomElastic(cfg.elastic_prob, cfg.elastic_magnitude))
     if cfg.strong:
         transforms.append(RandomScale(cfg.strong_prob, cfg.scale))
     return transforms
