@@ -72,6 +72,11 @@ OPTIONS: dict[str, list[str]] = {
     "plus_size80": _sets("preprocess.image_size=80"),
     "plus_size72": _sets("preprocess.image_size=72"),
     "plus_size80_its170": _sets("preprocess.image_size=80", "train.iterations_per_epoch=170"),
+    "plus_size96_its120": _sets("preprocess.image_size=96", "train.iterations_per_epoch=120"),
+    "plus_size96_ch12": _sets(
+        "preprocess.image_size=96", "model.unet_channels=[12,24,48,96]", "student.unet_channels=[12,24,48,96]"
+    ),
+    "plus_teacher8_student6": _sets("train.epochs=8", "pipeline.student_epochs=6"),
     "plus_soft_weights": _sets("pseudolabel.soft_weights=true"),
     "plus_ensemble": _sets("pseudolabel.checkpoints=best_and_latest"),
     "plus_largest_component": _sets("inference.largest_component=true"),

@@ -4,8 +4,10 @@ Each given run folder segments the series as a user would (`selflabel predict` o
 prints each organ's volume in mL and its centroid's position in the body (as fractions of the body's bounding box,
 right-to-left, anterior-to-posterior), so that a liver found on the patient's left, or an aorta of 2 L, shows
 up without labels, and draws the predictions over the scan (axial, coronal, sagittal) to <out>/<name>.png.
+With `--reference` (an approximate reference of liver, spleen and aorta from `real_patient_reference.py`), it
+also prints each of those organs' DSC and their mean.
 
-    python benchmarks/real_patient.py --out /tmp/real_patient RUN_DIR [RUN_DIR ...]
+    python benchmarks/real_patient.py --out /tmp/real_patient [--reference REF.nii.gz] RUN_DIR [RUN_DIR ...]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from selflabel.io import read_image, read_label, to_canonical, write_nifti
 from selflabel.io.dicom import read_series
 from selflabel.labels import BY_INDEX
+from selflabel.metrics import dice
 from selflabel.report import plot_pseudolabels
 
 SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator_dicom" / "series"
@@ -44,11 +47,24 @@ def describe(image_path: Path, label_path: Path) -> list[str]:
     return lines
 
 
+def reference_dice(reference_path: Path, label_path: Path) -> str:
+    """DSC of the prediction for each organ of the reference, and their mean, on one line."""
+    ref, pred = read_label(reference_path), read_label(label_path)
+    ref_array, pred_array = to_canonical(ref.array, ref.affine), to_canonical(pred.array, pred.affine)
+    scores = {BY_INDEX[i].name: dice(pred_array == i, ref_array == i) for i in sorted(np.unique(ref_array)) if i}
+    return (
+        "  DSC vs the approximate reference: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+        + (f"; mean {np.mean(list(scores.values())):.3f}")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (selflabel train / a work folder's models/*)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--series", type=Path, default=SERIES)
+    parser.add_argument("--reference", type=Path, help="approximate reference labels (real_patient_reference.py)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     image_path = args.out / "image.nii.gz"
@@ -62,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(command, check=True)
         label_path = pred / f"{args.series.name}.nii.gz"
         print(f"{name}:\n" + "\n".join(describe(image_path, label_path)), flush=True)
+        if args.reference:
+            print(reference_dice(args.reference, label_path), flush=True)
         plot_pseudolabels({name: (image_path, label_path)}, args.out / f"{name}.png")
     return 0
 
