@@ -95,6 +95,25 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_cache, tmp_path):
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(6))  # no duplicated iterations in the log
 
 
+def test_the_weight_average_is_validated_saved_and_resumed(tiny_cache, tmp_path):
+    _, cache = tiny_cache
+    cfg = load_config(overrides={**TINY, "train.ema_decay": 0.5})
+    _run(cfg, tmp_path / "full", cache)
+    latest = load_checkpoint(tmp_path / "full" / "latest.pt")
+    trained, average = latest["trained_model"], latest["model"]
+    assert latest["ema_n"] == 6  # one update per step: 2 epochs x 3 iterations
+    # the saved model is the average, not the last weights: a = 0.5 a + 0.5 w after each step, so it lags behind
+    differ = [k for k in trained if trained[k].is_floating_point() and not torch.equal(trained[k], average[k])]
+    assert differ and "ema_n" not in load_checkpoint(tmp_path / "full" / "best.pt")["model"]
+    plain = _weights(_run(load_config(overrides=TINY), tmp_path / "plain", cache).run_dir)
+    assert all(torch.equal(plain[k], trained[k]) for k in plain)  # averaging does not change the training itself
+    _run(cfg, tmp_path / "resumed", cache, stop_after=4)
+    _run(cfg, tmp_path / "resumed", cache)
+    resumed = load_checkpoint(tmp_path / "resumed" / "latest.pt")
+    for name in ("model", "trained_model"):
+        assert all(torch.equal(latest[name][k], resumed[name][k]) for k in latest[name])
+
+
 #: `selflabel ARGS` with a pause after the log row of iteration 4: the process writes `argv[1]` and sleeps, so the
 #: test kills it there, in the middle of the second epoch, however slow or loaded the machine.
 PAUSE_AT_ITERATION_4 = """

@@ -134,6 +134,9 @@ class TrainConfig:
         uniformly among those present, then a slice holding it (small organs seen as often as the liver).
     amp: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"`` (CUDA, with a grad scaler) or ``"none"``.
     pseudo_weight: sampling weight of a pseudo-labelled case relative to a labelled one.
+    ema_decay: keep an exponential moving average of the weights (and BatchNorm statistics), updated after every
+        step with this decay; the average is what is validated, kept as the best checkpoint and predicts
+        (0 = off, the paper).
     """
 
     epochs: int = 150
@@ -149,6 +152,7 @@ class TrainConfig:
     foreground_fraction: float = 0.0
     foreground_sampling: Literal["any", "per_organ"] = "any"
     pseudo_weight: float = 1.0
+    ema_decay: float = 0.0
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     channels_last: bool = True
     compile: bool = False
@@ -388,6 +392,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if not 0 <= t.foreground_fraction <= 1:
         raise ConfigError(f"train.foreground_fraction must be in [0, 1], got {t.foreground_fraction}")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {t.ema_decay}")
     if t.pseudo_weight <= 0:
         raise ConfigError(f"train.pseudo_weight must be positive, got {t.pseudo_weight}")
     if config.inference.z_gap_mm < 0:

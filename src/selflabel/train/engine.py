@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from selflabel import training_log
 from selflabel.checkpoints import ModelSpec, load_checkpoint, save_checkpoint, write_run_folder
@@ -146,6 +147,10 @@ class _Trainer:
         if t.compile:
             self.model = torch.compile(self.model)
         self.optimizer = torch.optim.Adam(parameter_groups(self.raw_model, t.weight_decay), lr=t.lr)
+        self.ema = None  # an average of the weights: its first update copies the model, wherever it started
+        if t.ema_decay > 0:
+            average = get_ema_multi_avg_fn(t.ema_decay)
+            self.ema = AveragedModel(self.raw_model, multi_avg_fn=average, use_buffers=True)
         self.dtype = amp_dtype(t.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         reduce = _all_reduce_sum if self.info.enabled else None
@@ -179,9 +184,20 @@ class _Trainer:
 
     # -- state --
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model that is validated, saved as "model" and predicts: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.raw_model
+
     def _state(self) -> dict[str, Any]:
+        ema = (
+            {}
+            if self.ema is None
+            else {"trained_model": self.raw_model.state_dict(), "ema_n": int(self.ema.n_averaged)}
+        )
         return {
-            "model": self.raw_model.state_dict(),
+            **ema,
+            "model": self.eval_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
@@ -203,7 +219,10 @@ class _Trainer:
         if not path.is_file():
             return False
         state = load_checkpoint(path, map_location=self.device)
-        self.raw_model.load_state_dict(state["model"])
+        self.raw_model.load_state_dict(state.get("trained_model", state["model"]))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["model"])
+            self.ema.n_averaged.fill_(int(state.get("ema_n", 0)))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
@@ -235,6 +254,8 @@ class _Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.raw_model)
         return float(loss.detach()), parts, lr
 
     def run(self, stop_after: int | None = None) -> TrainResult:
@@ -282,7 +303,7 @@ class _Trainer:
         last = self.epoch + 1 == t.epochs
         if self.val_cases and ((self.epoch + 1) % t.val_every == 0 or last):
             results = validate_cases(
-                self.raw_model, self.val_cache, self.val_cases, spec=self.spec, cfg=self.cfg, info=self.info
+                self.eval_model, self.val_cache, self.val_cases, spec=self.spec, cfg=self.cfg, info=self.info
             )
             summary = summarize_validation(results)
             score = selection_score(summary["mean_dsc"], summary["mean_nsd"])
