@@ -76,6 +76,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_size96_ch12": _sets(
         "preprocess.image_size=96", "model.unet_channels=[12,24,48,96]", "student.unet_channels=[12,24,48,96]"
     ),
+    "plus_fg09": _sets("train.foreground_fraction=0.9"),
     "plus_ema": _sets("train.ema_decay=0.99"),
     "plus_teacher8_student6": _sets("train.epochs=8", "pipeline.student_epochs=6"),
     "plus_soft_weights": _sets("pseudolabel.soft_weights=true"),
