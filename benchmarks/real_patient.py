@@ -52,11 +52,8 @@ def reference_dice(reference_path: Path, label_path: Path) -> str:
     ref, pred = read_label(reference_path), read_label(label_path)
     ref_array, pred_array = to_canonical(ref.array, ref.affine), to_canonical(pred.array, pred.affine)
     scores = {BY_INDEX[i].name: dice(pred_array == i, ref_array == i) for i in sorted(np.unique(ref_array)) if i}
-    return (
-        "  DSC vs the approximate reference: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
-        + (f"; mean {np.mean(list(scores.values())):.3f}")
-    )
+    listed = ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
+    return f"  DSC vs the approximate reference: {listed}; mean {np.mean(list(scores.values())):.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -403,9 +403,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"pipeline.finetune_lr must be positive, got {pl.finetune_lr}")
     if pl.student_lr < 0:
         raise ConfigError(f"pipeline.student_lr must be >= 0 (0 = train.lr), got {pl.student_lr}")
-    if not 0 <= config.augment.copy_paste <= 1 or not 0 <= config.augment.strong_prob <= 1:
-        raise ConfigError("augment.copy_paste and augment.strong_prob must be in [0, 1]")
     a = config.augment
+    if not 0 <= a.copy_paste <= 1 or not 0 <= a.strong_prob <= 1:
+        raise ConfigError("augment.copy_paste and augment.strong_prob must be in [0, 1]")
     if not 0 <= a.elastic_prob <= 1 or a.elastic_magnitude < 0:
         raise ConfigError(
             f"augment.elastic_prob must be in [0, 1] and augment.elastic_magnitude >= 0, "

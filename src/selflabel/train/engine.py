@@ -190,11 +190,9 @@ class _Trainer:
         return self.ema.module if self.ema is not None else self.raw_model
 
     def _state(self) -> dict[str, Any]:
-        ema = (
-            {}
-            if self.ema is None
-            else {"trained_model": self.raw_model.state_dict(), "ema_n": int(self.ema.n_averaged)}
-        )
+        ema = {}  # with an average, "model" is the average and the weights being trained are kept beside it
+        if self.ema is not None:
+            ema = {"trained_model": self.raw_model.state_dict(), "ema_n": int(self.ema.n_averaged)}
         return {
             **ema,
             "model": self.eval_model.state_dict(),
