@@ -38,6 +38,8 @@ def test_saved_config_reloads_equal(tmp_path):
         ({"train.ema_decay": 1.0}, "train.ema_decay must be in"),
         ({"augment.elastic_prob": 1.5}, "augment.elastic_prob must be in"),
         ({"augment.elastic_magnitude": -0.1}, "augment.elastic_magnitude >= 0"),
+        ({"augment.zoom_prob": 1.2}, "augment.zoom_prob must be in"),
+        ({"model.deep_supervision": True}, "model.deep_supervision needs model.name unet, got swin_unet"),
         ({"model": 3}, "expected a section"),
     ],
 )

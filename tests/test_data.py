@@ -15,6 +15,7 @@ from selflabel.data import (
     RandomElastic,
     RandomRot90Flip,
     RandomRotate,
+    RandomScale,
     SliceDataset,
     SliceSampler,
     Source,
@@ -344,6 +345,15 @@ def test_elastic_is_in_the_spatial_set_only_when_asked():
     assert not any(isinstance(t, RandomElastic) for t in build_augmentation(AugmentConfig()))
     (elastic,) = [t for t in build_augmentation(AugmentConfig(elastic_prob=0.4)) if isinstance(t, RandomElastic)]
     assert elastic.prob == 0.4 and elastic.magnitude == AugmentConfig().elastic_magnitude
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [({}, None), ({"strong": True}, 0.3), ({"zoom_prob": 0.5}, 0.5), ({"zoom_prob": 0.2, "strong": True}, 0.3)],
+)
+def test_zoom_is_for_every_model_at_zoom_prob_and_for_the_strong_set(settings, expected):
+    zooms = [t for t in build_augmentation(AugmentConfig(**settings)) if isinstance(t, RandomScale)]
+    assert [z.prob for z in zooms] == ([] if expected is None else [expected])
 
 
 def test_probability_is_the_share_of_transformed_samples():

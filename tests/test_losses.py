@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from selflabel.labels import IGNORE_INDEX
-from selflabel.losses import DiceCELoss
+from selflabel.losses import DeepSupervisionLoss, DiceCELoss
 
 
 def test_loss_skips_ignored_voxels():
@@ -77,3 +77,19 @@ def test_voxel_weights_of_1_change_nothing_and_0_ignores_the_voxel():
     assert float(zeroed[0]) == pytest.approx(float(DiceCELoss(3)(logits, ignored)[0]), rel=1e-6)
     half = DiceCELoss(3, dice_weight=0.0)(logits, target, torch.full((2, 4, 4), 0.5))  # CE is a weighted mean
     assert float(half[0]) == pytest.approx(float(DiceCELoss(3, dice_weight=0.0)(logits, target)[0]), rel=1e-6)
+
+
+def test_deep_supervision_weighs_each_output_against_the_subsampled_target():
+    torch.manual_seed(2)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[0, 1, 1] = IGNORE_INDEX  # a pixel the 1/2 output reads (every other pixel from index 1)
+    weight = torch.rand(2, 8, 8)
+    outputs = (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 2, 2))
+    base = DiceCELoss(3)
+    loss, parts = DeepSupervisionLoss(base)(outputs, target, weight)
+    by_hand = [base(outputs[0], target, weight)[0], base(outputs[1], target[:, 1::2, 1::2], weight[:, 1::2, 1::2])[0],
+               base(outputs[2], target[:, 2::4, 2::4], weight[:, 2::4, 2::4])[0]]  # fmt: skip
+    assert float(loss) == pytest.approx(float(4 * by_hand[0] + 2 * by_hand[1] + by_hand[2]) / 7, rel=1e-6)
+    assert parts == base(outputs[0], target, weight)[1]
+    single, _ = DeepSupervisionLoss(base)(outputs[0], target, weight)
+    assert float(single) == pytest.approx(float(by_hand[0]))

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from selflabel.checkpoints import load_checkpoint
+from selflabel.checkpoints import ModelSpec, load_checkpoint
 from selflabel.config import load_config
 from selflabel.data import Source
-from selflabel.io import Case, load_dataset
+from selflabel.inference import Predictor
+from selflabel.io import Case, load_dataset, read_image
 from selflabel.labels import FLARE22_LABELS
 from selflabel.preprocess import plan, preprocess_cases
 from selflabel.train import is_improvement, poly_lr, selection_score, train_model
@@ -93,6 +94,21 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_cache, tmp_path):
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     rows = (tmp_path / "resumed" / "log_iterations.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(6))  # no duplicated iterations in the log
+
+
+def test_deep_supervision_trains_the_coarse_heads_and_predicts_full_resolution(tiny_cache, tmp_path):
+    root, cache = tiny_cache
+    unet = {**TINY, "model.name": "unet", "model.unet_channels": [4, 8, 16], "model.deep_supervision": True}
+    run = _run(load_config(overrides=unet), tmp_path / "deep", cache).run_dir
+    spec = ModelSpec(**load_checkpoint(run / "best.pt")["model_spec"])
+    assert spec.options["deep_supervision"] is True
+    torch.manual_seed(load_config(overrides=unet).seed)
+    initial, trained = spec.build().state_dict(), _weights(run)
+    moved = {k for k in initial if k.startswith("aux_heads.") and not torch.equal(initial[k], trained[k])}
+    assert moved == {"aux_heads.0.weight", "aux_heads.0.bias"}  # three levels: one head, on the 1/2 output
+    case = load_dataset(root).training[2]
+    labels = Predictor.from_run(run).predict(read_image(case.image))
+    assert labels.shape == read_image(case.image).array.shape
 
 
 def test_the_weight_average_is_validated_saved_and_resumed(tiny_cache, tmp_path):

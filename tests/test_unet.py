@@ -30,6 +30,29 @@ def test_two_and_a_half_d_input_any_divisible_size_and_training() -> None:
     torch.testing.assert_close(channels_last, reference, rtol=1e-4, atol=1e-5)
 
 
+def test_deep_supervision_adds_coarser_outputs_in_training_only() -> None:
+    torch.manual_seed(0)
+    plain = UNet(in_channels=1, num_classes=3, channels=(4, 8, 16, 32))
+    torch.manual_seed(0)
+    deep = UNet(in_channels=1, num_classes=3, channels=(4, 8, 16, 32), deep_supervision=True)
+    x = torch.randn(2, 1, 32, 32)
+    outputs = deep(x)
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 32, 32), (2, 3, 16, 16), (2, 3, 8, 8)]
+    sum(o.sum() for o in outputs).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in deep.aux_heads.parameters())
+    # the extra heads are all it adds; in eval mode it predicts the full-resolution logits alone, as without them
+    extra = sum(p.numel() for p in deep.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == (8 + 1 + 16 + 1) * 3
+    heads = {f"aux_heads.{k}": v for k, v in deep.aux_heads.state_dict().items()}
+    deep.load_state_dict({**plain.state_dict(), **heads})
+    deep.eval()
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x), plain(x))
+    # the decoder's outputs are all but the deepest level: three levels have a 1/2 one only, two levels none
+    assert [len(UNet(1, 3, channels=c, deep_supervision=True).aux_heads) for c in ((4, 8, 16), (4, 8))] == [1, 0]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

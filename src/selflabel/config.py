@@ -57,6 +57,8 @@ class ModelConfig:
 
     context: 2.5D input; the model sees the 2k+1 neighbouring axial slices as channels (0 = one grey slice,
         repeated to 3 channels for Swin-Unet as in the paper).
+    deep_supervision: ``unet`` only: training also scores the decoder's 1/2 and 1/4 resolution outputs against
+        the subsampled labels (loss weights 4:2:1, as nnU-Net); prediction is unchanged.
     """
 
     name: Literal["swin_unet", "unet"] = "swin_unet"
@@ -68,6 +70,7 @@ class ModelConfig:
     patch_size: int = 4
     drop_path_rate: float = 0.2
     unet_channels: tuple[int, ...] = (32, 64, 128, 256)
+    deep_supervision: bool = False
 
     def options(self) -> dict[str, Any]:
         """Keyword options for `selflabel.models.build_model` for this model name."""
@@ -80,7 +83,7 @@ class ModelConfig:
                 "patch_size": self.patch_size,
                 "drop_path_rate": self.drop_path_rate,
             }
-        return {"channels": self.unet_channels}
+        return {"channels": self.unet_channels, "deep_supervision": self.deep_supervision}
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class AugmentConfig:
         `phase_shift` times its portal-venous enhancement, whatever the scan's phase (``target``; see `RandomPhase`).
     elastic_prob: probability of a smooth random deformation (`RandomElastic`: displacements of sd
         `elastic_magnitude`, a fraction of the slice's half-side, on a 5x5 control grid); 0 = off (the paper).
+    zoom_prob: probability of the strong set's zoom (1 ± `scale`) for every model, teacher included (0 = the zoom
+        only with `strong`, at `strong_prob`; with both, the larger probability).
     copy_paste: probability that a training slice gets a random box (a side of 30-60 % of the slice) of a slice of
         the other kind pasted in, labels with it: a labelled box into a pseudo-labelled slice and the reverse
         (bidirectional copy-paste); only when a model trains on both kinds.
@@ -120,6 +125,7 @@ class AugmentConfig:
     phase_mode: Literal["shift", "target"] = "shift"
     elastic_prob: float = 0.0
     elastic_magnitude: float = 0.04
+    zoom_prob: float = 0.0
     copy_paste: float = 0.0
 
 
@@ -387,6 +393,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"preprocess.image_size must be at least 8, got {p.image_size}")
     if config.model.context < 0:
         raise ConfigError(f"model.context must be >= 0, got {config.model.context}")
+    for section, model in (("model", config.model), ("student", config.student)):
+        if model.deep_supervision and model.name != "unet":
+            raise ConfigError(f"{section}.deep_supervision needs {section}.name unet, got {model.name}")
     if t.epochs < 1 or t.batch_size < 1 or t.val_every < 1:
         raise ConfigError("train.epochs, train.batch_size and train.val_every must be >= 1")
     if t.lr <= 0:
@@ -404,8 +413,11 @@ def validate(config: Config) -> None:
     if pl.student_lr < 0:
         raise ConfigError(f"pipeline.student_lr must be >= 0 (0 = train.lr), got {pl.student_lr}")
     a = config.augment
-    if not 0 <= a.copy_paste <= 1 or not 0 <= a.strong_prob <= 1:
-        raise ConfigError("augment.copy_paste and augment.strong_prob must be in [0, 1]")
+    if not all(0 <= p <= 1 for p in (a.copy_paste, a.strong_prob, a.zoom_prob)):
+        raise ConfigError(
+            f"augment.copy_paste, augment.strong_prob and augment.zoom_prob must be in [0, 1], "
+            f"got {a.copy_paste}, {a.strong_prob} and {a.zoom_prob}"
+        )
     if not 0 <= a.elastic_prob <= 1 or a.elastic_magnitude < 0:
         raise ConfigError(
             f"augment.elastic_prob must be in [0, 1] and augment.elastic_magnitude >= 0, "

@@ -65,3 +65,34 @@ class DiceCELoss(torch.nn.Module):
         ce = ce_sum / count.clamp_min(1e-6)
         loss = self.ce_weight * ce + self.dice_weight * (1 - dice)
         return loss, {"ce": float(ce.detach()), "dice": float(dice.detach())}
+
+
+class DeepSupervisionLoss(torch.nn.Module):
+    """`base` over a model's outputs at full, 1/2, 1/4, ... resolution (deep supervision, as nnU-Net trains).
+
+    Each output is scored against the target (and weights) subsampled to its size, taking the pixel nearest each
+    coarse pixel's centre, and weighted 1, 1/2, 1/4, ... (normalised to sum 1). A single tensor is scored by
+    `base` alone. Returns the weighted loss and the full-resolution output's parts.
+    """
+
+    def __init__(self, base: torch.nn.Module):
+        super().__init__()
+        self.base = base
+
+    def forward(
+        self,
+        logits: torch.Tensor | tuple[torch.Tensor, ...],
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if isinstance(logits, torch.Tensor):
+            return self.base(logits, target, weight)
+        shares = [0.5**i for i in range(len(logits))]
+        total, parts = 0.0, {}
+        for i, (share, out) in enumerate(zip(shares, logits, strict=True)):
+            sy, sx = target.shape[-2] // out.shape[-2], target.shape[-1] // out.shape[-1]
+            pick = (..., slice(sy // 2, None, sy), slice(sx // 2, None, sx))
+            loss, out_parts = self.base(out, target[pick], None if weight is None else weight[pick])
+            total = total + share / sum(shares) * loss
+            parts = out_parts if i == 0 else parts
+        return total, parts

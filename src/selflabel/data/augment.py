@@ -253,12 +253,13 @@ _SOLID = tuple(o for o in FLARE22_ORGANS if o.plain_hu is not None)
 
 def build_augmentation(cfg: AugmentConfig) -> list:
     """The spatial transforms, applied in order: the paper's rotation and flip, the elastic deformation when
-    `elastic_prob` > 0, the zoom when `strong`."""
+    `elastic_prob` > 0, the zoom when `strong` or `zoom_prob` > 0."""
     transforms: list = [RandomRot90Flip(cfg.rot90_flip_prob), RandomRotate(cfg.rotate_prob, cfg.rotate_degrees)]
     if cfg.elastic_prob > 0:
         transforms.append(RandomElastic(cfg.elastic_prob, cfg.elastic_magnitude))
-    if cfg.strong:
-        transforms.append(RandomScale(cfg.strong_prob, cfg.scale))
+    zoom_prob = max(cfg.zoom_prob, cfg.strong_prob if cfg.strong else 0.0)
+    if zoom_prob > 0:
+        transforms.append(RandomScale(zoom_prob, cfg.scale))
     return transforms
 
 

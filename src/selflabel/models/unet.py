@@ -62,6 +62,8 @@ class UNet(nn.Module):
         channels: feature channels per level, top to bottom; len(channels) - 1 poolings.
         img_size: the expected input side, checked for divisibility by 2^(levels-1); inputs of any
             side divisible by it are accepted.
+        deep_supervision: 1x1 heads on the decoder's 1/2 and 1/4 resolution outputs too (as nnU-Net trains);
+            in training mode the forward then returns (full, half, quarter) logits, in eval mode the full ones.
 
     Raises:
         ValueError: bad arguments, with what to change.
@@ -73,6 +75,7 @@ class UNet(nn.Module):
         num_classes: int,
         channels: Sequence[int] = (32, 64, 128, 256),
         img_size: int | None = None,
+        deep_supervision: bool = False,
     ):
         super().__init__()
         channels = tuple(channels)
@@ -98,6 +101,9 @@ class UNet(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.decoder = nn.ModuleList(UpBlock(channels[i + 1], channels[i]) for i in reversed(range(len(channels) - 1)))
         self.head = nn.Conv2d(channels[0], num_classes, kernel_size=1)
+        self.deep_supervision = deep_supervision
+        coarser = channels[1:-1][:2] if deep_supervision else ()  # the decoder's outputs at 1/2 and 1/4
+        self.aux_heads = nn.ModuleList(nn.Conv2d(c, num_classes, kernel_size=1) for c in coarser)
         #: Encoder levels as timm's feature_info: channels and stride of each level's output.
         self.feature_info = [
             {"num_chs": c, "reduction": 2**i, "module": f"encoder.{i}"} for i, c in enumerate(channels)
@@ -115,21 +121,33 @@ class UNet(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"UNet expects a floating-point input, got {x.dtype}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_channels, H, W) float -> logits (B, num_classes, H, W)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """(B, in_channels, H, W) float -> logits (B, num_classes, H, W); with deep supervision in training mode,
+        those and the logits at 1/2 and 1/4 resolution."""
         self.check_input(x)
         skips = []
         for i, block in enumerate(self.encoder):
             x = block(x if i == 0 else self.pool(x))
             skips.append(x)
         x = skips.pop()
+        decoded = []
         for up in self.decoder:
             x = up(x, skips.pop())
-        return self.head(x)
+            decoded.append(x)
+        logits = self.head(x)
+        if not (self.training and self.deep_supervision):
+            return logits
+        # decoded[-2] is the 1/2-resolution output (channels[1]), decoded[-3] the 1/4 one (channels[2])
+        return (logits, *(head(out) for head, out in zip(self.aux_heads, decoded[-2::-1], strict=False)))
 
 
 def unet(
-    num_classes: int, in_channels: int = 1, img_size: int = 224, *, channels: Sequence[int] = (32, 64, 128, 256)
+    num_classes: int,
+    in_channels: int = 1,
+    img_size: int = 224,
+    *,
+    channels: Sequence[int] = (32, 64, 128, 256),
+    deep_supervision: bool = False,
 ) -> UNet:
     """2D U-Net with `channels` per level (default 32/64/128/256: 4 levels, 3 poolings)."""
-    return UNet(in_channels, num_classes, channels, img_size)
+    return UNet(in_channels, num_classes, channels, img_size, deep_supervision)

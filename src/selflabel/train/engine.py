@@ -33,7 +33,7 @@ from selflabel.data import (
     split_record,
 )
 from selflabel.distributed import barrier, dist_info, init_distributed
-from selflabel.losses import DiceCELoss
+from selflabel.losses import DeepSupervisionLoss, DiceCELoss
 from selflabel.progress import Progress, show_progress
 from selflabel.report import plot_training
 from selflabel.runtime import amp_dtype, autocast, setup_device
@@ -154,8 +154,8 @@ class _Trainer:
         self.dtype = amp_dtype(t.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         reduce = _all_reduce_sum if self.info.enabled else None
-        self.loss_fn = DiceCELoss(
-            self.spec.num_classes, dice_weight=t.dice_weight, ce_weight=t.ce_weight, reduce=reduce
+        self.loss_fn = DeepSupervisionLoss(
+            DiceCELoss(self.spec.num_classes, dice_weight=t.dice_weight, ce_weight=t.ce_weight, reduce=reduce)
         )
 
     def _build_loader(self, sources: Sequence[Source]) -> None:
