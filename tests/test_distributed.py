@@ -28,16 +28,22 @@ def test_rank_variables_without_a_rendezvous_give_one_clear_line(monkeypatch):
     assert "\n" not in str(caught.value)
 
 
-def test_the_cli_leaves_the_process_group_before_exit(tmp_path, capsys):
-    """A joined gloo group is destroyed when a command ends: its threads must not outlive the interpreter (SIGABRT)."""
+@pytest.mark.parametrize(("argv", "waits"), [(["--help"], True), (["predict", "/no/such/model", "/no", "/no"], False)])
+def test_the_cli_leaves_the_process_group_before_exit(tmp_path, capsys, monkeypatch, argv, waits):
+    """A joined gloo group is destroyed when a command ends: its threads must not outlive the interpreter (SIGABRT).
+    A command that finished waits for its peers first; one that failed does not (its peers may never come)."""
     from tests.conftest import run_cli
 
+    barriers = []
+    real_barrier = torch.distributed.barrier
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: barriers.append(1) or real_barrier(*a, **k))
     store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
     torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
-        code, out, _ = run_cli(["--help"], capsys)
-        assert code == 0 and "Usage" in out
+        code, _, _ = run_cli(argv, capsys)
+        assert (code == 0) == waits
         assert not torch.distributed.is_initialized()
+        assert barriers == ([1] if waits else [])
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -425,8 +425,12 @@ def main() -> None:
 
 
 def _run_app() -> None:
+    finished = False  # a command that ran to the end: click leaves by SystemExit(0)
     try:
         app()
+    except SystemExit as exc:
+        finished = exc.code in (0, None)
+        raise
     except SelflabelError as exc:
         typer.echo(f"selflabel: error: {exc}", err=True)
         sys.exit(2)
@@ -434,15 +438,15 @@ def _run_app() -> None:
         typer.echo("selflabel: interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
     finally:
-        _leave_process_group()
+        _leave_process_group(finished)
 
 
-def _leave_process_group() -> None:
+def _leave_process_group(finished: bool) -> None:
     """Under torchrun, leave the process group before the interpreter exits (imported late: keeps `--help` fast)."""
     if "selflabel.distributed" in sys.modules:  # only a command that did torch work can have joined one
         from selflabel.distributed import shutdown_distributed
 
-        shutdown_distributed()
+        shutdown_distributed(finished)
 
 
 if __name__ == "__main__":

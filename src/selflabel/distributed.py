@@ -5,6 +5,7 @@ torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them a process is rank 0 
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -53,14 +54,20 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
             ) from None
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(finished: bool) -> None:
     """Leave the process group, if one was joined.
 
     Without this, gloo's worker threads can outlive the interpreter and abort the process at exit (SIGABRT,
-    "terminate called without an active exception") after the work itself has succeeded.
+    "terminate called without an active exception") after the work itself has succeeded. A rank that `finished`
+    first waits for the others (rank 0 still writing plots must not see its peer vanish), and the DDP wrappers
+    that hold the group are collected before it is destroyed. A failed rank does not wait: torchrun stops the rest.
     """
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:
