@@ -356,6 +356,24 @@ def test_zoom_is_for_every_model_at_zoom_prob_and_for_the_strong_set(settings, e
     assert [z.prob for z in zooms] == ([] if expected is None else [expected])
 
 
+def test_zoom_shift_moves_image_and_label_together_within_the_bound():
+    size = 40
+    label = torch.zeros(size, size, dtype=torch.uint8)
+    label[15:25, 15:25] = 1  # a block in the centre; its image is the label
+    image = label[None].float()
+    offsets = []
+    for seed in range(12):
+        x, y = RandomScale(prob=1.0, amount=0.0, shift=0.1)(image, label, np.random.default_rng(seed))
+        pure = (x[0] < 1e-4) | (x[0] > 1 - 1e-4)  # pixels that are no mix of block and background
+        assert pure.float().mean() > 0.8 and torch.equal(x[0][pure].round().to(torch.uint8), y[pure])
+        centre = torch.nonzero(y).float().mean(0)
+        offsets.append((centre - 19.5).abs().max().item())
+        assert int(y.sum()) > 0
+    assert max(offsets) <= 0.1 * size + 0.5 and sum(o >= 1 for o in offsets) >= 8  # moved, by at most 4 px
+    centred = RandomScale(prob=1.0, amount=0.2)(image, label, np.random.default_rng(0))[1]
+    assert torch.nonzero(centred).float().mean(0).sub(19.5).abs().max() < 0.5  # shift 0: about the centre
+
+
 def test_probability_is_the_share_of_transformed_samples():
     image, label = _quadrant_pair(8)
     rng = np.random.default_rng(0)

@@ -104,6 +104,8 @@ class AugmentConfig:
         `elastic_magnitude`, a fraction of the slice's half-side, on a 5x5 control grid); 0 = off (the paper).
     zoom_prob: probability of the strong set's zoom (1 ± `scale`) for every model, teacher included (0 = the zoom
         only with `strong`, at `strong_prob`; with both, the larger probability).
+    shift: with the zoom, a random in-plane translation up to ± `shift` of the slice's side per axis (0 = the zoom
+        is about the centre, as before).
     copy_paste: probability that a training slice gets a random box (a side of 30-60 % of the slice) of a slice of
         the other kind pasted in, labels with it: a labelled box into a pseudo-labelled slice and the reverse
         (bidirectional copy-paste); only when a model trains on both kinds.
@@ -126,6 +128,7 @@ class AugmentConfig:
     elastic_prob: float = 0.0
     elastic_magnitude: float = 0.04
     zoom_prob: float = 0.0
+    shift: float = 0.0
     copy_paste: float = 0.0
 
 
@@ -418,6 +421,8 @@ def validate(config: Config) -> None:
             f"augment.copy_paste, augment.strong_prob and augment.zoom_prob must be in [0, 1], "
             f"got {a.copy_paste}, {a.strong_prob} and {a.zoom_prob}"
         )
+    if not 0 <= a.shift <= 0.5:
+        raise ConfigError(f"augment.shift must be in [0, 0.5] (a fraction of the slice's side), got {a.shift}")
     if not 0 <= a.elastic_prob <= 1 or a.elastic_magnitude < 0:
         raise ConfigError(
             f"augment.elastic_prob must be in [0, 1] and augment.elastic_magnitude >= 0, "

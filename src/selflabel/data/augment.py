@@ -70,16 +70,26 @@ class RandomRotate:
 
 @dataclass(frozen=True)
 class RandomScale:
-    """With probability `prob`, zoom about the centre by a factor uniform in [1 - amount, 1 + amount]."""
+    """With probability `prob`, zoom about the centre by a factor uniform in [1 - amount, 1 + amount], then move
+    the slice by up to ± `shift` of its side along each in-plane axis (0 = about the centre only).
+
+    The shift stands in for the random patch position of patch-based training (nnU-Net): whole slices of a body
+    box put every organ at nearly the same place, and a model that learns that place fails on a patient whose
+    box sits differently (arms in the field of view, another build).
+    """
 
     prob: float = 0.3
     amount: float = 0.2
+    shift: float = 0.0
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator):
-        if rng.random() >= self.prob or self.amount <= 0:
+        if rng.random() >= self.prob or (self.amount <= 0 and self.shift <= 0):
             return image, label
         inverse = 1.0 / float(rng.uniform(1 - self.amount, 1 + self.amount))
-        return _warp(image, label, torch.tensor([[inverse, 0.0, 0.0], [0.0, inverse, 0.0]], dtype=torch.float32))
+        # normalised coordinates span 2 per side; drawn only when asked, so that shift 0 keeps the random stream
+        ty, tx = rng.uniform(-2 * self.shift, 2 * self.shift, 2) if self.shift > 0 else (0.0, 0.0)
+        theta = torch.tensor([[inverse, 0.0, float(tx)], [0.0, inverse, float(ty)]], dtype=torch.float32)
+        return _warp(image, label, theta)
 
 
 @dataclass(frozen=True)
@@ -259,7 +269,7 @@ def build_augmentation(cfg: AugmentConfig) -> list:
         transforms.append(RandomElastic(cfg.elastic_prob, cfg.elastic_magnitude))
     zoom_prob = max(cfg.zoom_prob, cfg.strong_prob if cfg.strong else 0.0)
     if zoom_prob > 0:
-        transforms.append(RandomScale(zoom_prob, cfg.scale))
+        transforms.append(RandomScale(zoom_prob, cfg.scale, cfg.shift))
     return transforms
 
 
