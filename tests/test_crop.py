@@ -10,7 +10,7 @@ from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from selflabel.checkpoints import ModelSpec
 from selflabel.config import load_config
 from selflabel.inference import Predictor
-from selflabel.io import Case, read_image
+from selflabel.io import Case, read_image, to_canonical
 from selflabel.labels import FLARE22_LABELS
 from selflabel.preprocess import CacheEntry, CropBox, preprocess_cases
 from selflabel.preprocess.crop import body_box, crop, paste
@@ -35,6 +35,27 @@ def test_body_box_is_a_square_in_mm_around_the_largest_component():
 def test_no_body_keeps_the_whole_slice():
     image = np.full((3, 10, 12), -1000.0, dtype=np.float32)
     assert body_box(image, (1.0, 1.0, 1.0), -500, 5) == CropBox.full(10, 12)
+
+
+def test_an_opening_leaves_out_an_arm_lying_against_the_trunk(real_ct):
+    """The real CT with an arm beside it, touching the trunk over 12 mm of skin on every slice: the plain box
+    widens to hold the arm; with a 10 mm opening the box is the arm-less one again (within a voxel per side)."""
+    image = read_image(real_ct["image"])
+    canonical = np.ascontiguousarray(to_canonical(image.array, image.affine), np.float32)
+    spacing = (3.0, 3.0, 3.0)  # the CT's voxels
+    plain = body_box(canonical, spacing, -500, 10)
+    assert body_box(canonical, spacing, -500, 10, opening_mm=10) == plain  # no arm: the same box
+    body = canonical > -500
+    cols = np.flatnonzero(body.any(axis=(0, 1)))
+    wide = np.full((canonical.shape[0], canonical.shape[1], canonical.shape[2] + 40), -1000.0, np.float32)
+    wide[:, :, : canonical.shape[2]] = canonical
+    edge, mid = cols[-1], canonical.shape[1] // 2
+    wide[:, mid - 8 : mid + 8, edge + 6 : edge + 30] = 40.0  # the arm, 48 x 72 mm, 15 mm from the trunk
+    wide[:, mid - 2 : mid + 2, edge - 3 : edge + 6] = 40.0  # the contact: 4 voxels = 12 mm tall
+    with_arm = body_box(wide, spacing, -500, 10)
+    assert with_arm.size[1] > plain.size[1] + 10  # the arm widens the plain box
+    opened = body_box(wide, spacing, -500, 10, opening_mm=10)
+    assert all(abs(a - b) <= 1 for a, b in zip(opened.to_list()[:4], plain.to_list()[:4], strict=True))
 
 
 def test_crop_pads_outside_and_paste_restores_the_box():

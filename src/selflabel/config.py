@@ -38,6 +38,9 @@ class PreprocessConfig:
     crop: ``"none"`` (the whole field of view, the paper) or ``"body"``: each volume cut in-plane to a square around
         the body (voxels above `body_threshold_hu`, largest 3D component, `crop_margin_mm` on each side) before the
         resize; predictions are pasted back into the full grid.
+    body_opening_mm: with the body crop, the mask is eroded in-plane by this many mm before its largest component
+        is taken (and the box grown back by as much), so that arms lying against the trunk do not widen the box
+        (0 = off).
     image_size: in-plane size (pixels) of the model input and of the cache; slices are resized to it.
     """
 
@@ -48,6 +51,7 @@ class PreprocessConfig:
     crop: Literal["none", "body"] = "none"
     body_threshold_hu: float = -500.0
     crop_margin_mm: float = 10.0
+    body_opening_mm: float = 0.0
     image_size: int = 224
 
 
@@ -390,6 +394,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"preprocess.foreground_intensity must be [low, high, mean, std], low < high, std > 0; got {list(stats)}"
         )
+    if p.body_opening_mm < 0:
+        raise ConfigError(f"preprocess.body_opening_mm must be >= 0 (0 = off), got {p.body_opening_mm}")
     if p.crop_margin_mm < 0:
         raise ConfigError(f"preprocess.crop_margin_mm must be >= 0, got {p.crop_margin_mm}")
     if p.image_size < 8:

@@ -15,7 +15,7 @@ from selflabel.preprocess.resample import resize_slices
 def crop_box(canonical: np.ndarray, spacing: tuple[float, float, float], cfg: PreprocessConfig) -> CropBox:
     """The in-plane box the config keeps of a canonical (Z, H, W) HU volume (the whole slice without a crop)."""
     if cfg.crop == "body":
-        return body_box(canonical, spacing, cfg.body_threshold_hu, cfg.crop_margin_mm)
+        return body_box(canonical, spacing, cfg.body_threshold_hu, cfg.crop_margin_mm, cfg.body_opening_mm)
     return CropBox.full(*canonical.shape[1:])
 
 
