@@ -523,7 +523,7 @@ def test_a_target_phase_puts_every_solid_organ_at_one_plausible_phase_whatever_t
 
 
 def test_the_phase_is_scaled_to_each_case_normalisation(cache):
-    from selflabel.data import IntensityScale, RandomPhase, build_phase_augmentation
+    from selflabel.data import IntensityScale, RandomPhase, build_organ_intensity_augmentation
 
     z = IntensityScale.of({"clip": 60.0, "mean": 10.0, "std": 200.0})  # the paper's: clipped above only
     assert (z.units_per_hu, z.hu_at_zero, z.low, z.high) == pytest.approx((1 / 200, 10.0, -np.inf, 50 / 200))
@@ -536,9 +536,36 @@ def test_the_phase_is_scaled_to_each_case_normalisation(cache):
     assert all(s == IntensityScale.of(meta["intensity"]) for s in data.scales)
     assert data.scales[0].units_per_hu == pytest.approx(1 / meta["intensity"]["std"])
     cfg = AugmentConfig(rot90_flip_prob=0, rotate_prob=0, phase_shift=1.2, phase_shift_prob=1.0, phase_mode="target")
-    phase = build_phase_augmentation(cfg)
-    assert phase == RandomPhase(1.0, 1.2, "target") and build_phase_augmentation(AugmentConfig()) is None
-    shifted = SliceDataset([Source(cache, ("blobs",))], SIZE, phase=phase)
+    phase = build_organ_intensity_augmentation(cfg)
+    assert phase == [RandomPhase(1.0, 1.2, "target")] and build_organ_intensity_augmentation(AugmentConfig()) == []
+    shifted = SliceDataset([Source(cache, ("blobs",))], SIZE, organ_intensity=phase)
     index = int(np.flatnonzero(shifted.foreground)[0])
     (x0, y0, _), (x1, y1, _) = data[index], shifted[(index, 7)]
     assert torch.equal(y0, y1) and torch.equal(x0[:, y0 == 0], x1[:, y1 == 0]) and not torch.equal(x0, x1)
+
+
+def test_new_contents_fill_the_hollow_organs_only_with_gas_on_the_anterior_side():
+    from selflabel.data import IntensityScale, RandomContents, build_organ_intensity_augmentation
+
+    size = 48
+    label = torch.zeros(size, size, dtype=torch.uint8)
+    label[8:40, 6:22], label[10:38, 26:42], label[2:6, 2:6] = 11, 1, 12  # stomach, liver, a tiny duodenum
+    image = torch.full((3, size, size), 0.5)  # three context channels
+    scale = IntensityScale.of({"low": -200.0, "high": 300.0, "mean": 50.0, "std": 100.0})
+    interior = torch.zeros(size, size, dtype=torch.bool)
+    interior[9:39, 7:21] = True  # the stomach less its one-pixel wall
+    gas_seen = 0
+    for seed in range(16):
+        out = RandomContents(prob=1.0)(image, label, np.random.default_rng(seed), scale)
+        assert torch.equal(out[:, ~interior & (label != 12)], image[:, ~interior & (label != 12)])  # wall, liver
+        assert torch.equal(out[0], out[2]) and not torch.equal(out[0, interior], image[0, interior])
+        assert float(out.min()) >= scale.low - 1e-6 and float(out.max()) <= scale.high + 1e-6
+        gas = interior & (out[0] <= scale.low + 1e-6)
+        if gas.any():
+            gas_seen += 1
+            assert gas.sum() <= 0.45 * interior.sum()
+            rows = torch.arange(size, dtype=torch.float32)[:, None].expand(size, size)
+            assert rows[gas].mean() < rows[interior].mean()  # gas rises to the anterior side
+    assert 3 <= gas_seen <= 13  # a gas pocket in about half of the slices
+    assert torch.equal(RandomContents(prob=0.0)(image, label, np.random.default_rng(0), scale), image)
+    assert build_organ_intensity_augmentation(AugmentConfig(contents_prob=0.4)) == [RandomContents(0.4)]

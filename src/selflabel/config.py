@@ -110,6 +110,8 @@ class AugmentConfig:
         only with `strong`, at `strong_prob`; with both, the larger probability).
     shift: with the zoom, a random in-plane translation up to ± `shift` of the slice's side per axis (0 = the zoom
         is about the centre, as before).
+    contents_prob: probability that a training slice's stomach and duodenum get new contents (a fluid-to-food level,
+        a texture, often a gas pocket; `selflabel.data.RandomContents`); 0 = off.
     copy_paste: probability that a training slice gets a random box (a side of 30-60 % of the slice) of a slice of
         the other kind pasted in, labels with it: a labelled box into a pseudo-labelled slice and the reverse
         (bidirectional copy-paste); only when a model trains on both kinds.
@@ -133,6 +135,7 @@ class AugmentConfig:
     elastic_magnitude: float = 0.04
     zoom_prob: float = 0.0
     shift: float = 0.0
+    contents_prob: float = 0.0
     copy_paste: float = 0.0
 
 
@@ -422,11 +425,9 @@ def validate(config: Config) -> None:
     if pl.student_lr < 0:
         raise ConfigError(f"pipeline.student_lr must be >= 0 (0 = train.lr), got {pl.student_lr}")
     a = config.augment
-    if not all(0 <= p <= 1 for p in (a.copy_paste, a.strong_prob, a.zoom_prob)):
-        raise ConfigError(
-            f"augment.copy_paste, augment.strong_prob and augment.zoom_prob must be in [0, 1], "
-            f"got {a.copy_paste}, {a.strong_prob} and {a.zoom_prob}"
-        )
+    for key in ("copy_paste", "strong_prob", "zoom_prob", "contents_prob"):
+        if not 0 <= getattr(a, key) <= 1:
+            raise ConfigError(f"augment.{key} must be in [0, 1], got {getattr(a, key)}")
     if not 0 <= a.shift <= 0.5:
         raise ConfigError(f"augment.shift must be in [0, 0.5] (a fraction of the slice's side), got {a.shift}")
     if not 0 <= a.elastic_prob <= 1 or a.elastic_magnitude < 0:

@@ -2,6 +2,7 @@
 
 from selflabel.data.augment import (
     IntensityScale,
+    RandomContents,
     RandomElastic,
     RandomPhase,
     RandomRot90Flip,
@@ -9,7 +10,7 @@ from selflabel.data.augment import (
     RandomScale,
     build_augmentation,
     build_intensity_augmentation,
-    build_phase_augmentation,
+    build_organ_intensity_augmentation,
 )
 from selflabel.data.dataset import SliceDataset, Source, paste_box
 from selflabel.data.sampling import SliceSampler
@@ -18,6 +19,7 @@ from selflabel.data.split import read_split, split_cases, split_record
 __all__ = [
     "IntensityScale",
     "RandomElastic",
+    "RandomContents",
     "RandomPhase",
     "RandomRot90Flip",
     "RandomRotate",
@@ -27,7 +29,7 @@ __all__ = [
     "Source",
     "build_augmentation",
     "build_intensity_augmentation",
-    "build_phase_augmentation",
+    "build_organ_intensity_augmentation",
     "paste_box",
     "read_split",
     "split_cases",

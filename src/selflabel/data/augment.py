@@ -252,6 +252,51 @@ class RandomPhase:
         return (image + shift[None]).clamp(scale.low, scale.high)
 
 
+@dataclass(frozen=True)
+class RandomContents:
+    """With probability `prob`, new contents for the stomach and duodenum: what a hollow organ holds varies from
+    patient to patient (fluid, food, gas, oral contrast), and a few labelled scans show one state of it.
+
+    Inside each organ (less a one-pixel wall) the values become one level uniform in `level_hu`, plus a smooth
+    random texture of sd up to `texture_hu`, and with probability one half a gas pocket (the clip's low end) filling
+    up to `max_gas` of it, on the anterior side where gas rises in a supine patient (canonical rows run A -> P),
+    with an uneven border. Labels are unchanged; every context channel gets the same values.
+    """
+
+    prob: float = 0.3
+    level_hu: tuple[float, float] = (-100.0, 60.0)
+    texture_hu: float = 40.0
+    max_gas: float = 0.4
+
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator, scale: IntensityScale
+    ) -> torch.Tensor:
+        if rng.random() >= self.prob:
+            return image
+        out = image
+        for index in _HOLLOW:
+            inside = -F.max_pool2d(-(label == index).float()[None], 3, stride=1, padding=1)[0] > 0  # the wall off
+            if int(inside.sum()) < 4:
+                continue
+            texture = _smooth_field(rng, label.shape, points=16)  # mottled, as food is, at a few pixels
+            hu = float(rng.uniform(*self.level_hu)) + float(rng.uniform(0, self.texture_hu)) * texture
+            if rng.random() < 0.5:
+                rows = torch.linspace(0.0, 1.0, label.shape[0])[:, None].expand(label.shape)
+                depth = rows + 0.1 * _smooth_field(rng, label.shape)  # anterior first, an uneven level
+                gas = inside & (depth <= torch.quantile(depth[inside], float(rng.uniform(0.05, self.max_gas))))
+                hu = torch.where(gas, torch.tensor(-1000.0), hu)
+            units = ((hu - scale.hu_at_zero) * scale.units_per_hu).clamp(scale.low, scale.high).to(image.dtype)
+            out = torch.where(inside[None], units[None], out)
+        return out
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], points: int = 6) -> torch.Tensor:
+    """A random field of sd about 1 varying over 1/`points` of the slice (bicubic from a coarse normal grid)."""
+    coarse = torch.from_numpy(rng.normal(0.0, 1.0, (1, 1, points, points)).astype(np.float32))
+    return F.interpolate(coarse, size=tuple(shape), mode="bicubic", align_corners=True)[0, 0]
+
+
+_HOLLOW = (11, 12)  # stomach, duodenum
 _ENHANCEMENT = torch.zeros(256)
 for _organ in FLARE22_ORGANS:
     _ENHANCEMENT[_organ.index] = _organ.enhancement_hu
@@ -287,6 +332,12 @@ def build_intensity_augmentation(cfg: AugmentConfig) -> list:
     return transforms
 
 
-def build_phase_augmentation(cfg: AugmentConfig) -> RandomPhase | None:
-    """The contrast-phase simulation when `phase_shift` > 0, else None."""
-    return RandomPhase(cfg.phase_shift_prob, cfg.phase_shift, cfg.phase_mode) if cfg.phase_shift > 0 else None
+def build_organ_intensity_augmentation(cfg: AugmentConfig) -> list:
+    """The transforms that need each slice's HU scale: the contrast phase when `phase_shift` > 0, then the hollow
+    organs' contents when `contents_prob` > 0."""
+    transforms: list = []
+    if cfg.phase_shift > 0:
+        transforms.append(RandomPhase(cfg.phase_shift_prob, cfg.phase_shift, cfg.phase_mode))
+    if cfg.contents_prob > 0:
+        transforms.append(RandomContents(cfg.contents_prob))
+    return transforms

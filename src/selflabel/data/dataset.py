@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selflabel.data.augment import IntensityScale, RandomPhase
+from selflabel.data.augment import IntensityScale
 from selflabel.errors import InputError
 from selflabel.preprocess import CacheEntry, resize_slices
 
@@ -53,7 +53,8 @@ class SliceDataset(torch.utils.data.Dataset):
     voxel weights (S, S) float32)``. `foreground` marks the slices holding an organ, `organ_slices` maps each organ
     label to the slices holding it. `sample_seed` < 0 means no augmentation. `image_size` resizes (bilinear /
     nearest) when the cache's grid differs. Augmentation: `copy_paste` (see `AugmentConfig`), then the `augment`
-    (spatial) transforms on image, label and weights, then the contrast `phase`, then the `intensity` transforms.
+    (spatial) transforms on image, label and weights, then the `organ_intensity` transforms (given the slice's HU
+    scale: contrast phase, hollow organs' contents), then the `intensity` transforms.
     """
 
     def __init__(
@@ -65,10 +66,10 @@ class SliceDataset(torch.utils.data.Dataset):
         *,
         intensity: Sequence | None = None,
         copy_paste: float = 0.0,
-        phase: RandomPhase | None = None,
+        organ_intensity: Sequence = (),
     ):
         self.sources = list(sources)
-        self.phase = phase
+        self.organ_intensity = list(organ_intensity)
         self.image_size = image_size
         self.context = context
         self.augment = list(augment or [])
@@ -137,14 +138,14 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index, seed = key if isinstance(key, tuple) else (key, -1)
         x, y, w = self._slice(index)
-        if seed >= 0 and (self.augment or self.intensity or self.copy_paste or self.phase):
+        if seed >= 0 and (self.augment or self.intensity or self.copy_paste or self.organ_intensity):
             rng = np.random.default_rng(seed)
             if self.copy_paste and rng.random() < self.copy_paste:
                 other = self.kinds[0 if self.sources[int(self.slices[index, 0])].pseudo else 1]
                 x, y, w = paste_box((x, y, w), self._slice(int(rng.choice(other))), rng)
             x, y, w = self._spatial(x, y, w, rng)
-            if self.phase is not None:
-                x = self.phase(x, y, rng, self.scales[index])
+            for transform in self.organ_intensity:
+                x = transform(x, y, rng, self.scales[index])
             for transform in self.intensity:
                 x = transform(x, y, rng)
         return x.contiguous(), y.long(), w.contiguous()

@@ -29,7 +29,7 @@ from selflabel.data import (
     Source,
     build_augmentation,
     build_intensity_augmentation,
-    build_phase_augmentation,
+    build_organ_intensity_augmentation,
     split_record,
 )
 from selflabel.distributed import barrier, dist_info, init_distributed
@@ -163,7 +163,7 @@ class _Trainer:
         dataset = SliceDataset(
             sources, cfg.preprocess.image_size, cfg.model.context, build_augmentation(cfg.augment),
             intensity=build_intensity_augmentation(cfg.augment), copy_paste=cfg.augment.copy_paste,
-            phase=build_phase_augmentation(cfg.augment),
+            organ_intensity=build_organ_intensity_augmentation(cfg.augment),
         )  # fmt: skip
         self.voxel_weights = dataset.has_voxel_weights
         self.batches = t.iterations_per_epoch or max(1, math.ceil(len(dataset) / t.batch_size))
