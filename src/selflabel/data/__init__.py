@@ -18,8 +18,8 @@ from selflabel.data.split import read_split, split_cases, split_record
 
 __all__ = [
     "IntensityScale",
-    "RandomElastic",
     "RandomContents",
+    "RandomElastic",
     "RandomPhase",
     "RandomRot90Flip",
     "RandomRotate",
