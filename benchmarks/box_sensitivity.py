@@ -16,13 +16,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from real_patient import SERIES  # this folder's script: the same DICOM series
 
 from selflabel.inference.predictor import Predictor
 from selflabel.io import read_label, to_canonical
 from selflabel.io.dicom import read_series
 from selflabel.metrics import dice
 
-SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator_dicom" / "series"
 SCORED = {"liver": 1, "spleen": 3, "aorta": 5}
 VOLUMES = {"stomach": 11, "IVC": 6, "pancreas": 4}
 

@@ -37,6 +37,15 @@ def _resample(image: torch.Tensor, label: torch.Tensor, grid: torch.Tensor) -> t
     return warped, labels.to(label.dtype)
 
 
+def _smooth_field(
+    rng: np.random.Generator, shape: tuple[int, int], points: int = 6, channels: int = 1, sd: float = 1.0
+) -> torch.Tensor:
+    """(channels, *shape) random fields of sd about `sd` varying over 1/`points` of the slice (bicubic from a
+    coarse normal grid)."""
+    coarse = torch.from_numpy(rng.normal(0.0, sd, (1, channels, points, points)).astype(np.float32))
+    return F.interpolate(coarse, size=tuple(shape), mode="bicubic", align_corners=True)[0]
+
+
 @dataclass(frozen=True)
 class RandomRot90Flip:
     """With probability `prob`, rotate by k*90 degrees (k uniform in 0..3) and flip along a random in-plane axis."""
@@ -110,8 +119,7 @@ class RandomElastic:
         if rng.random() >= self.prob or self.magnitude <= 0:
             return image, label
         height, width = image.shape[-2:]
-        coarse = rng.normal(0.0, self.magnitude, (1, 2, self.points, self.points)).astype(np.float32)
-        field = F.interpolate(torch.from_numpy(coarse), size=(height, width), mode="bicubic", align_corners=True)
+        field = _smooth_field(rng, (height, width), self.points, channels=2, sd=self.magnitude)[None]
         identity = F.affine_grid(torch.eye(2, 3)[None], [1, 1, height, width], align_corners=False)
         return _resample(image, label, identity + field.permute(0, 2, 3, 1))
 
@@ -278,22 +286,16 @@ class RandomContents:
             inside = -F.max_pool2d(-(label == index).float()[None], 3, stride=1, padding=1)[0] > 0  # the wall off
             if int(inside.sum()) < 4:
                 continue
-            texture = _smooth_field(rng, label.shape, points=16)  # mottled, as food is, at a few pixels
+            texture = _smooth_field(rng, label.shape, points=16)[0]  # mottled, as food is, at a few pixels
             hu = float(rng.uniform(*self.level_hu)) + float(rng.uniform(0, self.texture_hu)) * texture
             if rng.random() < 0.5:
                 rows = torch.linspace(0.0, 1.0, label.shape[0])[:, None].expand(label.shape)
-                depth = rows + 0.1 * _smooth_field(rng, label.shape)  # anterior first, an uneven level
+                depth = rows + 0.1 * _smooth_field(rng, label.shape)[0]  # anterior first, an uneven level
                 gas = inside & (depth <= torch.quantile(depth[inside], float(rng.uniform(0.05, self.max_gas))))
                 hu = torch.where(gas, torch.tensor(-1000.0), hu)
             units = ((hu - scale.hu_at_zero) * scale.units_per_hu).clamp(scale.low, scale.high).to(image.dtype)
             out = torch.where(inside[None], units[None], out)
         return out
-
-
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], points: int = 6) -> torch.Tensor:
-    """A random field of sd about 1 varying over 1/`points` of the slice (bicubic from a coarse normal grid)."""
-    coarse = torch.from_numpy(rng.normal(0.0, 1.0, (1, 1, points, points)).astype(np.float32))
-    return F.interpolate(coarse, size=tuple(shape), mode="bicubic", align_corners=True)[0, 0]
 
 
 _HOLLOW = (11, 12)  # stomach, duodenum
