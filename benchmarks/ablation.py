@@ -100,6 +100,8 @@ OPTIONS: dict[str, list[str]] = {
     "plus_student_lr": _sets("pipeline.student_lr=0.001"),
     "plus_drop_confident": _sets("pseudolabel.drop_least_confident=0.25"),
     "plus_finetune2": ["--finetune-epochs", "2"],
+    "plus_student96": _sets("pipeline.student_image_size=96"),
+    "plus_student96_e6": _sets("pipeline.student_image_size=96", "pipeline.student_epochs=6"),
     "plus_small_student": _sets(
         "pipeline.student_model=own", "pipeline.student_init=scratch", "student.unet_channels=[8,16,32,64]"
     ),

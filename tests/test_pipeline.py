@@ -1,5 +1,5 @@
 """selflabel run: every stage, every report artefact, honest splits, resume, refusal of changed settings, fine-tuning
-from the student's weights and the pseudo-labels' sampling weight."""
+from the student's weights, the pseudo-labels' sampling weight and a student at a grid of its own."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -219,3 +221,37 @@ def test_student_init_teacher_starts_the_student_from_the_teacher_s_best_weights
     assert read_iterations(teacher)[0]["lr"] == pytest.approx(cfg.train.lr) and cfg.train.lr > 1e-6
     with pytest.raises(SelflabelError, match="student_init teacher needs pipeline.student_model teacher"):
         load_config("cpu", overrides={"pipeline.student_init": "teacher", "pipeline.student_model": "own"})
+
+
+def test_a_student_at_a_grid_of_its_own(cohort, tmp_path):
+    """``pipeline.student_image_size`` 48 with a 32-px teacher, two rounds: the scans are cached at both grids, every
+    round's pseudo-labels are at the student's grid (round 2's made by the round-1 student from its own cache), the
+    students train, validate and predict at 48 px from weights started by the teacher's, and every model's test
+    predictions come back in the scans' own geometry."""
+    overrides = {**MICRO, "pipeline.student_image_size": 48, "pipeline.rounds": 2, "pipeline.student_init": "teacher"}
+    cfg = load_config("cpu", overrides=overrides)
+    work = tmp_path / "work"
+    run_recipe(cohort, work, cfg, progress=False)
+    for cache, side in ((work / "cache", 32), (work / "cache48", 48)):
+        images = sorted(p for p in cache.glob("*.npy") if not p.name.endswith(("_seg.npy", "_gt.npy")))
+        assert len(images) == 4 + 3 and {np.load(p).shape[1:] for p in images} == {(side, side)}
+    for round_ in (1, 2):
+        segs = sorted((work / "pseudo" / f"round{round_}" / "train").glob("*_seg.npy"))
+        assert len(segs) == 3 and {np.load(p).shape[1:] for p in segs} == {(48, 48)}
+        stats = [json.loads(p.with_name(p.name.replace("_seg.npy", ".json")).read_text()) for p in segs]
+        assert {s["train_size"] for s in stats} == {48}
+        assert all((s["changed"] is None) == (round_ == 1) for s in stats)
+    for model, side in (("teacher", 32), ("student", 48), ("student2", 48)):
+        run = work / "models" / model
+        assert load_config("paper", run / "config.yaml").preprocess.image_size == side
+        caches = {Path(s["cache_dir"]).name for s in json.loads((run / "split.json").read_text())["sources"]}
+        assert caches == {"cache" if side == 32 else "cache48"}
+    labels = sorted((cohort / "labelsTs").glob("*.nii.gz"))
+    assert len(labels) == 2
+    for label in labels:
+        pred = nib.load(work / "eval" / "student2" / "test" / "pred" / label.name)
+        assert pred.shape == nib.load(label).shape and np.allclose(pred.affine, nib.load(label).affine)
+    with pytest.raises(SelflabelError, match="student_image_size must be 0"):
+        load_config("cpu", overrides={"pipeline.student_image_size": 4})
+    with pytest.raises(SelflabelError, match="needs a unet"):
+        load_config("cpu", overrides={"model.name": "swin_unet", "pipeline.student_image_size": 96})

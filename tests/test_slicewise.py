@@ -85,3 +85,21 @@ def test_resized_argmax_on_real_organ_borders(real_ct):
     expected = resize_slices(probs, 224).argmax(1).to(torch.uint8)
     assert len(expected.unique()) > 5
     assert torch.equal(resized_argmax(probs, (224, 224)), expected)
+
+
+def test_model_grid_maps_at_a_student_s_grid_are_the_resized_probabilities():
+    """`lowres_size` (a student of a finer grid): the model-grid labels and confidence are the arg-max and maximum
+    of the softmax resized to that side; at the model's own side, or without it, they are those of the model grid."""
+    torch.manual_seed(1)
+    model = Pointwise().eval()
+    volume = torch.randn(5, 8, 8)
+    probs = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=2)])
+    finer = predict_volume(model, volume, (16, 16), batch_size=2, with_confidence=True, with_lowres=True,
+                           lowres_size=12)  # fmt: skip
+    resized = resize_slices(probs, (12, 12))
+    assert finer.lowres_labels.shape == finer.lowres_confidence.shape == (5, 12, 12)
+    assert np.array_equal(finer.lowres_labels, resized.argmax(1).numpy())
+    assert np.allclose(finer.lowres_confidence, resized.amax(1).numpy(), atol=1e-3)
+    own = predict_volume(model, volume, (16, 16), batch_size=2, with_confidence=True, with_lowres=True, lowres_size=8)
+    assert np.array_equal(own.lowres_labels, probs.argmax(1).numpy())
+    assert np.array_equal(own.labels, finer.labels)  # the full-grid labels do not depend on it

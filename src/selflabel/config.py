@@ -236,6 +236,10 @@ class PipelineConfig:
         best weights, so that a short schedule goes into the pseudo-labelled cases rather than into learning
         anatomy again (needs ``student_model: teacher``; from round 2 the teacher is the previous student).
     student_lr: each student's initial learning rate (0 = `train.lr`, as in the paper); poly decay as in training.
+    student_image_size: the in-plane grid (pixels) of every student and of the fine-tuned student (0 = the teacher's
+        `preprocess.image_size`): a finer grid holds small organs and borders better, at its cost in time; the
+        teacher's pseudo-labels are resized to it as probabilities, and the labelled and unlabelled scans are cached
+        at it too.
     """
 
     train_fraction: float = 0.4
@@ -247,6 +251,7 @@ class PipelineConfig:
     student_augment: Literal["same", "strong"] = "same"
     student_init: Literal["scratch", "teacher"] = "scratch"
     student_lr: float = 0.0
+    student_image_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -403,6 +408,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"preprocess.crop_margin_mm must be >= 0, got {p.crop_margin_mm}")
     if p.image_size < 8:
         raise ConfigError(f"preprocess.image_size must be at least 8, got {p.image_size}")
+    if pl.student_image_size and pl.student_image_size < 8:
+        size = pl.student_image_size
+        raise ConfigError(f"pipeline.student_image_size must be 0 (the teacher's grid) or at least 8, got {size}")
     if config.model.context < 0:
         raise ConfigError(f"model.context must be >= 0, got {config.model.context}")
     for section, model in (("model", config.model), ("student", config.student)):
@@ -443,6 +451,11 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "pipeline.student_init teacher needs pipeline.student_model teacher (the same network); "
             "set pipeline.student_init=scratch for a student of its own"
+        )
+    if pl.student_init == "teacher" and pl.student_image_size not in (0, p.image_size) and config.model.name != "unet":
+        raise ConfigError(
+            f"pipeline.student_init teacher with a student grid of its own needs a unet (a {config.model.name}'s "
+            "weights depend on its grid); set pipeline.student_init=scratch or pipeline.student_image_size=0"
         )
     for name in ("drop_least_confident", "drop_most_changed"):
         if not 0 <= getattr(config.pseudolabel, name) < 1:

@@ -104,10 +104,19 @@ def select_cases(stats: Sequence[dict[str, Any]], cfg: PseudoLabelConfig) -> Sel
 
 
 class PseudoLabeller:
-    """Writes pseudo-labels of cached cases with `predictor` into `out_dir`."""
+    """Writes pseudo-labels of cached cases with `predictor` into `out_dir`; training labels at `train_size`
+    (the student's grid; None = the predictor's own)."""
 
-    def __init__(self, predictor: Predictor, cache_dir: Path, out_dir: Path, previous_dir: Path | None = None):
+    def __init__(
+        self,
+        predictor: Predictor,
+        cache_dir: Path,
+        out_dir: Path,
+        previous_dir: Path | None = None,
+        train_size: int | None = None,
+    ):
         self.predictor = predictor
+        self.train_size = train_size or predictor.config.preprocess.image_size
         self.cache_dir = Path(cache_dir)
         self.out_dir = Path(out_dir)
         self.train_dir = self.out_dir / "train"
@@ -117,14 +126,15 @@ class PseudoLabeller:
         self.train_dir.mkdir(parents=True, exist_ok=True)
 
     def is_done(self, case: Case) -> bool:
-        """Labelled already, with the same confidence threshold, weights and previous round (or none)."""
+        """Labelled already, with the same confidence threshold, weights, grid and previous round (or none)."""
         meta = CacheEntry(self.train_dir, case.name).meta
         if not meta.is_file():
             return False
         stats = json.loads(meta.read_text())
         same_previous = (stats.get("changed") is not None) == (self.previous_dir is not None)
         same_weights = stats.get("soft_weights", False) == self.cfg.soft_weights
-        return stats.get("confidence_tau") == self.cfg.confidence_tau and same_previous and same_weights
+        same_grid = stats.get("train_size", self.predictor.config.preprocess.image_size) == self.train_size
+        return stats.get("confidence_tau") == self.cfg.confidence_tau and same_previous and same_weights and same_grid
 
     def label(self, case: Case) -> None:
         """Predict one cached case and write its NIfTI, training labels and statistics (the JSON last)."""
@@ -133,8 +143,9 @@ class PseudoLabeller:
         volume = torch.from_numpy(np.load(entry.image).astype(np.float32))
         affine = np.asarray(meta["affine"])
         pred = self.predictor.predict_prepared(
-            volume, CropBox.from_list(meta["crop"]), with_confidence=True, slice_mm=meta["canonical_spacing"][0]
-        )
+            volume, CropBox.from_list(meta["crop"]), with_confidence=True, slice_mm=meta["canonical_spacing"][0],
+            lowres_size=self.train_size,
+        )  # fmt: skip
         header = read_header(case.image)  # a NIfTI file's own header, or a DICOM series' geometry
         labels = np.asfortranarray(from_canonical(pred.labels, affine))  # NIfTI's voxel order: no transposing copy
         write_nifti(self.out_dir / output_name(case), labels, reference=Volume(labels, affine, header))
@@ -154,6 +165,7 @@ class PseudoLabeller:
             "organ_slices": organ_slices(train_labels),
             "confidence_tau": self.cfg.confidence_tau,
             "soft_weights": self.cfg.soft_weights,
+            "train_size": self.train_size,
         }
         atomic_write_json(target.meta, stats)
 
@@ -219,17 +231,20 @@ def pseudolabel_cases(
     num_parts: int | None = None,
     part_id: int | None = None,
     progress: bool = True,
+    train_size: int | None = None,
 ) -> tuple[BatchReport, Selection | None]:
     """Cache (if needed) and pseudo-label `cases`; rank 0 then writes the table, the selection and config.yaml.
 
     Sharded by `num_parts`/`part_id` or by torchrun rank; finished cases are skipped unless `overwrite`.
+    `train_size`: the in-plane side of the training labels (a student's grid; None = the predictor's).
     """
     info = dist_info()
     init_distributed(info, next(predictor.model.parameters()).device)
     parts, part = resolve_parts(num_parts, part_id, info)
     mine = shard(cases, parts, part)
     cached = preprocess_cases(mine, cache_dir, predictor.config.preprocess, progress=progress)
-    labeller = PseudoLabeller(predictor, Path(cache_dir), Path(out_dir), Path(previous_dir) if previous_dir else None)
+    previous = Path(previous_dir) if previous_dir else None
+    labeller = PseudoLabeller(predictor, Path(cache_dir), Path(out_dir), previous, train_size)
     if info.is_main:
         save_config(predictor.config, Path(out_dir) / "config.yaml")
 

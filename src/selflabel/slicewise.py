@@ -112,8 +112,9 @@ class VolumePrediction:
     """Labels (Z, H, W) uint8 and, on request, per-voxel confidence maps at the same grid (float16).
 
     confidence: maximum softmax probability; entropy: of the softmax distribution, in nats.
-    lowres_labels, lowres_confidence: arg-max and maximum probability at the model's grid (Z, S, S), the training
-    labels of a student and their confidence.
+    lowres_labels, lowres_confidence: arg-max and maximum probability at the model's grid (Z, S, S), or at the
+    grid a student of another size trains at (the probabilities resized to it first): the training labels of a
+    student and their confidence.
     """
 
     labels: np.ndarray
@@ -134,14 +135,18 @@ def predict_volume(
     tta_flip: bool = False,
     with_confidence: bool = False,
     with_lowres: bool = False,
+    lowres_size: int | None = None,
 ) -> VolumePrediction:
-    """Predict every axial slice of a preprocessed (Z, S, S) volume and return labels at (Z, H, W)."""
-    depth = volume.shape[0]
+    """Predict every axial slice of a preprocessed (Z, S, S) volume and return labels at (Z, H, W).
+
+    `lowres_size`: the in-plane side of the model-grid maps (None = the volume's S).
+    """
+    depth, side = volume.shape[0], lowres_size or volume.shape[-1]
     labels = np.empty((depth, *out_hw), dtype=np.uint8)
     confidence = np.empty((depth, *out_hw), dtype=np.float16) if with_confidence else None
     entropy = np.empty((depth, *out_hw), dtype=np.float16) if with_confidence else None
-    lowres = np.empty(tuple(volume.shape), dtype=np.uint8) if with_lowres else None
-    lowres_conf = np.empty(tuple(volume.shape), dtype=np.float16) if with_lowres else None
+    lowres = np.empty((depth, side, side), dtype=np.uint8) if with_lowres else None
+    lowres_conf = np.empty((depth, side, side), dtype=np.float16) if with_lowres else None
     for start, probs in slice_probabilities(
         model, volume, context=context, batch_size=batch_size, amp=amp, tta_flip=tta_flip
     ):
@@ -150,7 +155,7 @@ def predict_volume(
         # memory (benchmarks/RESULTS.md has the NCHW comparison).
         probs = probs.contiguous(memory_format=torch.channels_last)
         if lowres is not None:
-            top, arg = probs.max(1)
+            top, arg = (probs if side == probs.shape[-1] else resize_slices(probs, (side, side))).max(1)
             lowres[start:stop] = arg.to(torch.uint8).cpu().numpy()
             lowres_conf[start:stop] = top.half().cpu().numpy()
         if confidence is None:
@@ -168,7 +173,7 @@ def predict_in_box(model: torch.nn.Module, volume: torch.Tensor, box: CropBox, *
     """`predict_volume` of a volume cropped to `box`, with its full-grid maps pasted back into the whole slice.
 
     Outside the box the labels are background, the confidence 1 and the entropy 0; the model-grid maps
-    (`lowres_labels`, `lowres_confidence`) stay at the crop's grid, as the cache holds it.
+    (`lowres_labels`, `lowres_confidence`) stay at the crop's grid, as the cache holds it (at `lowres_size`).
     """
     pred = predict_volume(model, volume, box.size, **options)
     return VolumePrediction(

@@ -12,8 +12,9 @@ Stages (`selflabel.pipeline.stages` keeps the markers, settings checks and resum
    FLARE's per-case efficiency figures;
 7. ``report``: tables, figures and ``summary.json``.
 
-Layout of WORK: config.yaml, split.json, stages/, cache/, models/<name>/ (run folders), pseudo/round<r>/,
-eval/<model>/<split>/ (pred/, metrics.csv, efficiency.json), report/.
+Layout of WORK: config.yaml, split.json, stages/, cache/ (cache<S>/ too for students at a grid of their own,
+``pipeline.student_image_size``), models/<name>/ (run folders), pseudo/round<r>/, eval/<model>/<split>/ (pred/,
+metrics.csv, efficiency.json), report/.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class Pipeline:
             raise SelflabelError(f"{self.data_dir}: no unlabelled cases (unlabeledTr/) to pseudo-label")
         self.cfg = plan(cfg, self._labelled(self._split(cfg)[0]), self.dataset.label_values)
         self.cache = self.work / "cache"
+        self.student_size = self.cfg.pipeline.student_image_size or self.cfg.preprocess.image_size
+        own_grid = self.student_size != self.cfg.preprocess.image_size
+        self.student_cache = self.work / f"cache{self.student_size}" if own_grid else self.cache
         self.models = model_names(self.cfg)
         self.runner = StageRunner(self.work, config_to_dict(self.cfg), {"data_dir": str(self.data_dir.resolve())})
 
@@ -86,14 +90,15 @@ class Pipeline:
     # ---- stages ----
 
     def stages(self) -> list[Stage]:
-        base = ("seed", "preprocess", "pipeline.train_fraction")
+        base = ("seed", "preprocess", "pipeline.train_fraction", "pipeline.student_image_size")
         train = (*base, "model", "augment", "train")
         student = (*train, "student", "inference", "pseudolabel", "pipeline.student_epochs", "pipeline.student_model",
                    "pipeline.student_augment", "pipeline.student_init", "pipeline.student_lr")  # fmt: skip
         pseudo = (*train, "inference", "pseudolabel")
+        caches = tuple(dict.fromkeys(("cache", self.student_cache.name)))
         stages = [
-            Stage("prepare", base, ("split.json", "cache"), self._prepare),
-            Stage("teacher", train, ("models/teacher",), lambda: self._train_model("teacher", [])),
+            Stage("prepare", base, ("split.json", *caches), self._prepare),
+            Stage("teacher", train, ("models/teacher",), self._teacher),
         ]
         for r in range(1, self.cfg.pipeline.rounds + 1):
             teacher_sections = pseudo if r == 1 else student  # from round 2 a student is the teacher
@@ -115,21 +120,26 @@ class Pipeline:
         train, val = self._split(self.cfg)
         atomic_write_json(self.work / "split.json", {"train": train, "validation": val})
         groups = [(self.dataset.training, self.dataset.label_values), (self.dataset.unlabeled, None)]
-        for cases, label_values in groups:
-            report = preprocess_cases(cases, self.cache, self.cfg.preprocess, label_values, progress=self.progress)
-            report.raise_if_failed()
+        grids = {self.cache: self.cfg.preprocess, self.student_cache: self._student_config().preprocess}
+        for cache, settings in grids.items():
+            for cases, label_values in groups:
+                report = preprocess_cases(cases, cache, settings, label_values, progress=self.progress)
+                report.raise_if_failed()
         say(f"    {len(train)} training, {len(val)} validation, {len(self.dataset.unlabeled)} unlabelled cases")
 
     def _train_model(
-        self, name: str, extra: list[Source], overrides: dict[str, Any] | None = None, init_from: Path | None = None
+        self, name: str, extra: list[Source], cfg: Config, cache: Path, init_from: Path | None = None
     ) -> None:
         split = self.split
         result = train_model(
-            apply_overrides(self.cfg, overrides or {}), self.run_dir(name),
-            sources=[Source(self.cache, tuple(split["train"])), *extra], val_cases=split["validation"],
-            val_cache=self.cache, labels=self.dataset.labels, progress=self.progress, init_from=init_from,
+            cfg, self.run_dir(name), sources=[Source(cache, tuple(split["train"])), *extra],
+            val_cases=split["validation"], val_cache=cache, labels=self.dataset.labels, progress=self.progress,
+            init_from=init_from,
         )  # fmt: skip
         say(f"    {name}: {result.epochs} epochs, {result.seconds:.0f} s, best epoch {result.best_epoch}")
+
+    def _teacher(self) -> None:
+        self._train_model("teacher", [], self.cfg, self.cache)
 
     def _settings_for_prediction(self) -> dict[str, Any]:
         """This run's inference and pseudo-label sections, which every trained model predicts with."""
@@ -140,42 +150,44 @@ class Pipeline:
         teacher = load_teacher(self.run_dir(self.models[round_ - 1]), self._settings_for_prediction())
         previous = self.pseudo_dir(round_ - 1) if round_ > 1 else None
         report, selection = pseudolabel_cases(
-            teacher, self.dataset.unlabeled, cache_dir=self.cache, out_dir=self.pseudo_dir(round_),
-            previous_dir=previous, progress=self.progress,
+            teacher, self.dataset.unlabeled, cache_dir=self.cache if round_ == 1 else self.student_cache,
+            out_dir=self.pseudo_dir(round_), previous_dir=previous, progress=self.progress,
+            train_size=self.student_size,
         )  # fmt: skip
         report.raise_if_failed()
         say(f"    {len(selection.kept)} of {len(self.dataset.unlabeled)} pseudo-labelled cases kept")
 
-    def _student_settings(self) -> dict[str, Any]:
-        """What a student changes in the settings: its own network, strong augmentation, its own learning rate (as
-        configured)."""
+    def _student_config(self, overrides: dict[str, Any] | None = None) -> Config:
+        """A student's settings: its own network, grid, strong augmentation and learning rate (as configured), then
+        `overrides`."""
         p = self.cfg.pipeline
-        overrides: dict[str, Any] = {}
+        settings: dict[str, Any] = {"preprocess.image_size": self.student_size}
         if p.student_model == "own":
-            overrides["model"] = config_to_dict(self.cfg)["student"]
+            settings["model"] = config_to_dict(self.cfg)["student"]
         if p.student_augment == "strong":
-            overrides["augment.strong"] = True
+            settings["augment.strong"] = True
         if p.student_lr > 0:
-            overrides["train.lr"] = p.student_lr
-        return overrides
+            settings["train.lr"] = p.student_lr
+        return apply_overrides(self.cfg, {**settings, **(overrides or {})})
 
     def _student(self, round_: int) -> None:
         kept = json.loads((self.pseudo_dir(round_) / "selected.json").read_text())["kept"]
         label_dir = self.pseudo_dir(round_) / "train"
         weights = self.cfg.pseudolabel.soft_weights
-        pseudo = Source(self.cache, tuple(kept), label_dir, self.cfg.train.pseudo_weight, voxel_weights=weights)
+        cache = self.student_cache
+        pseudo = Source(cache, tuple(kept), label_dir, self.cfg.train.pseudo_weight, voxel_weights=weights)
         epochs = self.cfg.pipeline.student_epochs or self.cfg.train.epochs
         init = (
             self.run_dir(self.models[round_ - 1]) / "best.pt" if self.cfg.pipeline.student_init == "teacher" else None
         )
-        overrides = {**self._student_settings(), "train.epochs": epochs}
-        self._train_model(self.models[round_], [pseudo], overrides, init_from=init)
+        cfg = self._student_config({"train.epochs": epochs})
+        self._train_model(self.models[round_], [pseudo], cfg, cache, init_from=init)
 
     def _finetune(self) -> None:
         p = self.cfg.pipeline
         last_student = self.run_dir(self.models[p.rounds])
-        overrides = {**self._student_settings(), "train.epochs": p.finetune_epochs, "train.lr": p.finetune_lr}
-        self._train_model("student_finetuned", [], overrides, init_from=last_student / "best.pt")
+        cfg = self._student_config({"train.epochs": p.finetune_epochs, "train.lr": p.finetune_lr})
+        self._train_model("student_finetuned", [], cfg, self.student_cache, init_from=last_student / "best.pt")
 
     def eval_splits(self) -> dict[str, list[Case]]:
         splits = {"validation": self._labelled(self.split["validation"])}
