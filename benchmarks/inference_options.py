@@ -1,16 +1,19 @@
 """Inference-time options measured on models that benchmarks/ablation.py trained: no retraining needed.
 
 For every finished run of one ablation option (default: the preset, `baseline`), each of its models (teacher and
-final) predicts its cohort's test scans with and without in-plane flip TTA (`--tta`) and per-organ largest-3D-
-component clean-up (`--lcc`); each variant is scored with FLARE22's DSC/NSD. These are the options that change only
-prediction (issue 11, through-plane consistency and the teacher ensemble's cheapest form); when one helps on both
-cohorts it is worth a full ablation row, in which the pseudo-labels get it too.
+final) predicts its cohort's test scans with and without in-plane flip TTA (`--tta`), zoom TTA
+(`inference.tta_zoom`) and per-organ largest-3D-component clean-up (`--lcc`), the variants of `--variants`; each
+is scored with FLARE22's DSC/NSD, and the tables give each variant's difference to `plain`, overall and per organ.
+These are the options that change only prediction (issue 11, through-plane consistency and the teacher ensemble's
+cheapest form); when one helps on both cohorts it is worth a full ablation row, in which the pseudo-labels get it
+too.
 
 Rows go to <out>/inference_options.jsonl as each finishes; rows already there are skipped, so an interrupted run
 keeps what it measured.
 
-    python benchmarks/inference_options.py --ablation /tmp/ablation            # measure, then the table
-    python benchmarks/inference_options.py --ablation /tmp/ablation --table    # only the table
+    python benchmarks/inference_options.py --ablation /tmp/ablation            # measure, then the tables
+    python benchmarks/inference_options.py --ablation /tmp/ablation --variants zoom zoom_wide
+    python benchmarks/inference_options.py --ablation /tmp/ablation --table    # only the tables
 """
 
 from __future__ import annotations
@@ -31,13 +34,16 @@ from ablation import (  # the same rows format (this folder is on sys.path when 
     single_thread_env,
 )
 
-#: Variant name -> `selflabel predict` flags.
+#: Variant name -> `selflabel predict` flags (`plain` is what every other variant is compared with).
 VARIANTS: dict[str, list[str]] = {
     "plain": ["--no-tta", "--no-lcc"],
     "lcc": ["--no-tta", "--lcc"],
     "tta": ["--tta", "--no-lcc"],
     "tta_lcc": ["--tta", "--lcc"],
+    "zoom": ["--no-tta", "--no-lcc", "--set", "inference.tta_zoom=[0.9,1.1]"],
+    "zoom_wide": ["--no-tta", "--no-lcc", "--set", "inference.tta_zoom=[0.8,0.9,1.1,1.25]"],
 }
+DEFAULT_VARIANTS = ("plain", "lcc", "tta", "tta_lcc")
 MODELS = ("teacher", "final")
 
 
@@ -56,7 +62,7 @@ def _final_model(run: Path) -> str:
     return list(json.loads((run / "report" / "summary.json").read_text())["models"])[-1]
 
 
-def measure(ablation: Path, option: str, rows_path: Path) -> None:
+def measure(ablation: Path, option: str, rows_path: Path, variants: list[str]) -> None:
     done = {(r["run"], r["model"], r["variant"]) for r in read_rows(rows_path)}
     for run in sorted((ablation / "runs").glob(f"*_s*_{option}")):
         if not (run / "report" / "summary.json").is_file():
@@ -64,7 +70,8 @@ def measure(ablation: Path, option: str, rows_path: Path) -> None:
         cohort = ablation / "cohorts" / run.name[: -len(option) - 1]
         for role in MODELS:
             model = "teacher" if role == "teacher" else _final_model(run)
-            for variant, flags in VARIANTS.items():
+            for variant in ["plain", *[v for v in variants if v != "plain"]]:
+                flags = VARIANTS[variant]
                 if (run.name, role, variant) in done:
                     continue
                 work = rows_path.parent / "inference_options" / run.name / role / variant
@@ -113,20 +120,39 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def organ_table(rows: list[dict[str, Any]]) -> str:
+    """Per cohort, model and variant: each organ's test DSC minus `plain`'s on the same run, mean over runs."""
+    plain = {(r["run"], r["model"]): r for r in rows if r["variant"] == "plain"}
+    organs = list(next(iter(plain.values()))["organs"]) if plain else []
+    lines = ["| cohort | model | variant | " + " | ".join(organs) + " |", "|---|---|---|" + "---|" * len(organs)]
+    for cohort in sorted({r["cohort"] for r in rows}):
+        for role in MODELS:
+            for variant in [v for v in VARIANTS if v != "plain"]:
+                pairs = [(r, plain[(r["run"], role)]) for r in rows if r["cohort"] == cohort and r["model"] == role
+                         and r["variant"] == variant and (r["run"], role) in plain]  # fmt: skip
+                if pairs:
+                    diffs = [statistics.mean(r["organs"][o] - p["organs"][o] for r, p in pairs) for o in organs]
+                    lines.append(f"| {cohort} | {role} | {variant} | " + " | ".join(f"{d:+.3f}" for d in diffs) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ablation", type=Path, required=True, help="benchmarks/ablation.py's --out folder")
     parser.add_argument("--option", default="baseline", help="whose runs to use")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS),
+                        help="what to measure beside plain")  # fmt: skip
     parser.add_argument("--table", action="store_true", help="only print the table")
     args = parser.parse_args(argv)
     rows_path = args.ablation / "inference_options.jsonl"
     if not args.table:
         try:
-            measure(args.ablation, args.option, rows_path)
+            measure(args.ablation, args.option, rows_path, args.variants)
         except RuntimeError as exc:
             print(f"inference_options: {exc}", file=sys.stderr)
             return 1
-    print(table(read_rows(rows_path)))
+    rows = read_rows(rows_path)
+    print(table(rows), organ_table(rows), sep="\n\n")
     return 0
 
 

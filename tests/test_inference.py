@@ -137,6 +137,23 @@ def test_rerun_skips_finished_cases_and_overwrite_rewrites_them(tiny_run, tmp_pa
     assert sorted(p.name for p in outputs.iterdir()) == [f.name for f in files]  # no temporary files left
 
 
+def test_predict_takes_inference_settings_by_set(tiny_run, tmp_path, capsys):
+    """`--set inference.tta_zoom=[...]` reaches the prediction (a barely trained model's labels change; the zoom's
+    own correctness is tests/test_slicewise.py's); a bad value is a one-line error and writes nothing."""
+    inputs = tmp_path / "in"
+    write_scans(inputs, 1)
+    base = ["predict", "-m", tiny_run, "-i", inputs, "--device", "cpu", "--quiet"]
+    labels = {}
+    for name, extra in [("plain", []), ("zoom", ["--set", "inference.tta_zoom=[0.8,1.25]"])]:
+        code, _out, err = run_cli([*base, "-o", tmp_path / name, *extra], capsys)
+        assert code == 0, err
+        labels[name] = np.asarray(nib.load(tmp_path / name / "Case_00001.nii.gz").dataobj)
+    assert labels["plain"].shape == labels["zoom"].shape and np.any(labels["plain"] != labels["zoom"])
+    code, _out, err = run_cli([*base, "-o", tmp_path / "bad", "--set", "inference.tta_zoom=[4]"], capsys)
+    assert code != 0 and "inference.tta_zoom" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
 def test_parts_cover_every_case_exactly_once(tiny_run, tmp_path):
     write_scans(tmp_path / "in", 7)
     written = []

@@ -1,5 +1,5 @@
-"""selflabel.slicewise: flip TTA, and the resized arg-max (borders only) against the full resize, on random and on
-real organ probabilities."""
+"""selflabel.slicewise: flip and zoom TTA, and the resized arg-max (borders only) against the full resize, on random
+and on real organ probabilities."""
 
 from __future__ import annotations
 
@@ -52,6 +52,53 @@ def test_flip_tta_averages_the_unflipped_predictions_of_the_flipped_inputs():
         probs += [torch.flip(torch.softmax(model(torch.flip(x, (d,))), 1), (d,)) for d in (-1, -2)]
     assert torch.allclose(tta, sum(probs) / 3, atol=1e-6)
     assert not torch.allclose(tta, probs[0], atol=1e-3)
+
+
+class Threshold(torch.nn.Module):
+    """Organ (class 1) where the input is above 0, background elsewhere: a model that is exactly zoom-equivariant."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(20.0))  # a parameter tells the prediction its device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([-x, x], 1) * self.gain
+
+
+def _disk(side: int, radius: float) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(side) - side / 2 + 0.5, torch.arange(side) - side / 2 + 0.5, indexing="ij")
+    return torch.where(yy**2 + xx**2 < radius**2, 1.0, -1.0)
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.25])
+def test_a_zoomed_view_is_mapped_back_onto_the_unzoomed_slice(factor):
+    """A zoom-equivariant model's zoomed prediction, mapped back, is the unzoomed one (a wrong direction would
+    scale the disk by factor squared), and a zoom in leaves the border unseen (coverage 0)."""
+    from selflabel.slicewise import _zoomed_probabilities
+
+    disk = _disk(64, 12)[None, None]
+    probs, coverage = _zoomed_probabilities(Threshold(), disk, factor)
+    organ = probs[0, 1] > 0.5 * coverage[0, 0]
+    truth = disk[0, 0] > 0
+    assert (organ ^ truth).sum() <= 0.05 * truth.sum()
+    assert coverage.min() == (0.0 if factor > 1 else pytest.approx(1.0))
+    assert torch.allclose(probs.sum(1, keepdim=True), coverage, atol=1e-5)
+
+
+def test_zoom_tta_averages_every_view_by_how_much_of_it_the_model_saw():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 3, 5, padding=2).eval()  # neither pointwise nor zoom-equivariant
+    volume = torch.randn(3, 32, 32)
+    plain = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=2)])
+    tta = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=2, tta_zoom=(0.9, 1.2))])
+    assert tta.shape == plain.shape
+    assert torch.allclose(tta.sum(1), torch.ones(3, 32, 32), atol=1e-5)  # still distributions, border included
+    assert not torch.allclose(tta, plain, atol=1e-2)
+    # the threshold model on a disk: every view agrees, so the mean is the plain prediction away from the rim
+    disk = _disk(48, 10)[None].expand(2, 48, 48)
+    plain = predict_volume(Threshold(), disk, (48, 48)).labels
+    tta = predict_volume(Threshold(), disk, (48, 48), tta_zoom=(0.8, 1.25)).labels
+    assert plain.sum() > 0 and (plain != tta).sum() <= 0.05 * plain.sum()
 
 
 @pytest.mark.parametrize(

@@ -212,6 +212,7 @@ def predict(
     lcc: LccOption = None,
     z_range: ZRangeOption = None,
     device: DeviceOption = None,
+    sets: SetOption = None,
     profile: Annotated[
         Path | None, typer.Option(help="Write FLARE's efficiency record (JSON + PNG) into this folder.")
     ] = None,
@@ -220,7 +221,7 @@ def predict(
     """Segment every scan of a folder; NIfTI out with the input's geometry; resumable and sharded."""
     from selflabel.inference import predict_folder
 
-    overrides = _given(
+    overrides = parse_sets(sets) | _given(
         {"inference.batch_size": batch_size, "inference.tta_flip": tta, "inference.largest_component": lcc,
          "inference.z_range": z_range, "inference.device": device}
     )  # fmt: skip

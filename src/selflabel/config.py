@@ -178,8 +178,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Whole-volume prediction: batched axial slices, optional flip TTA and clean-ups.
+    """Whole-volume prediction: batched axial slices, optional flip and zoom TTA and clean-ups.
 
+    tta_zoom: in-plane zoom factors (e.g. ``[0.9, 1.1]``; > 1 shows the organs larger) whose probabilities, mapped
+        back, are averaged with the unzoomed slice's (empty = off); each factor costs one more forward pass.
     largest_component: keep each organ's largest 3D connected component.
     z_range: ``"all"`` slices, or ``"main_slab"``: only the axial slab holding most of the predicted organ voxels
         (runs of slices with organs, gaps of up to `z_gap_mm` bridged) keeps its labels; organs "found" in the
@@ -188,6 +190,7 @@ class InferenceConfig:
 
     batch_size: int = 32
     tta_flip: bool = False
+    tta_zoom: tuple[float, ...] = ()
     largest_component: bool = False
     z_range: Literal["all", "main_slab"] = "all"
     z_gap_mm: float = 30.0
@@ -428,6 +431,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.pseudo_weight must be positive, got {t.pseudo_weight}")
     if config.inference.z_gap_mm < 0:
         raise ConfigError(f"inference.z_gap_mm must be >= 0, got {config.inference.z_gap_mm}")
+    if any(not 0.5 <= f <= 2 for f in config.inference.tta_zoom):
+        raise ConfigError(f"inference.tta_zoom factors must be in [0.5, 2], got {list(config.inference.tta_zoom)}")
     if pl.finetune_lr <= 0:
         raise ConfigError(f"pipeline.finetune_lr must be positive, got {pl.finetune_lr}")
     if pl.student_lr < 0:

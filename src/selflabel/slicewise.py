@@ -1,4 +1,4 @@
-"""Apply a 2D network to every axial slice of a volume: batched, mixed precision, optional flip TTA.
+"""Apply a 2D network to every axial slice of a volume: batched, mixed precision, optional flip and zoom TTA.
 
 Shared by validation during training and by inference/pseudo-labelling, so both score exactly the same thing.
 Input is a preprocessed volume at the model's grid, (Z, S, S); output labels are at any in-plane size (H, W):
@@ -27,6 +27,27 @@ def context_stack(volume: torch.Tensor, start: int, stop: int, context: int) -> 
     return volume[index]
 
 
+def zoom_grid(factor: float, batch: int, side: int, device: torch.device) -> torch.Tensor:
+    """The `grid_sample` grid that zooms (B, C, side, side) slices about their centre by `factor` (> 1 enlarges)."""
+    theta = torch.tensor([[1 / factor, 0, 0], [0, 1 / factor, 0]], dtype=torch.float32, device=device)
+    return torch.nn.functional.affine_grid(theta.expand(batch, 2, 3), [batch, 1, side, side], align_corners=False)
+
+
+def _zoomed_probabilities(model: torch.nn.Module, x: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax of `x` zoomed by `factor`, mapped back to `x`'s frame: (probabilities, coverage (B, 1, S, S)).
+
+    The input is padded with its edge (air, in a body box); where a zoom > 1 left the view, the probabilities and
+    the coverage are 0, so that a weighted mean uses only what the model saw.
+    """
+    batch, side = x.shape[0], x.shape[-1]
+    sample = torch.nn.functional.grid_sample
+    zoomed = sample(x, zoom_grid(factor, batch, side, x.device), padding_mode="border", align_corners=False)
+    p = torch.softmax(model(zoomed).float(), dim=1)
+    back = zoom_grid(1 / factor, batch, side, x.device)
+    coverage = sample(torch.ones_like(p[:, :1]), back, padding_mode="zeros", align_corners=False)
+    return sample(p, back, padding_mode="zeros", align_corners=False), coverage
+
+
 def slice_probabilities(
     model: torch.nn.Module,
     volume: torch.Tensor,
@@ -35,28 +56,34 @@ def slice_probabilities(
     batch_size: int = 32,
     amp: str = "auto",
     tta_flip: bool = False,
+    tta_zoom: tuple[float, ...] = (),
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(first_slice, softmax probabilities (B, C, S, S) float32)`` batch by batch, on the model's device.
 
-    With `tta_flip`, the probabilities are averaged over the identity and the two in-plane flips.
+    With `tta_flip`, the probabilities are averaged over the identity and the two in-plane flips; with `tta_zoom`,
+    also over the slices zoomed about their centre by each factor (each view weighted by how much of a pixel it
+    saw).
     """
     device = next(model.parameters()).device
     dtype = amp_dtype(amp, device)
     channels_last = device.type == "cuda"
+    flips = [(), (-1,), (-2,)] if tta_flip else [()]
     for start in range(0, volume.shape[0], batch_size):
         stop = min(start + batch_size, volume.shape[0])
         x = context_stack(volume, start, stop, context).to(device, torch.float32, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        flips = [(), (-1,), (-2,)] if tta_flip else [()]
         with torch.inference_mode(), autocast(device, dtype):
-            probs = None
+            probs, weight = 0.0, 0.0
             for dims in flips:
                 xi = torch.flip(x, dims) if dims else x
                 p = torch.softmax(model(xi).float(), dim=1)
-                p = torch.flip(p, dims) if dims else p
-                probs = p if probs is None else probs + p
-        yield start, probs / len(flips)
+                probs, weight = probs + (torch.flip(p, dims) if dims else p), weight + 1.0
+                for factor in tta_zoom:
+                    p, seen = _zoomed_probabilities(model, xi, factor)
+                    probs = probs + (torch.flip(p, dims) if dims else p)
+                    weight = weight + (torch.flip(seen, dims) if dims else seen)
+        yield start, probs / weight
 
 
 def _source_index(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,6 +160,7 @@ def predict_volume(
     batch_size: int = 32,
     amp: str = "auto",
     tta_flip: bool = False,
+    tta_zoom: tuple[float, ...] = (),
     with_confidence: bool = False,
     with_lowres: bool = False,
     lowres_size: int | None = None,
@@ -148,7 +176,7 @@ def predict_volume(
     lowres = np.empty((depth, side, side), dtype=np.uint8) if with_lowres else None
     lowres_conf = np.empty((depth, side, side), dtype=np.float16) if with_lowres else None
     for start, probs in slice_probabilities(
-        model, volume, context=context, batch_size=batch_size, amp=amp, tta_flip=tta_flip
+        model, volume, context=context, batch_size=batch_size, amp=amp, tta_flip=tta_flip, tta_zoom=tta_zoom
     ):
         stop = start + probs.shape[0]
         # Classes innermost: the resize keeps that layout, and the reductions over classes below read contiguous

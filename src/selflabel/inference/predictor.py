@@ -92,7 +92,8 @@ class Predictor(LoadedModel):
         box = box if isinstance(box, CropBox) else CropBox.full(*box)
         pred = predict_in_box(
             self.model, volume, box, context=self.spec.context, batch_size=s.batch_size, amp=s.amp,
-            tta_flip=s.tta_flip, with_confidence=with_confidence, with_lowres=with_confidence, lowres_size=lowres_size,
+            tta_flip=s.tta_flip, tta_zoom=s.tta_zoom, with_confidence=with_confidence, with_lowres=with_confidence,
+            lowres_size=lowres_size,
         )  # fmt: skip
         if s.largest_component:
             largest_components(pred.labels)
