@@ -7,7 +7,10 @@ up without labels, and draws the predictions over the scan (axial, coronal, sagi
 With `--reference` (an approximate reference of liver, spleen and aorta from `real_patient_reference.py`), it
 also prints each of those organs' DSC and their mean.
 
-    python benchmarks/real_patient.py --out /tmp/real_patient [--reference REF.nii.gz] RUN_DIR [RUN_DIR ...]
+    python benchmarks/real_patient.py --out /tmp/real_patient [--reference REF.nii.gz] [--set KEY=VALUE ...] \
+        RUN_DIR [RUN_DIR ...]
+
+`--set` passes settings on to `selflabel predict` (e.g. `--set inference.tta_zoom=[0.9,1.1]`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--series", type=Path, default=SERIES)
     parser.add_argument("--reference", type=Path, help="approximate reference labels (real_patient_reference.py)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="a setting for selflabel predict")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     image_path = args.out / "image.nii.gz"
@@ -70,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         name = f"{run.parent.parent.name}_{run.name}"
         pred = args.out / name
+        sets = [arg for kv in args.sets for arg in ("--set", kv)]
         command = [sys.executable, "-m", "selflabel.cli", "predict", "-m", str(run), "-i", str(args.series.parent),
-                   "-o", str(pred), "--overwrite", "--quiet"]  # fmt: skip
+                   "-o", str(pred), "--overwrite", "--quiet", *sets]  # fmt: skip
         subprocess.run(command, check=True)
         label_path = pred / f"{args.series.name}.nii.gz"
         print(f"{name}:\n" + "\n".join(describe(image_path, label_path)), flush=True)
