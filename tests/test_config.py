@@ -36,6 +36,7 @@ def test_saved_config_reloads_equal(tmp_path):
         ({"inference.z_range": "abdomen"}, "inference.z_range: 'abdomen' is not one of"),
         ({"inference.z_gap_mm": -5}, "inference.z_gap_mm must be >= 0"),
         ({"inference.tta_zoom": [0.9, 3]}, "inference.tta_zoom factors must be in"),
+        ({"inference.min_component_fraction": 1.0}, "inference.min_component_fraction must be in"),
         ({"train.ema_decay": 1.0}, "train.ema_decay must be in"),
         ({"augment.elastic_prob": 1.5}, "augment.elastic_prob must be in"),
         ({"augment.elastic_magnitude": -0.1}, "augment.elastic_magnitude >= 0"),

@@ -214,6 +214,19 @@ def test_largest_component_per_organ_with_26_connectivity():
     assert np.count_nonzero(out == 1) == 4 and np.count_nonzero(out == 3) == 8
 
 
+def test_components_above_a_fraction_of_the_largest_are_kept():
+    labels = np.zeros((8, 8, 8), dtype=np.uint8)
+    labels[0:4, 0:5, 0:5] = 1  # 100 voxels: the largest
+    labels[6:8, 0:5, 0:3] = 1  # 30 voxels, apart
+    labels[7, 7, 7] = 1  # 1 voxel
+    labels[0:2, 6:8, 6:8] = 2  # organ 2 alone: 8 voxels, always kept
+    out = largest_components(labels.copy(), 0.2)
+    assert np.count_nonzero(out == 1) == 130 and out[7, 7, 7] == 0 and np.count_nonzero(out == 2) == 8
+    assert np.count_nonzero(largest_components(labels.copy(), 0.5) == 1) == 100
+    assert np.count_nonzero(largest_components(labels.copy(), 0.001) == 1) == 131
+    assert np.array_equal(largest_components(labels.copy(), 1.0), largest_components(labels.copy()))
+
+
 def test_main_axial_slab_bridges_gaps_in_mm_and_keeps_the_heaviest_run():
     labels = np.zeros((30, 4, 4), dtype=np.uint8)
     labels[2:4] = 5  # a far run: 2 slices of 16 voxels

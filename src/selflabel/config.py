@@ -183,6 +183,9 @@ class InferenceConfig:
     tta_zoom: in-plane zoom factors (e.g. ``[0.9, 1.1]``; > 1 shows the organs larger) whose probabilities, mapped
         back, are averaged with the unzoomed slice's (empty = off); each factor costs one more forward pass.
     largest_component: keep each organ's largest 3D connected component.
+    min_component_fraction: keep each organ's largest 3D component and those at least this fraction of its size
+        (a milder clean-up than `largest_component`: a false organ far away goes, a kidney's upper pole cut off
+        between slices stays; 0 = off).
     z_range: ``"all"`` slices, or ``"main_slab"``: only the axial slab holding most of the predicted organ voxels
         (runs of slices with organs, gaps of up to `z_gap_mm` bridged) keeps its labels; organs "found" in the
         chest or legs of a longer scan, away from the abdomen, are cleared.
@@ -192,6 +195,7 @@ class InferenceConfig:
     tta_flip: bool = False
     tta_zoom: tuple[float, ...] = ()
     largest_component: bool = False
+    min_component_fraction: float = 0.0
     z_range: Literal["all", "main_slab"] = "all"
     z_gap_mm: float = 30.0
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
@@ -431,6 +435,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.pseudo_weight must be positive, got {t.pseudo_weight}")
     if config.inference.z_gap_mm < 0:
         raise ConfigError(f"inference.z_gap_mm must be >= 0, got {config.inference.z_gap_mm}")
+    if not 0 <= config.inference.min_component_fraction < 1:
+        raise ConfigError(
+            f"inference.min_component_fraction must be in [0, 1) (0 = off; the largest alone is largest_component), "
+            f"got {config.inference.min_component_fraction}"
+        )
     if any(not 0.5 <= f <= 2 for f in config.inference.tta_zoom):
         raise ConfigError(f"inference.tta_zoom factors must be in [0.5, 2], got {list(config.inference.tta_zoom)}")
     if pl.finetune_lr <= 0:

@@ -7,13 +7,20 @@ import numpy as np
 from scipy import ndimage
 
 
-def largest_components(labels: np.ndarray) -> np.ndarray:
-    """Keep, for every organ label, only its largest 26-connected component (in place; returns `labels`)."""
+def largest_components(labels: np.ndarray, min_fraction: float = 1.0) -> np.ndarray:
+    """Keep, for every organ label, its largest 26-connected component and those at least `min_fraction` of its
+    size (1 = the largest alone); the rest becomes background (in place; returns `labels`)."""
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
         mask = labels[box] == index
-        keep = cc3d.largest_k(mask, k=1, connectivity=26) > 0
+        if min_fraction >= 1:
+            keep = cc3d.largest_k(mask, k=1, connectivity=26) > 0
+        else:
+            components = cc3d.connected_components(mask, connectivity=26)
+            sizes = np.bincount(components.ravel())
+            sizes[0] = 0
+            keep = (sizes >= max(1, min_fraction * sizes.max()))[components]
         labels[box][mask & ~keep] = 0
     return labels
 

@@ -95,10 +95,11 @@ class Predictor(LoadedModel):
             tta_flip=s.tta_flip, tta_zoom=s.tta_zoom, with_confidence=with_confidence, with_lowres=with_confidence,
             lowres_size=lowres_size,
         )  # fmt: skip
-        if s.largest_component:
-            largest_components(pred.labels)
-            if pred.lowres_labels is not None:
-                largest_components(pred.lowres_labels)
+        if s.largest_component or s.min_component_fraction:
+            fraction = 1.0 if s.largest_component else s.min_component_fraction
+            for labels in (pred.labels, pred.lowres_labels):
+                if labels is not None:
+                    largest_components(labels, fraction)
         if s.z_range == "main_slab":
             keep = main_axial_slab(pred.labels, slice_mm, s.z_gap_mm)
             for labels in (pred.labels, pred.lowres_labels):
