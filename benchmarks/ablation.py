@@ -102,6 +102,9 @@ OPTIONS: dict[str, list[str]] = {
     "plus_finetune2": ["--finetune-epochs", "2"],
     "plus_student96": _sets("pipeline.student_image_size=96"),
     "plus_student96_e6": _sets("pipeline.student_image_size=96", "pipeline.student_epochs=6"),
+    "plus_rounds2_e4": _sets("pipeline.rounds=2", "pipeline.student_epochs=4"),
+    "plus_zoom_tta": _sets("inference.tta_zoom=[0.9,1.1]"),
+    "plus_pseudo_w025": _sets("train.pseudo_weight=0.25"),
     "plus_small_student": _sets(
         "pipeline.student_model=own", "pipeline.student_init=scratch", "student.unet_channels=[8,16,32,64]"
     ),
