@@ -105,6 +105,9 @@ OPTIONS: dict[str, list[str]] = {
     "plus_rounds2_e4": _sets("pipeline.rounds=2", "pipeline.student_epochs=4"),
     "plus_zoom_tta": _sets("inference.tta_zoom=[0.9,1.1]"),
     "plus_pseudo_w025": _sets("train.pseudo_weight=0.25"),
+    "plus_rounds2_e4_student96": _sets(
+        "pipeline.rounds=2", "pipeline.student_epochs=4", "pipeline.student_image_size=96"
+    ),
     "plus_small_student": _sets(
         "pipeline.student_model=own", "pipeline.student_init=scratch", "student.unet_channels=[8,16,32,64]"
     ),
