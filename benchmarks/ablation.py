@@ -108,6 +108,9 @@ OPTIONS: dict[str, list[str]] = {
     "plus_rounds2_e4_student96": _sets(
         "pipeline.rounds=2", "pipeline.student_epochs=4", "pipeline.student_image_size=96"
     ),
+    "plus_rounds2_e3_student96": _sets(
+        "pipeline.rounds=2", "pipeline.student_epochs=3", "pipeline.student_image_size=96"
+    ),
     "plus_small_student": _sets(
         "pipeline.student_model=own", "pipeline.student_init=scratch", "student.unet_channels=[8,16,32,64]"
     ),
