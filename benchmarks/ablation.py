@@ -45,8 +45,9 @@ def _sets(*pairs: str) -> list[str]:
 
 
 #: Option name -> extra `selflabel run` arguments on top of the cpu preset. Adding an option is one line here.
-#: `baseline` is the preset; `cpu_before` the cpu preset before issue 11; each `no_*` turns one of the preset's
-#: options off, each `plus_*` adds one it does not take.
+#: `baseline` is the preset; `cpu_before` the cpu preset before issue 11; `before_rounds2` the preset of commit
+#: d58c73d (one round, an 8-epoch student at the teacher's grid), `baseline` of every ablation row before session
+#: 2026-12-03 (d); each `no_*` turns one of the preset's options off, each `plus_*` adds one it does not take.
 OPTIONS: dict[str, list[str]] = {
     "baseline": [],
     "cpu_before": _sets(
@@ -59,6 +60,7 @@ OPTIONS: dict[str, list[str]] = {
         "pipeline.train_fraction=0.4",
         "pipeline.student_init=scratch",
     ),
+    "before_rounds2": _sets("pipeline.rounds=1", "pipeline.student_epochs=8", "pipeline.student_image_size=0"),
     "no_crop": _sets("preprocess.crop=none"),
     "no_ct_foreground": _sets("preprocess.normalization=percentile_zscore"),
     "no_per_organ": _sets("train.foreground_sampling=any"),
@@ -110,6 +112,12 @@ OPTIONS: dict[str, list[str]] = {
     ),
     "plus_rounds2_e3_student96": _sets(
         "pipeline.rounds=2", "pipeline.student_epochs=3", "pipeline.student_image_size=96"
+    ),
+    "plus_teacher4_rounds2_e3_student96": _sets(
+        "train.epochs=4", "pipeline.rounds=2", "pipeline.student_epochs=3", "pipeline.student_image_size=96"
+    ),
+    "plus_rounds2_e3_student88": _sets(
+        "pipeline.rounds=2", "pipeline.student_epochs=3", "pipeline.student_image_size=88"
     ),
     "plus_small_student": _sets(
         "pipeline.student_model=own", "pipeline.student_init=scratch", "student.unet_channels=[8,16,32,64]"
