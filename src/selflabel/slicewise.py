@@ -27,6 +27,10 @@ def context_stack(volume: torch.Tensor, start: int, stop: int, context: int) -> 
     return volume[index]
 
 
+def _flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return torch.flip(x, dims) if dims else x
+
+
 def zoom_grid(factor: float, batch: int, side: int, device: torch.device) -> torch.Tensor:
     """The `grid_sample` grid that zooms (B, C, side, side) slices about their centre by `factor` (> 1 enlarges)."""
     theta = torch.tensor([[1 / factor, 0, 0], [0, 1 / factor, 0]], dtype=torch.float32, device=device)
@@ -76,13 +80,11 @@ def slice_probabilities(
         with torch.inference_mode(), autocast(device, dtype):
             probs, weight = 0.0, 0.0
             for dims in flips:
-                xi = torch.flip(x, dims) if dims else x
-                p = torch.softmax(model(xi).float(), dim=1)
-                probs, weight = probs + (torch.flip(p, dims) if dims else p), weight + 1.0
-                for factor in tta_zoom:
-                    p, seen = _zoomed_probabilities(model, xi, factor)
-                    probs = probs + (torch.flip(p, dims) if dims else p)
-                    weight = weight + (torch.flip(seen, dims) if dims else seen)
+                xi = _flip(x, dims)
+                views = [(torch.softmax(model(xi).float(), dim=1), torch.ones_like(xi[:, :1]))]
+                views += [_zoomed_probabilities(model, xi, factor) for factor in tta_zoom]
+                for p, seen in views:
+                    probs, weight = probs + _flip(p, dims), weight + _flip(seen, dims)
         yield start, probs / weight
 
 
