@@ -45,9 +45,8 @@ def _sets(*pairs: str) -> list[str]:
 
 
 #: Option name -> extra `selflabel run` arguments on top of the cpu preset. Adding an option is one line here.
-#: `baseline` is the preset; `cpu_before` the cpu preset before issue 11; `before_rounds2` the preset of commit
-#: d58c73d (one round, an 8-epoch student at the teacher's grid), `baseline` of every ablation row before session
-#: 2026-12-03 (d); each `no_*` turns one of the preset's options off, each `plus_*` adds one it does not take.
+#: `baseline` is the preset; `cpu_before` the cpu preset before issue 11; each `no_*` turns one of the preset's
+#: options off, each `plus_*` adds one it does not take.
 OPTIONS: dict[str, list[str]] = {
     "baseline": [],
     "cpu_before": _sets(
@@ -60,7 +59,6 @@ OPTIONS: dict[str, list[str]] = {
         "pipeline.train_fraction=0.4",
         "pipeline.student_init=scratch",
     ),
-    "before_rounds2": _sets("pipeline.rounds=1", "pipeline.student_epochs=8", "pipeline.student_image_size=0"),
     "no_crop": _sets("preprocess.crop=none"),
     "no_ct_foreground": _sets("preprocess.normalization=percentile_zscore"),
     "no_per_organ": _sets("train.foreground_sampling=any"),

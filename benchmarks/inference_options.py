@@ -98,6 +98,12 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):+.3f} ± {sd:.3f}"
 
 
+def _pairs(rows: list[dict[str, Any]], plain: dict, cohort: str, role: str, variant: str) -> list[tuple[dict, dict]]:
+    """(row, the same run's `plain` row) for each run of `cohort` that measured `variant` for model `role`."""
+    return [(r, plain[(r["run"], role)]) for r in rows if r["cohort"] == cohort and r["model"] == role
+            and r["variant"] == variant and (r["run"], role) in plain]  # fmt: skip
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Per cohort and model: each variant's test DSC/NSD minus `plain` on the same run, mean ± sd over runs."""
     plain = {(r["run"], r["model"]): r for r in rows if r["variant"] == "plain"}
@@ -108,8 +114,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for cohort in sorted({r["cohort"] for r in rows}):
         for role in MODELS:
             for variant in VARIANTS:
-                pairs = [(r, plain[(r["run"], role)]) for r in rows if r["cohort"] == cohort and r["model"] == role
-                         and r["variant"] == variant and (r["run"], role) in plain]  # fmt: skip
+                pairs = _pairs(rows, plain, cohort, role, variant)
                 if not pairs:
                     continue
                 d_dsc = [r["dsc"] - p["dsc"] for r, p in pairs]
@@ -129,8 +134,7 @@ def organ_table(rows: list[dict[str, Any]]) -> str:
     for cohort in sorted({r["cohort"] for r in rows}):
         for role in MODELS:
             for variant in [v for v in VARIANTS if v != "plain"]:
-                pairs = [(r, plain[(r["run"], role)]) for r in rows if r["cohort"] == cohort and r["model"] == role
-                         and r["variant"] == variant and (r["run"], role) in plain]  # fmt: skip
+                pairs = _pairs(rows, plain, cohort, role, variant)
                 if pairs:
                     diffs = [statistics.mean(r["organs"][o] - p["organs"][o] for r, p in pairs) for o in organs]
                     lines.append(f"| {cohort} | {role} | {variant} | " + " | ".join(f"{d:+.3f}" for d in diffs) + " |")
