@@ -31,7 +31,7 @@ def _flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return torch.flip(x, dims) if dims else x
 
 
-def zoom_grid(factor: float, batch: int, side: int, device: torch.device) -> torch.Tensor:
+def _zoom_grid(factor: float, batch: int, side: int, device: torch.device) -> torch.Tensor:
     """The `grid_sample` grid that zooms (B, C, side, side) slices about their centre by `factor` (> 1 enlarges)."""
     theta = torch.tensor([[1 / factor, 0, 0], [0, 1 / factor, 0]], dtype=torch.float32, device=device)
     return torch.nn.functional.affine_grid(theta.expand(batch, 2, 3), [batch, 1, side, side], align_corners=False)
@@ -45,9 +45,9 @@ def _zoomed_probabilities(model: torch.nn.Module, x: torch.Tensor, factor: float
     """
     batch, side = x.shape[0], x.shape[-1]
     sample = torch.nn.functional.grid_sample
-    zoomed = sample(x, zoom_grid(factor, batch, side, x.device), padding_mode="border", align_corners=False)
+    zoomed = sample(x, _zoom_grid(factor, batch, side, x.device), padding_mode="border", align_corners=False)
     p = torch.softmax(model(zoomed).float(), dim=1)
-    back = zoom_grid(1 / factor, batch, side, x.device)
+    back = _zoom_grid(1 / factor, batch, side, x.device)
     coverage = sample(torch.ones_like(p[:, :1]), back, padding_mode="zeros", align_corners=False)
     return sample(p, back, padding_mode="zeros", align_corners=False), coverage
 
@@ -81,9 +81,9 @@ def slice_probabilities(
             probs, weight = 0.0, 0.0
             for dims in flips:
                 xi = _flip(x, dims)
-                views = [(torch.softmax(model(xi).float(), dim=1), torch.ones_like(xi[:, :1]))]
-                views += [_zoomed_probabilities(model, xi, factor) for factor in tta_zoom]
-                for p, seen in views:
+                probs, weight = probs + _flip(torch.softmax(model(xi).float(), dim=1), dims), weight + 1.0
+                for factor in tta_zoom:  # a zoomed view counts where it saw the slice: a per-pixel weight
+                    p, seen = _zoomed_probabilities(model, xi, factor)
                     probs, weight = probs + _flip(p, dims), weight + _flip(seen, dims)
         yield start, probs / weight
 
