@@ -1,6 +1,6 @@
 """Slices per second of the segmentation networks, and how close they run to this machine's matmul speed.
 
-    python benchmarks/model_speed.py                      # CPU: published Swin-Unet at 224 + the CPU preset
+    python benchmarks/model_speed.py                      # CPU: published Swin-Unet at 224, the CPU preset, U-Net
     python benchmarks/model_speed.py --device cuda --amp bf16 --channels-last --batch 32 --iters 20
 
 For each model: forward (torch.inference_mode, eval) and forward+backward (train mode, cross-entropy) slices/s,
@@ -143,8 +143,8 @@ def main() -> None:
     configs = {
         "published": ("Swin-Unet published, 224", "swin_unet", {}, 224),
         "cpu": (
-            "Swin-Unet CPU preset, 96",
-            "swin_unet",
+            f"CPU preset ({cpu_preset.model.name}), {cpu_preset.preprocess.image_size}",
+            cpu_preset.model.name,
             cpu_preset.model.options(),
             cpu_preset.preprocess.image_size,
         ),

@@ -300,3 +300,22 @@ def test_flip_tta_warns_for_a_model_trained_without_mirroring(tiny_run, tmp_path
         Predictor.from_run(unmirrored)  # no TTA: silent
     with pytest.warns(InputWarning, match=rf"{unmirrored}: flip TTA with a model trained without mirroring"):
         Predictor.from_run(unmirrored, overrides={"inference.tta_flip": True})
+
+
+def test_predictor_takes_the_trained_memory_layout_with_the_same_labels(tiny_run):
+    """Convolution weights load channels-last when the run trained so (faster on CPU too), NCHW otherwise; the
+    labels and probabilities do not depend on the layout."""
+    from selflabel.inference import Predictor
+
+    side = Predictor.from_run(tiny_run).config.preprocess.image_size
+    volume = torch.from_numpy(np.random.default_rng(0).standard_normal((5, side, side)).astype(np.float32))
+    preds = {}
+    for channels_last in (True, False):
+        predictor = Predictor.from_run(tiny_run, overrides={"train.channels_last": channels_last})
+        conv = next(p for p in predictor.model.parameters() if p.ndim == 4 and p.shape[-1] > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        preds[channels_last] = predictor.predict_prepared(volume, (side + 7, side - 3), with_confidence=True)
+    a, b = preds[True], preds[False]
+    assert a.labels.shape == (5, side + 7, side - 3)
+    assert np.mean(a.labels == b.labels) > 0.999
+    np.testing.assert_allclose(a.confidence.astype(np.float32), b.confidence.astype(np.float32), atol=2e-3)

@@ -70,13 +70,13 @@ def slice_probabilities(
     """
     device = next(model.parameters()).device
     dtype = amp_dtype(amp, device)
-    channels_last = device.type == "cuda"
     flips = [(), (-1,), (-2,)] if tta_flip else [()]
     for start in range(0, volume.shape[0], batch_size):
         stop = min(start + batch_size, volume.shape[0])
         x = context_stack(volume, start, stop, context).to(device, torch.float32, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # channels innermost on every device: oneDNN's CPU convolutions too run faster in that layout
+        # (benchmarks/RESULTS.md, "Channels-last prediction on CPU")
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(device, dtype):
             probs, weight = 0.0, 0.0
             for dims in flips:

@@ -52,13 +52,15 @@ class Predictor(LoadedModel):
     ) -> Predictor:
         """Load `best.pt` (or `latest.pt`) of a run folder; `overrides` change its saved settings (dotted keys).
 
-        The device is the resolved config's ``inference.device``.
+        The device is the resolved config's ``inference.device``; the weights take the memory layout they trained
+        in (``train.channels_last``).
         """
         state = load_run_model(run_dir, which, "cpu")
         config = apply_overrides(state.config, overrides or {})
         _warn_unseen_flips(run_dir, config)
         device = setup_device(config.inference.device, dist_info())
-        return cls(state.model.to(device), state.spec, config, state.labels)
+        layout = torch.channels_last if config.train.channels_last else torch.contiguous_format
+        return cls(state.model.to(device, memory_format=layout), state.spec, config, state.labels)
 
     def ensemble_with(self, other: Predictor) -> Predictor:
         """A predictor whose probabilities are the mean of this one's and `other`'s (same grid and classes)."""
