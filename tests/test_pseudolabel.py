@@ -47,11 +47,10 @@ def test_confidence_stats_by_hand():
     assert stats["mean_confidence"] == pytest.approx((0.8 + 0.5 + 0.95) / 3)  # foreground only: 0.75
     assert stats["mean_entropy"] == pytest.approx((0.2 + 0.6 + 0.05) / 3)  # 0.28333
     assert stats["uncertain_fraction"] == pytest.approx(2 / 3)  # 0.8 and 0.5 are under 0.85
-    assert stats["foreground_fraction"] == pytest.approx(0.5)
     empty = confidence_stats(np.zeros_like(labels), confidence, entropy, 0.85)  # no foreground: all voxels
     assert empty["mean_confidence"] == pytest.approx(4.54 / 6)
     assert empty["mean_entropy"] == pytest.approx(1.96 / 6)
-    assert empty["uncertain_fraction"] == 0.0 and empty["foreground_fraction"] == 0.0
+    assert empty["uncertain_fraction"] == 0.0
 
 
 def test_organ_volumes_in_ml_by_hand():

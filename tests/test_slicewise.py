@@ -33,11 +33,12 @@ def test_flip_tta_for_a_flip_equivariant_model_changes_nothing():
     tta = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=2, tta_flip=True)])
     assert tta.shape == plain.shape == (5, 4, 8, 8)
     assert torch.allclose(tta, plain, atol=1e-6)
-    a = predict_volume(model, volume, (12, 10), batch_size=2, with_confidence=True, with_lowres=True)
-    b = predict_volume(model, volume, (12, 10), batch_size=2, tta_flip=True, with_confidence=True, with_lowres=True)
+    a = predict_volume(model, volume, (12, 10), batch_size=2, with_confidence=True)
+    b = predict_volume(model, volume, (12, 10), batch_size=2, tta_flip=True, with_confidence=True)
     assert a.labels.shape == b.labels.shape == (5, 12, 10)
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.lowres_labels, b.lowres_labels)
-    assert np.allclose(a.confidence, b.confidence, atol=1e-3)
+    assert np.allclose(a.lowres_confidence, b.lowres_confidence, atol=1e-3)
+    assert np.allclose(a.lowres_entropy, b.lowres_entropy, atol=1e-3)
 
 
 def test_flip_tta_averages_the_unflipped_predictions_of_the_flipped_inputs():
@@ -135,18 +136,19 @@ def test_resized_argmax_on_real_organ_borders(real_ct):
 
 
 def test_model_grid_maps_at_a_student_s_grid_are_the_resized_probabilities():
-    """`lowres_size` (a student of a finer grid): the model-grid labels and confidence are the arg-max and maximum
-    of the softmax resized to that side; at the model's own side, or without it, they are those of the model grid."""
+    """`lowres_size` (a student of a finer grid): the model-grid labels, confidence and entropy are the arg-max,
+    maximum and entropy of the softmax resized to that side; at the model's own side, or without it, they are those of the model grid."""
     torch.manual_seed(1)
     model = Pointwise().eval()
     volume = torch.randn(5, 8, 8)
     probs = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=2)])
-    finer = predict_volume(model, volume, (16, 16), batch_size=2, with_confidence=True, with_lowres=True,
-                           lowres_size=12)  # fmt: skip
+    finer = predict_volume(model, volume, (16, 16), batch_size=2, with_confidence=True, lowres_size=12)
     resized = resize_slices(probs, (12, 12))
-    assert finer.lowres_labels.shape == finer.lowres_confidence.shape == (5, 12, 12)
+    assert finer.lowres_labels.shape == finer.lowres_confidence.shape == finer.lowres_entropy.shape == (5, 12, 12)
     assert np.array_equal(finer.lowres_labels, resized.argmax(1).numpy())
     assert np.allclose(finer.lowres_confidence, resized.amax(1).numpy(), atol=1e-3)
-    own = predict_volume(model, volume, (16, 16), batch_size=2, with_confidence=True, with_lowres=True, lowres_size=8)
+    entropy = -(resized * torch.log(resized.clamp_min(1e-8))).sum(1)
+    assert np.allclose(finer.lowres_entropy, entropy.numpy(), atol=2e-3) and entropy.max() > 0.1
+    own = predict_volume(model, volume, (16, 16), batch_size=2, with_confidence=True, lowres_size=8)
     assert np.array_equal(own.lowres_labels, probs.argmax(1).numpy())
     assert np.array_equal(own.labels, finer.labels)  # the full-grid labels do not depend on it

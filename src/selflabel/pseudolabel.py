@@ -3,7 +3,8 @@
 For each case: the teacher's labels as NIfTI in the input's geometry (``OUT/<case>.nii.gz``), training labels at
 the model's grid (``OUT/train/<case>_seg.npy``, optionally with voxels under a confidence threshold set to 255,
 which the loss ignores) and a JSON of statistics: mean maximum softmax probability and mean entropy over the
-predicted foreground, the fraction of that foreground under `low_confidence_tau`, organ volumes in ml, and,
+predicted foreground and the fraction of that foreground under `low_confidence_tau` (at the training labels'
+grid, where the confidence is), the foreground's share of the scan and organ volumes in ml (at the input's), and,
 when a previous round exists, the fraction of foreground voxels whose label changed (voxels that round
 ignored left out). ``pseudolabels.csv`` gathers them. Case selection (the FLARE22 winners' quality control) drops
 the least confident fraction of cases and/or those that changed most between rounds; ``selected.json`` lists the
@@ -43,8 +44,8 @@ def confidence_stats(
         labels: (...) predicted labels. confidence: same shape, maximum softmax probability. entropy: same shape, nats.
     Returns:
         mean_confidence, mean_entropy and uncertain_fraction (share of foreground voxels with confidence below
-        `low_confidence_tau`) over the foreground; foreground_fraction of all voxels. With no foreground, the
-        means are over all voxels and uncertain_fraction is 0.
+        `low_confidence_tau`) over the foreground. With no foreground, the means are over all voxels and
+        uncertain_fraction is 0.
     """
     fg = labels > 0
     region = fg if fg.any() else np.ones_like(fg)
@@ -53,7 +54,6 @@ def confidence_stats(
         "mean_confidence": float(conf.mean()),
         "mean_entropy": float(entropy[region].astype(np.float64).mean()),
         "uncertain_fraction": float((confidence[fg] < low_confidence_tau).mean()) if fg.any() else 0.0,
-        "foreground_fraction": float(fg.mean()),
     }
 
 
@@ -158,7 +158,10 @@ class PseudoLabeller:
                 np.save(tmp, pred.lowres_confidence)
         stats = {
             "case": case.name,
-            **confidence_stats(pred.labels, pred.confidence, pred.entropy, self.cfg.low_confidence_tau),
+            **confidence_stats(
+                pred.lowres_labels, pred.lowres_confidence, pred.lowres_entropy, self.cfg.low_confidence_tau
+            ),
+            "foreground_fraction": float(np.count_nonzero(pred.labels) / pred.labels.size),
             "changed": self._changed(case.name, pred.lowres_labels),
             "volumes_ml": organ_volumes_ml(pred.labels, meta["canonical_spacing"], self.names),
             "foreground_slices": foreground_slices(train_labels),

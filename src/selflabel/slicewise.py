@@ -2,7 +2,7 @@
 
 Shared by validation during training and by inference/pseudo-labelling, so both score exactly the same thing.
 Input is a preprocessed volume at the model's grid, (Z, S, S); output labels are at any in-plane size (H, W):
-softmax probabilities are resized bilinearly per batch and only the arg-max (and, on request, confidence maps)
+softmax probabilities are resized per batch and only the arg-max (and, on request, model-grid confidence maps)
 leave the device, so a 512x512 scan never holds a full (C, Z, H, W) probability volume in memory.
 """
 
@@ -138,19 +138,17 @@ def resized_argmax(probs: torch.Tensor, out_hw: tuple[int, int], max_mixed: floa
 
 @dataclass
 class VolumePrediction:
-    """Labels (Z, H, W) uint8 and, on request, per-voxel confidence maps at the same grid (float16).
+    """Labels (Z, H, W) uint8 and, on request, the model-grid maps that make a student's training labels.
 
-    confidence: maximum softmax probability; entropy: of the softmax distribution, in nats.
-    lowres_labels, lowres_confidence: arg-max and maximum probability at the model's grid (Z, S, S), or at the
-    grid a student of another size trains at (the probabilities resized to it first): the training labels of a
-    student and their confidence.
+    lowres_labels, lowres_confidence, lowres_entropy: arg-max, maximum softmax probability (float16) and entropy
+    of the softmax distribution (nats, float16) at the model's grid (Z, S, S), or at the grid a student of another
+    size trains at (the probabilities resized to it first).
     """
 
     labels: np.ndarray
-    confidence: np.ndarray | None = None
-    entropy: np.ndarray | None = None
     lowres_labels: np.ndarray | None = None
     lowres_confidence: np.ndarray | None = None
+    lowres_entropy: np.ndarray | None = None
 
 
 def predict_volume(
@@ -164,19 +162,21 @@ def predict_volume(
     tta_flip: bool = False,
     tta_zoom: tuple[float, ...] = (),
     with_confidence: bool = False,
-    with_lowres: bool = False,
     lowres_size: int | None = None,
 ) -> VolumePrediction:
     """Predict every axial slice of a preprocessed (Z, S, S) volume and return labels at (Z, H, W).
 
-    `lowres_size`: the in-plane side of the model-grid maps (None = the volume's S).
+    `with_confidence`: also the model-grid labels, confidence and entropy, at side `lowres_size` (None = the
+    volume's S). They are not computed at (H, W): a full-resolution softmax of every class costs more than the
+    network on a 512x512 scan, and the statistics made from them barely differ.
     """
     depth, side = volume.shape[0], lowres_size or volume.shape[-1]
     labels = np.empty((depth, *out_hw), dtype=np.uint8)
-    confidence = np.empty((depth, *out_hw), dtype=np.float16) if with_confidence else None
-    entropy = np.empty((depth, *out_hw), dtype=np.float16) if with_confidence else None
-    lowres = np.empty((depth, side, side), dtype=np.uint8) if with_lowres else None
-    lowres_conf = np.empty((depth, side, side), dtype=np.float16) if with_lowres else None
+    low = (
+        (np.empty((depth, side, side), np.uint8), np.empty((depth, side, side), np.float16),
+         np.empty((depth, side, side), np.float16))
+        if with_confidence else None
+    )  # fmt: skip
     for start, probs in slice_probabilities(
         model, volume, context=context, batch_size=batch_size, amp=amp, tta_flip=tta_flip, tta_zoom=tta_zoom
     ):
@@ -184,32 +184,18 @@ def predict_volume(
         # Classes innermost: the resize keeps that layout, and the reductions over classes below read contiguous
         # memory (benchmarks/RESULTS.md has the NCHW comparison).
         probs = probs.contiguous(memory_format=torch.channels_last)
-        if lowres is not None:
-            top, arg = (probs if side == probs.shape[-1] else resize_slices(probs, (side, side))).max(1)
-            lowres[start:stop] = arg.to(torch.uint8).cpu().numpy()
-            lowres_conf[start:stop] = top.half().cpu().numpy()
-        if confidence is None:
-            labels[start:stop] = resized_argmax(probs, out_hw).cpu().numpy()
-        else:
-            full = resize_slices(probs, out_hw)
-            labels[start:stop] = full.argmax(1).to(torch.uint8).cpu().numpy()
-            confidence[start:stop] = full.amax(1).half().cpu().numpy()
-            ent = -(full * torch.log(full.clamp_min(1e-8))).sum(1)
-            entropy[start:stop] = ent.half().cpu().numpy()
-    return VolumePrediction(labels, confidence, entropy, lowres, lowres_conf)
+        labels[start:stop] = resized_argmax(probs, out_hw).cpu().numpy()
+        if low is not None:
+            p = probs if side == probs.shape[-1] else resize_slices(probs, (side, side))
+            top, arg = p.max(1)
+            low[0][start:stop] = arg.to(torch.uint8).cpu().numpy()
+            low[1][start:stop] = top.half().cpu().numpy()
+            low[2][start:stop] = (-(p * torch.log(p.clamp_min(1e-8))).sum(1)).half().cpu().numpy()
+    return VolumePrediction(labels, *(low or ()))
 
 
 def predict_in_box(model: torch.nn.Module, volume: torch.Tensor, box: CropBox, **options) -> VolumePrediction:
-    """`predict_volume` of a volume cropped to `box`, with its full-grid maps pasted back into the whole slice.
-
-    Outside the box the labels are background, the confidence 1 and the entropy 0; the model-grid maps
-    (`lowres_labels`, `lowres_confidence`) stay at the crop's grid, as the cache holds it (at `lowres_size`).
-    """
+    """`predict_volume` of a volume cropped to `box`, with its labels pasted back into the whole slice (background
+    outside); the model-grid maps stay at the crop's grid, as the cache holds it (at `lowres_size`)."""
     pred = predict_volume(model, volume, box.size, **options)
-    return VolumePrediction(
-        paste(pred.labels, box),
-        None if pred.confidence is None else paste(pred.confidence, box, fill=1.0),
-        None if pred.entropy is None else paste(pred.entropy, box, fill=0.0),
-        pred.lowres_labels,
-        pred.lowres_confidence,
-    )
+    return VolumePrediction(paste(pred.labels, box), pred.lowres_labels, pred.lowres_confidence, pred.lowres_entropy)

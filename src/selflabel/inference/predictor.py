@@ -86,15 +86,15 @@ class Predictor(LoadedModel):
         """Predict a preprocessed canonical (Z, S, S) volume, the model's view of `box` of the canonical slices.
 
         `box`: the crop the volume was made from (`prepare_image`, the cache's ``crop``); an in-plane size
-        (H, W) means the whole slice. Full-grid maps come back at (Z, H, W). `slice_mm`: the canonical slice
+        (H, W) means the whole slice. Labels come back at (Z, H, W). `slice_mm`: the canonical slice
         spacing, for ``inference.z_range main_slab`` (0 = unknown: no gap is bridged). `lowres_size`: the side of
-        the model-grid maps that come with the confidence (None = the model's grid; a student's grid otherwise).
+        the model-grid maps that `with_confidence` adds (None = the model's grid; a student's grid otherwise).
         """
         s = self.settings
         box = box if isinstance(box, CropBox) else CropBox.full(*box)
         pred = predict_in_box(
             self.model, volume, box, context=self.spec.context, batch_size=s.batch_size, amp=s.amp,
-            tta_flip=s.tta_flip, tta_zoom=s.tta_zoom, with_confidence=with_confidence, with_lowres=with_confidence,
+            tta_flip=s.tta_flip, tta_zoom=s.tta_zoom, with_confidence=with_confidence,
             lowres_size=lowres_size,
         )  # fmt: skip
         if s.largest_component or s.min_component_fraction:
