@@ -45,8 +45,9 @@ def _sets(*pairs: str) -> list[str]:
 
 
 #: Option name -> extra `selflabel run` arguments on top of the cpu preset. Adding an option is one line here.
-#: `baseline` is the preset; `cpu_before` the cpu preset before issue 11; each `no_*` turns one of the preset's
-#: options off, each `plus_*` adds one it does not take.
+#: `baseline` is the preset; `cpu_before` the cpu preset before issue 11, `one_round_80` the one before its two
+#: rounds of 96x96 students; each `no_*` turns one of the preset's options off, each `plus_*` adds one it does
+#: not take.
 OPTIONS: dict[str, list[str]] = {
     "baseline": [],
     "cpu_before": _sets(
@@ -100,29 +101,18 @@ OPTIONS: dict[str, list[str]] = {
     "plus_student_lr": _sets("pipeline.student_lr=0.001"),
     "plus_drop_confident": _sets("pseudolabel.drop_least_confident=0.25"),
     "plus_finetune2": ["--finetune-epochs", "2"],
-    "plus_student96": _sets("pipeline.student_image_size=96"),
-    "plus_student96_e6": _sets("pipeline.student_image_size=96", "pipeline.student_epochs=6"),
-    "plus_rounds2_e4": _sets("pipeline.rounds=2", "pipeline.student_epochs=4"),
+    "one_round_80": _sets("pipeline.rounds=1", "pipeline.student_epochs=8", "pipeline.student_image_size=0"),
+    "plus_student_e4": _sets("pipeline.student_epochs=4"),
+    "plus_student88": _sets("pipeline.student_image_size=88"),
+    "plus_teacher_epochs4": _sets("train.epochs=4"),
     "plus_zoom_tta": _sets("inference.tta_zoom=[0.9,1.1]"),
     "plus_pseudo_w025": _sets("train.pseudo_weight=0.25"),
-    "plus_rounds2_e4_student96": _sets(
-        "pipeline.rounds=2", "pipeline.student_epochs=4", "pipeline.student_image_size=96"
-    ),
-    "plus_rounds2_e3_student96": _sets(
-        "pipeline.rounds=2", "pipeline.student_epochs=3", "pipeline.student_image_size=96"
-    ),
-    "plus_teacher4_rounds2_e3_student96": _sets(
-        "train.epochs=4", "pipeline.rounds=2", "pipeline.student_epochs=3", "pipeline.student_image_size=96"
-    ),
-    "plus_rounds2_e3_student88": _sets(
-        "pipeline.rounds=2", "pipeline.student_epochs=3", "pipeline.student_image_size=88"
-    ),
     "plus_small_student": _sets(
         "pipeline.student_model=own", "pipeline.student_init=scratch", "student.unet_channels=[8,16,32,64]"
     ),
 }
-#: Appended with --short: a shorter schedule of the cpu preset (6 teacher / 8 student epochs of 200 iterations).
-SHORT: list[str] = ["--set", "train.epochs=3", "--set", "pipeline.student_epochs=4"]
+#: Appended with --short: half the cpu preset's schedule (3 teacher epochs instead of 6, students of 2 instead of 3).
+SHORT: list[str] = ["--set", "train.epochs=3", "--set", "pipeline.student_epochs=2"]
 #: Every run: the CPU preset, one data-loading process, quiet.
 COMMON: list[str] = ["--preset", "cpu", "--quiet", "--set", "train.num_workers=0"]
 BASELINE = "baseline"

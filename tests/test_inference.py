@@ -318,4 +318,6 @@ def test_predictor_takes_the_trained_memory_layout_with_the_same_labels(tiny_run
     a, b = preds[True], preds[False]
     assert a.labels.shape == (5, side + 7, side - 3)
     assert np.mean(a.labels == b.labels) > 0.999
-    np.testing.assert_allclose(a.lowres_confidence.astype(np.float32), b.lowres_confidence.astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(
+        a.lowres_confidence.astype(np.float32), b.lowres_confidence.astype(np.float32), atol=2e-3
+    )

@@ -29,6 +29,8 @@ MICRO = {
     "train.iterations_per_epoch": 2,
     "train.lr": 0.001,
     "pipeline.student_epochs": 1,
+    "pipeline.rounds": 1,
+    "pipeline.student_image_size": 0,
     "train.batch_size": 4,
     "train.num_workers": 0,
     "train.device": "cpu",

@@ -137,7 +137,8 @@ def test_resized_argmax_on_real_organ_borders(real_ct):
 
 def test_model_grid_maps_at_a_student_s_grid_are_the_resized_probabilities():
     """`lowres_size` (a student of a finer grid): the model-grid labels, confidence and entropy are the arg-max,
-    maximum and entropy of the softmax resized to that side; at the model's own side, or without it, they are those of the model grid."""
+    maximum and entropy of the softmax resized to that side; at the model's own side, or without it, they are
+    those of the model grid."""
     torch.manual_seed(1)
     model = Pointwise().eval()
     volume = torch.randn(5, 8, 8)

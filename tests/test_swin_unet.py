@@ -22,7 +22,7 @@ from selflabel.models.swin_unet import (
 )
 
 KEYS_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "swin_unet_official_keys.json"
-#: The project's CPU preset (selflabel.config PRESETS["cpu"]).
+#: A small Swin-Unet at 96x96, quick on a CPU.
 CPU = dict(img_size=96, embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=3, drop_path_rate=0.1)
 
 
