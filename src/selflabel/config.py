@@ -295,8 +295,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a smooth elastic deformation of half the slices (phantom +0.04, realct neutral, the real patient of another
     # scanner +0.12 against an approximate reference: one patient's anatomy bent towards another's); 90 % of the
     # slices drawn holding an organ (the phantom's teacher +0.04, students +0.004 on both cohorts); two rounds of
-    # 3-epoch students at a 96x96 grid instead of one 8-epoch round at 80 (phantom +0.023, realct +0.005 test DSC,
-    # three seeds, every run up; 1.09x the recipe's time with 2 threads). With model.name=swin_unet, also set
+    # 3-epoch students at a 96x96 grid instead of one 8-epoch round at 80 (phantom +0.022, realct +0.006 test DSC,
+    # four seeds, every run up; 1.09x the recipe's time with 2 threads). With model.name=swin_unet, also set
     # pipeline.student_image_size=0: a transformer started from the teacher keeps the teacher's grid.
     "cpu": {
         "preprocess.image_size": 80,
