@@ -107,6 +107,8 @@ OPTIONS: dict[str, list[str]] = {
     "plus_teacher_epochs4": _sets("train.epochs=4"),
     "plus_zoom_tta": _sets("inference.tta_zoom=[0.9,1.1]"),
     "plus_pseudo_w025": _sets("train.pseudo_weight=0.25"),
+    "plus_tau09": _sets("pseudolabel.confidence_tau=0.9"),
+    "plus_drop_changed": _sets("pseudolabel.drop_most_changed=0.25"),
     "plus_small_student": _sets(
         "pipeline.student_model=own", "pipeline.student_init=scratch", "student.unet_channels=[8,16,32,64]"
     ),
