@@ -104,11 +104,11 @@ def crop(volume: np.ndarray, box: CropBox, fill: float) -> np.ndarray:
     return out
 
 
-def paste(cropped: np.ndarray, box: CropBox, fill: float = 0) -> np.ndarray:
-    """Inverse of `crop`: a (Z, h, w) array back into a (Z, H, W) volume, `fill` outside the box."""
+def paste(cropped: np.ndarray, box: CropBox) -> np.ndarray:
+    """Inverse of `crop`: a (Z, h, w) array back into a (Z, H, W) volume, 0 (background) outside the box."""
     if box == CropBox.full(box.height, box.width):
         return cropped
-    out = np.full((cropped.shape[0], box.height, box.width), fill, dtype=cropped.dtype)
+    out = np.zeros((cropped.shape[0], box.height, box.width), dtype=cropped.dtype)
     ys, xs = slice(max(box.y0, 0), min(box.y1, box.height)), slice(max(box.x0, 0), min(box.x1, box.width))
     out[:, ys, xs] = cropped[:, ys.start - box.y0 : ys.stop - box.y0, xs.start - box.x0 : xs.stop - box.x0]
     return out
