@@ -83,6 +83,8 @@ OPTIONS: dict[str, list[str]] = {
     "plus_teacher_zoom": _sets("augment.zoom_prob=0.3"),
     "plus_zoom_shift": _sets("augment.zoom_prob=0.5", "augment.shift=0.1"),
     "plus_contents": _sets("augment.contents_prob=0.3"),
+    "plus_distension": _sets("augment.distension_prob=0.3"),
+    "plus_distension_contents": _sets("augment.distension_prob=0.3", "augment.contents_prob=0.3"),
     "plus_zoom_wide": _sets("augment.zoom_prob=0.5", "augment.scale=0.3"),
     "plus_soft_weights": _sets("pseudolabel.soft_weights=true"),
     "plus_ensemble": _sets("pseudolabel.checkpoints=best_and_latest"),

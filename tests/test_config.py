@@ -42,6 +42,8 @@ def test_saved_config_reloads_equal(tmp_path):
         ({"augment.elastic_magnitude": -0.1}, "augment.elastic_magnitude >= 0"),
         ({"augment.zoom_prob": 1.2}, "augment.zoom_prob must be in"),
         ({"augment.contents_prob": -0.1}, "augment.contents_prob must be in"),
+        ({"augment.distension_prob": 1.5}, "augment.distension_prob must be in"),
+        ({"augment.distension_max": 0.5}, "augment.distension_max must be in"),
         ({"augment.shift": 0.7}, "augment.shift must be in"),
         ({"preprocess.body_opening_mm": -1}, "preprocess.body_opening_mm must be >= 0"),
         ({"model.deep_supervision": True}, "model.deep_supervision needs model.name unet, got swin_unet"),

@@ -4,6 +4,7 @@ on a real cache, the split of labelled cases and its record, and the augmentatio
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 from selflabel.config import AugmentConfig, PreprocessConfig
 from selflabel.data import (
+    RandomDistension,
     RandomElastic,
     RandomRot90Flip,
     RandomRotate,
@@ -372,6 +374,42 @@ def test_zoom_shift_moves_image_and_label_together_within_the_bound():
     assert max(offsets) <= 0.1 * size + 0.5 and sum(o >= 1 for o in offsets) >= 8  # moved, by at most 4 px
     centred = RandomScale(prob=1.0, amount=0.2)(image, label, np.random.default_rng(0))[1]
     assert torch.nonzero(centred).float().mean(0).sub(19.5).abs().max() < 0.5  # shift 0: about the centre
+
+
+def _disc_slice(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stomach (11) of radius 7 px at (24, 36) and a liver (1) block, the image their labels."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    label = torch.zeros(size, size, dtype=torch.uint8)
+    label[(yy >= 44) & (xx < 20)] = 1
+    label[(yy - 24) ** 2 + (xx - 36) ** 2 <= 49] = 11
+    return label[None].float(), label
+
+
+def test_distension_grows_the_hollow_organ_about_its_centre_and_moves_the_image_with_it():
+    image, label = _disc_slice()
+    ratios = []
+    for seed in range(10):
+        x, y = RandomDistension(prob=1.0, max_factor=2.0)(image, label, np.random.default_rng(seed))
+        pure = ((x[0] - x[0].round()).abs() < 1e-4) & (x[0].round() == y.float())
+        assert pure.float().mean() > 0.9  # image and label sampled at the same places
+        stomach = torch.nonzero(y == 11).float()
+        assert stomach.mean(0).sub(torch.tensor([24.0, 36.0])).abs().max() < 0.5  # the centre stays
+        ratios.append(math.sqrt(len(stomach) / int((label == 11).sum())))
+        assert int((y == 1).sum()) > 0.8 * int((label == 1).sum())  # the neighbour is pushed, not erased
+    assert min(ratios) >= 0.99 and max(ratios) > 1.5 and max(ratios) <= 2.0  # grown, up to the bound across
+    a = RandomDistension(prob=1.0)(image, label, np.random.default_rng(3))
+    b = RandomDistension(prob=1.0)(image, label, np.random.default_rng(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_distension_leaves_a_slice_without_hollow_organs_and_is_in_the_spatial_set_only_when_asked():
+    image, label = _disc_slice()
+    solid = torch.where(label == 11, torch.tensor(3, dtype=torch.uint8), label)  # the disc as a spleen
+    assert RandomDistension(prob=1.0)(solid[None].float(), solid, np.random.default_rng(0))[1] is solid
+    assert RandomDistension(prob=0.0)(image, label, np.random.default_rng(0))[0] is image
+    assert not any(isinstance(t, RandomDistension) for t in build_augmentation(AugmentConfig()))
+    chosen = [t for t in build_augmentation(AugmentConfig(distension_prob=0.4)) if isinstance(t, RandomDistension)]
+    assert chosen == [RandomDistension(0.4, AugmentConfig().distension_max)]
 
 
 def test_probability_is_the_share_of_transformed_samples():

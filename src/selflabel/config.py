@@ -110,6 +110,8 @@ class AugmentConfig:
         only with `strong`, at `strong_prob`; with both, the larger probability).
     shift: with the zoom, a random in-plane translation up to ± `shift` of the slice's side per axis (0 = the zoom
         is about the centre, as before).
+    distension_prob: probability that a training slice's stomach, duodenum or gallbladder (one of those present) is
+        distended by a local magnification of up to `distension_max` (`selflabel.data.RandomDistension`); 0 = off.
     contents_prob: probability that a training slice's stomach and duodenum get new contents (a fluid-to-food level,
         a texture, often a gas pocket; `selflabel.data.RandomContents`); 0 = off.
     copy_paste: probability that a training slice gets a random box (a side of 30-60 % of the slice) of a slice of
@@ -135,6 +137,8 @@ class AugmentConfig:
     elastic_magnitude: float = 0.04
     zoom_prob: float = 0.0
     shift: float = 0.0
+    distension_prob: float = 0.0
+    distension_max: float = 2.0
     contents_prob: float = 0.0
     copy_paste: float = 0.0
 
@@ -452,9 +456,11 @@ def validate(config: Config) -> None:
     if pl.student_lr < 0:
         raise ConfigError(f"pipeline.student_lr must be >= 0 (0 = train.lr), got {pl.student_lr}")
     a = config.augment
-    for key in ("copy_paste", "strong_prob", "zoom_prob", "contents_prob"):
+    for key in ("copy_paste", "strong_prob", "zoom_prob", "contents_prob", "distension_prob"):
         if not 0 <= getattr(a, key) <= 1:
             raise ConfigError(f"augment.{key} must be in [0, 1], got {getattr(a, key)}")
+    if not 1 <= a.distension_max <= 4:
+        raise ConfigError(f"augment.distension_max must be in [1, 4] (a magnification), got {a.distension_max}")
     if not 0 <= a.shift <= 0.5:
         raise ConfigError(f"augment.shift must be in [0, 0.5] (a fraction of the slice's side), got {a.shift}")
     if not 0 <= a.elastic_prob <= 1 or a.elastic_magnitude < 0:

@@ -3,6 +3,7 @@
 from selflabel.data.augment import (
     IntensityScale,
     RandomContents,
+    RandomDistension,
     RandomElastic,
     RandomPhase,
     RandomRot90Flip,
@@ -19,6 +20,7 @@ from selflabel.data.split import read_split, split_cases, split_record
 __all__ = [
     "IntensityScale",
     "RandomContents",
+    "RandomDistension",
     "RandomElastic",
     "RandomPhase",
     "RandomRot90Flip",
