@@ -84,6 +84,8 @@ OPTIONS: dict[str, list[str]] = {
     "plus_zoom_shift": _sets("augment.zoom_prob=0.5", "augment.shift=0.1"),
     "plus_contents": _sets("augment.contents_prob=0.3"),
     "plus_distension": _sets("augment.distension_prob=0.3"),
+    "plus_box_planned": _sets("preprocess.box_size=planned"),
+    "plus_box_planned_open10": _sets("preprocess.box_size=planned", "preprocess.body_opening_mm=10"),
     "plus_distension_contents": _sets("augment.distension_prob=0.3", "augment.contents_prob=0.3"),
     "plus_zoom_wide": _sets("augment.zoom_prob=0.5", "augment.scale=0.3"),
     "plus_soft_weights": _sets("pseudolabel.soft_weights=true"),

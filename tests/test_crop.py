@@ -9,11 +9,13 @@ from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
 from selflabel.checkpoints import ModelSpec
 from selflabel.config import load_config
+from selflabel.errors import ConfigError
 from selflabel.inference import Predictor
 from selflabel.io import Case, read_image, to_canonical
 from selflabel.labels import FLARE22_LABELS
 from selflabel.preprocess import CacheEntry, CropBox, preprocess_cases
 from selflabel.preprocess.crop import body_box, crop, paste
+from selflabel.preprocess.volume import crop_box
 from tests.conftest import AboveHalf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,6 +32,25 @@ def test_body_box_is_a_square_in_mm_around_the_largest_component():
     assert box.y0 < 20 and box.y1 > 40 and box.x0 < 10 and box.x1 > 50
     assert abs((box.y0 + box.y1) / 2 - 30) <= 1 and abs((box.x0 + box.x1) / 2 - 30) <= 1  # centred on the body
     assert (box.height, box.width) == (60, 80)
+
+
+def test_a_planned_box_has_its_side_in_mm_whatever_the_body_and_is_centred_on_it():
+    """Two bodies 40 and 60 mm wide (a slim and a broad patient) get one box side, 100 mm, each centred on its
+    body; the body box would scale the two to the grid differently."""
+    cfg = load_config(overrides={"preprocess.crop": "body", "preprocess.box_size": "planned", "preprocess.box_mm": 100})
+    spacing = (3.0, 1.0, 2.0)
+    for cols, centre in ((slice(20, 40), 30), (slice(15, 45), 30)):
+        image = np.full((4, 120, 80), -1000.0, dtype=np.float32)
+        image[:, 50:70, cols] = 40.0
+        box = crop_box(image, spacing, cfg.preprocess)
+        assert box.size == (100, 50) and box.side_mm(spacing) == 100.0  # 100 rows of 1 mm, 50 columns of 2 mm
+        assert abs((box.y0 + box.y1) / 2 - 60) <= 0.5 and abs((box.x0 + box.x1) / 2 - centre) <= 0.5
+    with pytest.raises(ConfigError, match="box_mm"):
+        crop_box(
+            image,
+            spacing,
+            load_config(overrides={"preprocess.crop": "body", "preprocess.box_size": "planned"}).preprocess,
+        )
 
 
 def test_no_body_keeps_the_whole_slice():

@@ -10,9 +10,10 @@ import yaml
 from selflabel.config import load_config
 from selflabel.errors import ConfigError
 from selflabel.inference import Predictor
-from selflabel.io import load_dataset, read_case
+from selflabel.io import canonical_axes, load_dataset, read_case, to_canonical
 from selflabel.pipeline import train_on_dataset
 from selflabel.preprocess import foreground_intensity, normalize_intensity, plan
+from selflabel.preprocess.crop import body_box
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,6 +63,21 @@ def test_plan_fills_the_statistics_only_when_needed(tiny_dataset):
     planned = plan(load_config(overrides={"preprocess.normalization": "ct_foreground"}), cases)
     assert planned.preprocess.foreground_intensity == pytest.approx(foreground_intensity(cases))
     assert plan(planned, cases[:1]) is planned  # given statistics are kept
+
+
+def test_a_planned_box_side_is_the_median_body_box_side_of_the_training_cases(tiny_dataset):
+    cases = load_dataset(tiny_dataset).training
+    body = load_config(overrides={"preprocess.crop": "body"})
+    assert plan(body, cases) is body  # the body's own box: nothing to plan
+    cfg = load_config(overrides={"preprocess.crop": "body", "preprocess.box_size": "planned"})
+    sides = []
+    for case in cases:
+        image = read_case(case)[0]
+        spacing = canonical_axes(image.spacing, image.affine)
+        sides.append(body_box(to_canonical(image.array, image.affine), spacing, -500.0, 10.0).side_mm(spacing))
+    planned = plan(cfg, cases)
+    assert planned.preprocess.box_mm == pytest.approx(np.median(sides), abs=0.05) and planned.preprocess.box_mm > 0
+    assert plan(planned, cases[:1]) is planned  # a given side is kept
 
 
 def test_statistics_are_saved_with_the_run_and_used_by_prediction(tiny_dataset, tmp_path):

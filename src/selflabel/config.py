@@ -41,6 +41,12 @@ class PreprocessConfig:
     body_opening_mm: with the body crop, the mask is eroded in-plane by this many mm before its largest component
         is taken (and the box grown back by as much), so that arms lying against the trunk do not widen the box
         (0 = off).
+    box_size: with the body crop, ``"body"`` (the square of the body's extent plus the margin: organs are drawn at
+        their size relative to the body box) or ``"planned"`` (every box a square of `box_mm` about the body's
+        centre: organs keep their size in mm whatever the patient's build, arms or field of view, as nnU-Net's
+        fixed target spacing keeps it).
+    box_mm: the side of a ``planned`` box; computed by `selflabel run` / `selflabel train` as the median body-box
+        side of the labelled training cases when 0, and saved with every run's config.
     image_size: in-plane size (pixels) of the model input and of the cache; slices are resized to it.
     """
 
@@ -52,6 +58,8 @@ class PreprocessConfig:
     body_threshold_hu: float = -500.0
     crop_margin_mm: float = 10.0
     body_opening_mm: float = 0.0
+    box_size: Literal["body", "planned"] = "body"
+    box_mm: float = 0.0
     image_size: int = 224
 
 
@@ -461,6 +469,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"augment.{key} must be in [0, 1], got {getattr(a, key)}")
     if not 1 <= a.distension_max <= 4:
         raise ConfigError(f"augment.distension_max must be in [1, 4] (a magnification), got {a.distension_max}")
+    if config.preprocess.box_mm < 0:
+        raise ConfigError(
+            f"preprocess.box_mm must be >= 0 (0 = planned from the training cases), got {config.preprocess.box_mm}"
+        )
     if not 0 <= a.shift <= 0.5:
         raise ConfigError(f"augment.shift must be in [0, 0.5] (a fraction of the slice's side), got {a.shift}")
     if not 0 <= a.elastic_prob <= 1 or a.elastic_magnitude < 0:

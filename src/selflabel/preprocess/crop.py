@@ -52,6 +52,18 @@ class CropBox:
         """In-plane size of the crop, (rows, columns) in source voxels."""
         return self.y1 - self.y0, self.x1 - self.x0
 
+    def about_centre(self, side_mm: float, spacing: tuple[float, float, float]) -> CropBox:
+        """A square of `side_mm` with this box's centre; spacing: (z, y, x) voxel size in mm."""
+        sy, sx = float(spacing[1]), float(spacing[2])
+        rows, cols = max(1, int(round(side_mm / sy))), max(1, int(round(side_mm / sx)))
+        y0 = int(round((self.y0 + self.y1 - rows) / 2))
+        x0 = int(round((self.x0 + self.x1 - cols) / 2))
+        return CropBox(y0, y0 + rows, x0, x0 + cols, self.height, self.width)
+
+    def side_mm(self, spacing: tuple[float, float, float]) -> float:
+        """The larger in-plane side of the box in mm."""
+        return max(self.size[0] * float(spacing[1]), self.size[1] * float(spacing[2]))
+
 
 def body_box(
     image: np.ndarray,

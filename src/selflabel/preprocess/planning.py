@@ -4,16 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from selflabel.config import Config, apply_overrides
-from selflabel.io import Case
+import numpy as np
+
+from selflabel.config import Config, PreprocessConfig, apply_overrides
+from selflabel.errors import ConfigError
+from selflabel.io import Case, canonical_axes, read_image, to_canonical
+from selflabel.preprocess.crop import body_box
 from selflabel.preprocess.intensity import foreground_intensity
 
 
+def body_box_side(cases: Sequence[Case], cfg: PreprocessConfig) -> float:
+    """The median side (mm) of the cases' body boxes (`body_box` with the config's threshold, margin, opening)."""
+    sides = []
+    for case in cases:
+        image = read_image(case.image)
+        spacing = canonical_axes(image.spacing, image.affine)
+        canonical = to_canonical(image.array, image.affine)
+        box = body_box(canonical, spacing, cfg.body_threshold_hu, cfg.crop_margin_mm, cfg.body_opening_mm)
+        sides.append(box.side_mm(spacing))
+    if not sides:
+        raise ConfigError("preprocess.box_size planned: no training cases to plan the box from")
+    return float(np.median(sides))
+
+
 def plan(cfg: Config, training: Sequence[Case], label_values: Sequence[int] | None = None) -> Config:
-    """`cfg` with ``preprocess.foreground_intensity`` computed from the labelled `training` cases when the
-    ``ct_foreground`` normalisation needs it and it is not given; otherwise `cfg` unchanged."""
-    p = cfg.preprocess
-    if p.normalization != "ct_foreground" or p.foreground_intensity:
-        return cfg
-    stats = foreground_intensity(training, seed=cfg.seed, label_values=label_values)
-    return apply_overrides(cfg, {"preprocess.foreground_intensity": list(stats)})
+    """`cfg` with the statistics its preprocessing needs and does not give, from the labelled `training` cases:
+    ``preprocess.foreground_intensity`` for the ``ct_foreground`` normalisation, ``preprocess.box_mm`` for a
+    ``planned`` body box; otherwise `cfg` unchanged."""
+    p, planned = cfg.preprocess, {}
+    if p.normalization == "ct_foreground" and not p.foreground_intensity:
+        stats = foreground_intensity(training, seed=cfg.seed, label_values=label_values)
+        planned["preprocess.foreground_intensity"] = list(stats)
+    if p.crop == "body" and p.box_size == "planned" and p.box_mm <= 0:
+        planned["preprocess.box_mm"] = round(body_box_side(training, p), 1)
+    return apply_overrides(cfg, planned) if planned else cfg

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from selflabel.config import PreprocessConfig
+from selflabel.errors import ConfigError
 from selflabel.io import Volume, canonical_axes, to_canonical
 from selflabel.preprocess.crop import AIR_HU, CropBox, body_box, crop
 from selflabel.preprocess.intensity import normalize_intensity
@@ -14,9 +15,14 @@ from selflabel.preprocess.resample import resize_slices
 
 def crop_box(canonical: np.ndarray, spacing: tuple[float, float, float], cfg: PreprocessConfig) -> CropBox:
     """The in-plane box the config keeps of a canonical (Z, H, W) HU volume (the whole slice without a crop)."""
-    if cfg.crop == "body":
-        return body_box(canonical, spacing, cfg.body_threshold_hu, cfg.crop_margin_mm, cfg.body_opening_mm)
-    return CropBox.full(*canonical.shape[1:])
+    if cfg.crop != "body":
+        return CropBox.full(*canonical.shape[1:])
+    box = body_box(canonical, spacing, cfg.body_threshold_hu, cfg.crop_margin_mm, cfg.body_opening_mm)
+    if cfg.box_size == "body":
+        return box
+    if cfg.box_mm <= 0:
+        raise ConfigError("preprocess.box_size planned needs preprocess.box_mm (planned from the training cases)")
+    return box.about_centre(cfg.box_mm, spacing)
 
 
 def prepare_image(volume: Volume, cfg: PreprocessConfig) -> tuple[torch.Tensor, dict[str, float], CropBox]:
