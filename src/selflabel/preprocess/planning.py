@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from selflabel.config import Config, PreprocessConfig, apply_overrides
 from selflabel.errors import ConfigError
 from selflabel.io import Case, canonical_axes, read_image, to_canonical
-from selflabel.preprocess.crop import body_box
 from selflabel.preprocess.intensity import foreground_intensity
+from selflabel.preprocess.volume import crop_box
 
 
 def body_box_side(cases: Sequence[Case], cfg: PreprocessConfig) -> float:
-    """The median side (mm) of the cases' body boxes (`body_box` with the config's threshold, margin, opening)."""
+    """The median side (mm) of the cases' own body boxes (the config's threshold, margin and opening)."""
+    own = replace(cfg, crop="body", box_size="body")
     sides = []
     for case in cases:
         image = read_image(case.image)
         spacing = canonical_axes(image.spacing, image.affine)
-        canonical = to_canonical(image.array, image.affine)
-        box = body_box(canonical, spacing, cfg.body_threshold_hu, cfg.crop_margin_mm, cfg.body_opening_mm)
-        sides.append(box.side_mm(spacing))
+        sides.append(crop_box(to_canonical(image.array, image.affine), spacing, own).side_mm(spacing))
     if not sides:
         raise ConfigError("preprocess.box_size planned: no training cases to plan the box from")
     return float(np.median(sides))
