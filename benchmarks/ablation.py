@@ -80,6 +80,8 @@ OPTIONS: dict[str, list[str]] = {
     "plus_fg09": _sets("train.foreground_fraction=0.9"),
     "plus_ema": _sets("train.ema_decay=0.99"),
     "plus_deep_supervision": _sets("model.deep_supervision=true"),
+    "plus_group_norm": _sets("model.norm=group"),
+    "plus_instance_norm": _sets("model.norm=instance"),
     "plus_teacher_zoom": _sets("augment.zoom_prob=0.3"),
     "plus_zoom_shift": _sets("augment.zoom_prob=0.5", "augment.shift=0.1"),
     "plus_contents": _sets("augment.contents_prob=0.3"),

@@ -54,6 +54,15 @@ def test_a_run_s_network_comes_back_with_its_weights_and_settings(tmp_path):
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
 
 
+def test_the_norm_setting_reaches_the_network_and_old_specs_keep_batch_norm():
+    cfg = load_config(overrides={**UNET, "model.norm": "group"})
+    spec = ModelSpec.from_config(cfg.model, cfg.preprocess.image_size, 14)
+    assert spec.options["norm"] == "group"
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in spec.build().modules())
+    older = ModelSpec(spec.name, 14, spec.in_channels, 16, {k: v for k, v in spec.options.items() if k != "norm"})
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in older.build().modules())  # checkpoints before the option
+
+
 def test_a_missing_checkpoint_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(SelflabelError) as caught:
         load_run_model(tmp_path, which="latest")

@@ -48,6 +48,8 @@ def test_saved_config_reloads_equal(tmp_path):
         ({"preprocess.box_mm": -1}, "preprocess.box_mm must be >= 0"),
         ({"preprocess.body_opening_mm": -1}, "preprocess.body_opening_mm must be >= 0"),
         ({"model.deep_supervision": True}, "model.deep_supervision needs model.name unet, got swin_unet"),
+        ({"model.norm": "group"}, "model.norm group needs model.name unet, got swin_unet"),
+        ({"model.norm": "layer"}, "model.norm"),
         ({"model": 3}, "expected a section"),
     ],
 )

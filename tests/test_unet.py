@@ -74,3 +74,32 @@ def test_forward_checks_the_input() -> None:
         model(torch.zeros(1, 1, 64, 64))
     with pytest.raises(ValueError, match="divisible by 8, got \\(60, 64\\)"):
         model(torch.zeros(1, 3, 60, 64))
+
+
+@pytest.mark.parametrize("norm", ["group", "instance"])
+def test_per_slice_norm_ignores_the_batch_and_the_mode(norm: str) -> None:
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, num_classes=3, channels=(8, 16, 32), norm=norm)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        alone = model(x[:1])
+        in_batch = model(x)[:1]
+        model.eval()
+        evaluated = model(x[:1])
+    # each slice is normalised by its own statistics: its neighbours in the batch and train/eval mode change nothing
+    torch.testing.assert_close(in_batch, alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(evaluated, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_depends_on_the_batch_in_training() -> None:
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, num_classes=3, channels=(8, 16, 32))
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(model(x)[:1], model(x[:1]), atol=1e-3)
+
+
+def test_unknown_norm_is_refused() -> None:
+    with pytest.raises(ValueError, match="norm must be one of"):
+        UNet(in_channels=1, num_classes=3, channels=(8, 16), norm="layer")

@@ -71,6 +71,8 @@ class ModelConfig:
         repeated to 3 channels for Swin-Unet as in the paper).
     deep_supervision: ``unet`` only: training also scores the decoder's 1/2 and 1/4 resolution outputs against
         the subsampled labels (loss weights 4:2:1, as nnU-Net); prediction is unchanged.
+    norm: ``unet`` only: ``batch`` (BatchNorm), ``group`` (GroupNorm, 8 channels a group) or ``instance``
+        (InstanceNorm); the last two normalise each slice alone, in training and prediction alike.
     """
 
     name: Literal["swin_unet", "unet"] = "swin_unet"
@@ -83,6 +85,7 @@ class ModelConfig:
     drop_path_rate: float = 0.2
     unet_channels: tuple[int, ...] = (32, 64, 128, 256)
     deep_supervision: bool = False
+    norm: Literal["batch", "group", "instance"] = "batch"
 
     def options(self) -> dict[str, Any]:
         """Keyword options for `selflabel.models.build_model` for this model name."""
@@ -95,7 +98,7 @@ class ModelConfig:
                 "patch_size": self.patch_size,
                 "drop_path_rate": self.drop_path_rate,
             }
-        return {"channels": self.unet_channels, "deep_supervision": self.deep_supervision}
+        return {"channels": self.unet_channels, "deep_supervision": self.deep_supervision, "norm": self.norm}
 
 
 @dataclass(frozen=True)
@@ -440,6 +443,8 @@ def validate(config: Config) -> None:
     for section, model in (("model", config.model), ("student", config.student)):
         if model.deep_supervision and model.name != "unet":
             raise ConfigError(f"{section}.deep_supervision needs {section}.name unet, got {model.name}")
+        if model.norm != "batch" and model.name != "unet":
+            raise ConfigError(f"{section}.norm {model.norm} needs {section}.name unet, got {model.name}")
     if t.epochs < 1 or t.batch_size < 1 or t.val_every < 1:
         raise ConfigError("train.epochs, train.batch_size and train.val_every must be >= 1")
     if t.lr <= 0:

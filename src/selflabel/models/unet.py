@@ -4,9 +4,11 @@ Paper: O. Ronneberger, P. Fischer, T. Brox, "U-Net: Convolutional Networks for B
 MICCAI 2015, with batch normalisation and padded convolutions (output size = input size).
 
 Each level is two 3x3 convolutions (BatchNorm, ReLU); max-pooling goes down, a 2x2 transposed convolution up,
-then concatenation with the skip and two 3x3 convolutions. With the default channels (32, 64, 128, 256) and
-one input channel it has **1,926,862 parameters for 14 classes** and about 7.05 G multiply-adds per 224x224 slice
-(1.3 G at 96x96); pass smaller `channels` for quicker CPU runs.
+then concatenation with the skip and two 3x3 convolutions. `norm="group"` (GroupNorm, 8 channels a group) or
+`"instance"` (InstanceNorm with affine weights, as nnU-Net) normalise each slice by its own statistics instead of
+the batch's: no running statistics, so prediction normalises a scan from another scanner as training did.
+With the default channels (32, 64, 128, 256) and one input channel it has **1,926,862 parameters for 14 classes**
+and about 7.05 G multiply-adds per 224x224 slice (1.3 G at 96x96); pass smaller `channels` for quicker CPU runs.
 
 Example::
 
@@ -21,19 +23,26 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ConvBlock", "UNet", "unet"]
+__all__ = ["NORMS", "ConvBlock", "UNet", "unet"]
+
+#: Normalisation layer per name, built for a number of channels.
+NORMS = {
+    "batch": nn.BatchNorm2d,
+    "group": lambda channels: nn.GroupNorm(max(1, channels // 8), channels),
+    "instance": lambda channels: nn.InstanceNorm2d(channels, affine=True),
+}
 
 
 class ConvBlock(nn.Sequential):
-    """Two (3x3 convolution without bias, BatchNorm, ReLU): (B, in_channels, H, W) -> (B, out_channels, H, W)."""
+    """Two (3x3 convolution without bias, norm, ReLU): (B, in_channels, H, W) -> (B, out_channels, H, W)."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            NORMS[norm](out_channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            NORMS[norm](out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -44,10 +53,10 @@ class UpBlock(nn.Module):
     (B, in_channels, H, W), skip (B, out_channels, 2H, 2W) -> (B, out_channels, 2H, 2W).
     """
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
-        self.conv = ConvBlock(2 * out_channels, out_channels)
+        self.conv = ConvBlock(2 * out_channels, out_channels, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([self.up(x), skip], dim=1))
@@ -64,6 +73,7 @@ class UNet(nn.Module):
             side divisible by it are accepted.
         deep_supervision: 1x1 heads on the decoder's 1/2 and 1/4 resolution outputs too (as nnU-Net trains);
             in training mode the forward then returns (full, half, quarter) logits, in eval mode the full ones.
+        norm: "batch", "group" or "instance" (`NORMS`).
 
     Raises:
         ValueError: bad arguments, with what to change.
@@ -76,9 +86,12 @@ class UNet(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256),
         img_size: int | None = None,
         deep_supervision: bool = False,
+        norm: str = "batch",
     ):
         super().__init__()
         channels = tuple(channels)
+        if norm not in NORMS:
+            raise ValueError(f"UNet: norm must be one of {sorted(NORMS)}, got {norm!r}")
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"UNet: {name} must be a positive integer, got {value!r}")
@@ -96,10 +109,12 @@ class UNet(nn.Module):
         self.channels = channels
         self.img_size = img_size
         self.encoder = nn.ModuleList(
-            ConvBlock(c_in, c_out) for c_in, c_out in zip((in_channels,) + channels[:-1], channels, strict=True)
+            ConvBlock(c_in, c_out, norm) for c_in, c_out in zip((in_channels,) + channels[:-1], channels, strict=True)
         )
         self.pool = nn.MaxPool2d(2)
-        self.decoder = nn.ModuleList(UpBlock(channels[i + 1], channels[i]) for i in reversed(range(len(channels) - 1)))
+        self.decoder = nn.ModuleList(
+            UpBlock(channels[i + 1], channels[i], norm) for i in reversed(range(len(channels) - 1))
+        )
         self.head = nn.Conv2d(channels[0], num_classes, kernel_size=1)
         self.deep_supervision = deep_supervision
         coarser = channels[1:-1][:2] if deep_supervision else ()  # the decoder's outputs at 1/2 and 1/4
@@ -148,6 +163,7 @@ def unet(
     *,
     channels: Sequence[int] = (32, 64, 128, 256),
     deep_supervision: bool = False,
+    norm: str = "batch",
 ) -> UNet:
     """2D U-Net with `channels` per level (default 32/64/128/256: 4 levels, 3 poolings)."""
-    return UNet(in_channels, num_classes, channels, img_size, deep_supervision)
+    return UNet(in_channels, num_classes, channels, img_size, deep_supervision, norm)
