@@ -49,7 +49,7 @@ def test_every_model_maps_slices_to_logits(name: str) -> None:
 def test_unknown_names_and_options_list_the_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'vnet'; choose one of \['swin_unet', 'unet'\]"):
         build_model("vnet", 14)
-    valid = r"valid options are \['channels', 'deep_supervision'\]"
+    valid = r"valid options are \['channels', 'deep_supervision', 'norm'\]"
     with pytest.raises(ValueError, match=r"unet: unknown option\(s\) \['depths'\]; " + valid):
         build_model("unet", 14, depths=(2, 2))
     with pytest.raises(ModelOptionError, match="divisible by window_size") as info:
