@@ -88,6 +88,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_distension": _sets("augment.distension_prob=0.3"),
     "plus_distension_contents": _sets("augment.distension_prob=0.3", "augment.contents_prob=0.3"),
     "plus_box_planned": _sets("preprocess.box_size=planned"),
+    "plus_box_zoom_shift": _sets("preprocess.box_size=planned", "augment.zoom_prob=0.5", "augment.shift=0.1"),
     "plus_zoom_wide": _sets("augment.zoom_prob=0.5", "augment.scale=0.3"),
     "plus_soft_weights": _sets("pseudolabel.soft_weights=true"),
     "plus_ensemble": _sets("pseudolabel.checkpoints=best_and_latest"),
@@ -102,6 +103,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_phase_target_p08": _sets(
         "augment.phase_shift=1.0", "augment.phase_mode=target", "augment.phase_shift_prob=0.8"
     ),
+    "plus_phase_jitter": _sets("augment.phase_jitter=0.25"),
     "plus_teacher_strong": _sets("augment.strong=true"),
     "plus_student_lr": _sets("pipeline.student_lr=0.001"),
     "plus_lr6e3": _sets("train.lr=0.006"),
@@ -111,6 +113,8 @@ OPTIONS: dict[str, list[str]] = {
     "one_round_80": _sets("pipeline.rounds=1", "pipeline.student_epochs=8", "pipeline.student_image_size=0"),
     "plus_student_e4": _sets("pipeline.student_epochs=4"),
     "plus_student88": _sets("pipeline.student_image_size=88"),
+    "one_round_128": _sets("pipeline.rounds=1", "pipeline.student_image_size=128"),
+    "plus_student112": _sets("pipeline.student_image_size=112"),
     "plus_teacher_epochs4": _sets("train.epochs=4"),
     "plus_zoom_tta": _sets("inference.tta_zoom=[0.9,1.1]"),
     "plus_pseudo_w025": _sets("train.pseudo_weight=0.25"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -560,6 +561,32 @@ def test_a_target_phase_puts_every_solid_organ_at_one_plausible_phase_whatever_t
         assert float(out.max()) <= scale.high + 1e-6 and float(out.min()) >= scale.low - 1e-6
 
 
+def test_a_jittered_target_phase_gives_each_organ_its_own_phase_within_the_range():
+    """With `jitter`, aorta and kidney of one slice land at ``plain + t * enhancement`` each for its own t in
+    [0, amount] (not all equal over a few draws); without it they share one t."""
+    from selflabel.data import IntensityScale, RandomPhase
+    from selflabel.labels import BY_INDEX
+
+    scale = IntensityScale(units_per_hu=1 / 200, hu_at_zero=50.0, low=-10.0, high=10.0)
+    label = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
+    label[2:6, 2:6], label[8:12, 8:12] = 5, 2  # aorta, kidney
+    image = torch.zeros(1, SIZE, SIZE)
+
+    def phases(jitter: float, seed: int) -> tuple[float, float]:
+        out = RandomPhase(prob=1.0, amount=1.0, mode="target", jitter=jitter)(
+            image, label, np.random.default_rng(seed), scale
+        )
+        back = out * 200 + 50.0
+        return tuple(
+            (float(back[0, label == i].median()) - BY_INDEX[i].plain_hu) / BY_INDEX[i].enhancement_hu for i in (5, 2)
+        )
+
+    jittered = [phases(0.3, seed) for seed in range(8)]
+    assert all(-1e-4 <= t <= 1 + 1e-4 for pair in jittered for t in pair)
+    assert max(abs(a - k) for a, k in jittered) > 0.1
+    assert all(a == pytest.approx(k, abs=1e-4) for a, k in (phases(0.0, seed) for seed in range(8)))
+
+
 def test_the_phase_is_scaled_to_each_case_normalisation(cache):
     from selflabel.data import IntensityScale, RandomPhase, build_organ_intensity_augmentation
 
@@ -576,6 +603,8 @@ def test_the_phase_is_scaled_to_each_case_normalisation(cache):
     cfg = AugmentConfig(rot90_flip_prob=0, rotate_prob=0, phase_shift=1.2, phase_shift_prob=1.0, phase_mode="target")
     phase = build_organ_intensity_augmentation(cfg)
     assert phase == [RandomPhase(1.0, 1.2, "target")] and build_organ_intensity_augmentation(AugmentConfig()) == []
+    jittered = build_organ_intensity_augmentation(replace(cfg, phase_jitter=0.2))
+    assert jittered == [RandomPhase(1.0, 1.2, "target", 0.2)]
     shifted = SliceDataset([Source(cache, ("blobs",))], SIZE, organ_intensity=phase)
     index = int(np.flatnonzero(shifted.foreground)[0])
     (x0, y0, _), (x1, y1, _) = data[index], shifted[(index, 7)]

@@ -115,6 +115,7 @@ class AugmentConfig:
         ± phase_shift (1 = from plain to portal-venous; 0 = off), in HU converted to the normalised units
         (`phase_mode` ``shift``), or each solid organ and vessel set to a random phase's intensity, plain to
         `phase_shift` times its portal-venous enhancement, whatever the scan's phase (``target``; see `RandomPhase`).
+    phase_jitter: with ``target``, the sd of each organ's own phase about the slice's (0 = every organ at one phase).
     elastic_prob: probability of a smooth random deformation (`RandomElastic`: displacements of sd
         `elastic_magnitude`, a fraction of the slice's half-side, on a 5x5 control grid); 0 = off (the paper).
     zoom_prob: probability of the strong set's zoom (1 ± `scale`) for every model, teacher included (0 = the zoom
@@ -144,6 +145,7 @@ class AugmentConfig:
     phase_shift: float = 0.0
     phase_shift_prob: float = 0.5
     phase_mode: Literal["shift", "target"] = "shift"
+    phase_jitter: float = 0.0
     elastic_prob: float = 0.0
     elastic_magnitude: float = 0.04
     zoom_prob: float = 0.0
@@ -478,6 +480,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"preprocess.box_mm must be >= 0 (0 = planned from the training cases), got {config.preprocess.box_mm}"
         )
+    if a.phase_jitter < 0:
+        raise ConfigError(f"augment.phase_jitter must be >= 0 (0 = every organ at one phase), got {a.phase_jitter}")
     if not 0 <= a.shift <= 0.5:
         raise ConfigError(f"augment.shift must be in [0, 0.5] (a fraction of the slice's side), got {a.shift}")
     if not 0 <= a.elastic_prob <= 1 or a.elastic_magnitude < 0:

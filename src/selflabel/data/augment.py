@@ -264,6 +264,9 @@ class RandomPhase:
     lands at ``plain_hu + t * enhancement_hu`` for one t uniform in [0, amount]: a plausible phase whatever the
     scan's was (a plain scan is never pushed below plain); hollow organs and bile keep their values.
 
+    `jitter` (``target`` only): each organ's own t is drawn about the slice's, sd `jitter`, within [0, amount]: in a
+    real scan the organs are not at one phase (the IVC mixes unenhanced blood, a fatty liver sits below the spleen).
+
     `scale` converts HU to the normalised image's units; ignored voxels (255) and background keep their values and
     every context channel moves alike; ``target`` keeps the result within the normalisation's clip range.
     """
@@ -271,6 +274,7 @@ class RandomPhase:
     prob: float = 0.3
     amount: float = 1.0
     mode: Literal["shift", "target"] = "shift"
+    jitter: float = 0.0
 
     def __call__(
         self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator, scale: IntensityScale
@@ -278,18 +282,25 @@ class RandomPhase:
         if rng.random() >= self.prob or self.amount <= 0:
             return image
         if self.mode == "target":
-            return self._to_target(image, label, float(rng.uniform(0.0, self.amount)), scale)
+            return self._to_target(image, label, self._phases(rng), scale)
         factor = float(rng.uniform(-self.amount, self.amount))
         return image + (factor * scale.units_per_hu) * _ENHANCEMENT[label.long()][None].to(image.dtype)
 
+    def _phases(self, rng: np.random.Generator) -> np.ndarray:
+        """One t per solid organ (`_SOLID`'s order): the slice's t, each moved by the jitter within [0, amount]."""
+        t = float(rng.uniform(0.0, self.amount))
+        if self.jitter <= 0:
+            return np.full(len(_SOLID), t)
+        return np.clip(t + rng.normal(0.0, self.jitter, len(_SOLID)), 0.0, self.amount)
+
     @staticmethod
-    def _to_target(image: torch.Tensor, label: torch.Tensor, t: float, scale: IntensityScale) -> torch.Tensor:
+    def _to_target(image: torch.Tensor, label: torch.Tensor, ts: np.ndarray, scale: IntensityScale) -> torch.Tensor:
         centre = image[image.shape[0] // 2]
         shift = torch.zeros(label.shape, dtype=image.dtype)
-        for organ in _SOLID:
+        for organ, t in zip(_SOLID, ts, strict=True):
             inside = label == organ.index
             if inside.any():
-                target = (organ.plain_hu + t * organ.enhancement_hu - scale.hu_at_zero) * scale.units_per_hu
+                target = (organ.plain_hu + float(t) * organ.enhancement_hu - scale.hu_at_zero) * scale.units_per_hu
                 shift[inside] = target - float(centre[inside].median())
         return (image + shift[None]).clamp(scale.low, scale.high)
 
@@ -377,7 +388,7 @@ def build_organ_intensity_augmentation(cfg: AugmentConfig) -> list:
     organs' contents when `contents_prob` > 0."""
     transforms: list = []
     if cfg.phase_shift > 0:
-        transforms.append(RandomPhase(cfg.phase_shift_prob, cfg.phase_shift, cfg.phase_mode))
+        transforms.append(RandomPhase(cfg.phase_shift_prob, cfg.phase_shift, cfg.phase_mode, cfg.phase_jitter))
     if cfg.contents_prob > 0:
         transforms.append(RandomContents(cfg.contents_prob))
     return transforms
