@@ -117,6 +117,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_student112": _sets("pipeline.student_image_size=112"),
     "plus_teacher_epochs4": _sets("train.epochs=4"),
     "plus_zoom_tta": _sets("inference.tta_zoom=[0.9,1.1]"),
+    "plus_adapt_bn": _sets("inference.adapt_bn=true"),
     "plus_pseudo_w025": _sets("train.pseudo_weight=0.25"),
     "plus_tau09": _sets("pseudolabel.confidence_tau=0.9"),
     "plus_drop_changed": _sets("pseudolabel.drop_most_changed=0.25"),

@@ -106,6 +106,49 @@ def test_models_are_scored_on_cases_neither_trained_on(finished, cohort):
     assert {c for s in student_sources for c in s["cases"]} >= {"Case_00001", "Case_00002", "Case_00003"}
 
 
+def test_adapt_bn_predicts_each_volume_with_its_own_statistics_and_keeps_the_trained_ones(finished):
+    """`inference.adapt_bn` reaches a run's predictor: its BatchNorm statistics are the volume's while it predicts
+    (other probabilities than as trained), and the trained ones are back after it (the same labels twice)."""
+    from selflabel.inference import Predictor
+
+    _, work = finished
+    predictor = Predictor.from_run(work / "models" / "student", overrides={"inference.adapt_bn": True})
+    assert predictor.settings.adapt_bn
+    trained = {k: v.clone() for k, v in predictor.model.state_dict().items()}
+    side = predictor.config.preprocess.image_size
+    volume = torch.from_numpy(1.5 * np.random.default_rng(0).standard_normal((6, side, side)).astype(np.float32))
+    first, second = (predictor.predict_prepared(volume, (side, side), with_confidence=True) for _ in range(2))
+    assert np.array_equal(first.labels, second.labels)
+    assert np.array_equal(first.lowres_confidence, second.lowres_confidence)
+    state = predictor.model.state_dict()
+    assert all(torch.equal(trained[k], state[k]) for k in trained)
+    plain = predictor.with_overrides({"inference.adapt_bn": False})
+    as_trained = plain.predict_prepared(volume, (side, side), with_confidence=True)
+    assert not np.array_equal(as_trained.lowres_confidence, first.lowres_confidence)
+
+
+def test_predict_adapt_bn_flag_adapts_every_scan(finished, cohort, tmp_path, capsys, monkeypatch):
+    """`selflabel predict --adapt-bn` estimates the statistics once per scan; `--no-adapt-bn` never."""
+    import selflabel.inference.predictor as predictor_module
+
+    calls = []
+    real = predictor_module.batchnorm_adapted
+
+    def spy(model, volume, **options):
+        calls.append(tuple(volume.shape))
+        return real(model, volume, **options)
+
+    monkeypatch.setattr(predictor_module, "batchnorm_adapted", spy)
+    _, work = finished
+    scans = len(list((cohort / "imagesTs").glob("*.nii.gz")))
+    base = ["predict", "-m", work / "models" / "student", "-i", cohort / "imagesTs", "--device", "cpu", "--quiet"]
+    for flag, expected in (("--adapt-bn", scans), ("--no-adapt-bn", 0)):
+        calls.clear()
+        code, out, err = run_cli([*base, "-o", tmp_path / flag, flag], capsys)
+        assert code == 0, err
+        assert len(calls) == expected and len(list((tmp_path / flag).glob("*.nii.gz"))) == scans
+
+
 def test_rerun_skips_finished_stages(finished, cohort):
     _, work = finished
     cfg = load_config("cpu", overrides=MICRO)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from selflabel.preprocess import resize_slices
-from selflabel.slicewise import predict_volume, resized_argmax, slice_probabilities
+from selflabel.slicewise import batchnorm_adapted, predict_volume, resized_argmax, slice_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,6 +23,54 @@ class Pointwise(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return 3 * self.conv(x)
+
+
+class PointwiseNorm(torch.nn.Module):
+    """1x1 convolutions around a BatchNorm: a gain and offset of the input are undone by the layer's statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 6, 1, bias=False)
+        self.norm = torch.nn.BatchNorm2d(6)
+        self.head = torch.nn.Conv2d(6, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.conv(x))))
+
+
+def test_adapted_batchnorm_normalises_each_volume_by_its_own_statistics_then_restores_the_trained_ones():
+    """The same scan with another gain and offset (another scanner's calibration): as trained the network's output
+    changes; with the statistics estimated on each volume it does not; the trained statistics come back after the
+    block, an exception inside it included."""
+    torch.manual_seed(0)
+    model = PointwiseNorm()
+    model.conv.weight.data = torch.tensor([-2.0, -1.2, -0.4, 0.4, 1.2, 2.0]).reshape(6, 1, 1, 1)  # var >> eps
+    model.norm.running_mean.uniform_(-1, 1)
+    model.norm.running_var.uniform_(0.5, 2)
+    model.eval()
+    volume = torch.randn(6, 8, 8)
+    other = 4 * volume + 3
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def probabilities(v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p for _, p in slice_probabilities(model, v, batch_size=16)])
+
+    assert not torch.allclose(probabilities(volume), probabilities(other), atol=1e-2)
+    adapted = []
+    for v in (volume, other):
+        with batchnorm_adapted(model, v, batch_size=16):
+            assert not model.training
+            adapted.append(probabilities(v))
+    assert torch.allclose(adapted[0], adapted[1], atol=1e-4)
+
+    def restored() -> bool:
+        state = model.state_dict()
+        return all(torch.equal(trained[k], state[k]) for k in trained) and model.norm.momentum == 0.1
+
+    assert restored() and not model.training
+    with pytest.raises(RuntimeError, match="stop"), batchnorm_adapted(model, other, batch_size=4):
+        raise RuntimeError("stop")
+    assert restored() and not model.training
 
 
 def test_flip_tta_for_a_flip_equivariant_model_changes_nothing():

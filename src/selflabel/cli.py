@@ -183,6 +183,10 @@ PartOption = Annotated[int | None, typer.Option(help="Which part this process do
 BatchOption = Annotated[int | None, typer.Option(help="Slices per forward pass (inference.batch_size).")]
 TtaOption = Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average over in-plane flips.")]
 LccOption = Annotated[bool | None, typer.Option("--lcc/--no-lcc", help="Keep each organ's largest component.")]
+AdaptBnOption = Annotated[
+    bool | None,
+    typer.Option("--adapt-bn/--no-adapt-bn", help="BatchNorm statistics of each scan (another scanner or phase)."),
+]
 ZRangeOption = Annotated[
     str | None, typer.Option("--z-range", help="all, or main_slab: clear organs outside the main axial slab.")
 ]
@@ -210,6 +214,7 @@ def predict(
     batch_size: BatchOption = None,
     tta: TtaOption = None,
     lcc: LccOption = None,
+    adapt_bn: AdaptBnOption = None,
     z_range: ZRangeOption = None,
     device: DeviceOption = None,
     sets: SetOption = None,
@@ -223,7 +228,7 @@ def predict(
 
     overrides = parse_sets(sets) | _given(
         {"inference.batch_size": batch_size, "inference.tta_flip": tta, "inference.largest_component": lcc,
-         "inference.z_range": z_range, "inference.device": device}
+         "inference.adapt_bn": adapt_bn, "inference.z_range": z_range, "inference.device": device}
     )  # fmt: skip
 
     def run():

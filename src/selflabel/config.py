@@ -206,6 +206,10 @@ class InferenceConfig:
     z_range: ``"all"`` slices, or ``"main_slab"``: only the axial slab holding most of the predicted organ voxels
         (runs of slices with organs, gaps of up to `z_gap_mm` bridged) keeps its labels; organs "found" in the
         chest or legs of a longer scan, away from the abdomen, are cleared.
+    adapt_bn: before predicting a volume, every BatchNorm layer's statistics are estimated anew on that volume's
+        slices (AdaBN: Li et al., "Revisiting Batch Normalization For Practical Domain Adaptation", 2016), then the
+        trained ones come back: a scan of another scanner, phase or noise level is normalised by its own
+        statistics. One more forward pass per volume; no effect on networks without BatchNorm (Swin-Unet).
     """
 
     batch_size: int = 32
@@ -215,6 +219,7 @@ class InferenceConfig:
     min_component_fraction: float = 0.0
     z_range: Literal["all", "main_slab"] = "all"
     z_gap_mm: float = 30.0
+    adapt_bn: bool = False
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     device: str = "auto"
 

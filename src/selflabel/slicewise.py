@@ -9,6 +9,7 @@ leave the device, so a 512x512 scan never holds a full (C, Z, H, W) probability 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,36 @@ def slice_probabilities(
                     p, seen = _zoomed_probabilities(model, xi, factor)
                     probs, weight = probs + _flip(p, dims), weight + _flip(seen, dims)
         yield start, probs / weight
+
+
+@contextmanager
+def batchnorm_adapted(model: torch.nn.Module, volume: torch.Tensor, **options) -> Iterator[None]:
+    """Within the block, `model`'s BatchNorm layers normalise with statistics of `volume`'s slices (AdaBN).
+
+    One forward pass over the preprocessed (Z, S, S) volume (`slice_probabilities` `options`: context, batch size,
+    amp; no TTA) with the layers in training mode re-estimates their running mean and variance (the average over
+    its batches); the model is in eval mode inside the block, and the trained statistics and momentum come back
+    after it. A network without BatchNorm is left as it is.
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in layers]
+    try:
+        for layer in layers:
+            layer.reset_running_stats()
+            layer.momentum = None  # a plain average over the volume's batches
+            layer.train()
+        for _ in slice_probabilities(model, volume, **options):
+            pass
+        for layer in layers:
+            layer.eval()
+        yield
+    finally:
+        for layer, (mean, var, count, momentum) in zip(layers, saved, strict=True):
+            layer.running_mean.copy_(mean)
+            layer.running_var.copy_(var)
+            layer.num_batches_tracked.copy_(count)
+            layer.momentum = momentum
+            layer.eval()
 
 
 def _source_index(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

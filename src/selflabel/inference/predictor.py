@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from selflabel.io import Volume, canonical_axes, from_canonical
 from selflabel.preprocess import CropBox, prepare_image
 from selflabel.progress import warn_input
 from selflabel.runtime import setup_device
-from selflabel.slicewise import VolumePrediction, predict_in_box
+from selflabel.slicewise import VolumePrediction, batchnorm_adapted, predict_in_box
 
 
 class Ensemble(torch.nn.Module):
@@ -92,11 +93,12 @@ class Predictor(LoadedModel):
         """
         s = self.settings
         box = box if isinstance(box, CropBox) else CropBox.full(*box)
-        pred = predict_in_box(
-            self.model, volume, box, context=self.spec.context, batch_size=s.batch_size, amp=s.amp,
-            tta_flip=s.tta_flip, tta_zoom=s.tta_zoom, with_confidence=with_confidence,
-            lowres_size=lowres_size,
-        )  # fmt: skip
+        network = {"context": self.spec.context, "batch_size": s.batch_size, "amp": s.amp}
+        with batchnorm_adapted(self.model, volume, **network) if s.adapt_bn else nullcontext():
+            pred = predict_in_box(
+                self.model, volume, box, **network, tta_flip=s.tta_flip, tta_zoom=s.tta_zoom,
+                with_confidence=with_confidence, lowres_size=lowres_size,
+            )  # fmt: skip
         if s.largest_component or s.min_component_fraction:
             fraction = 1.0 if s.largest_component else s.min_component_fraction
             for labels in (pred.labels, pred.lowres_labels):
