@@ -127,6 +127,18 @@ def test_adapt_bn_predicts_each_volume_with_its_own_statistics_and_keeps_the_tra
     assert not np.array_equal(as_trained.lowres_confidence, first.lowres_confidence)
 
 
+def test_the_pseudo_labelling_teacher_adapts_batchnorm_only_as_pseudolabel_adapt_bn_says(finished):
+    from selflabel.pseudolabel import load_teacher
+
+    _, work = finished
+    run = work / "models" / "teacher"
+    for inference, pseudolabel in ((True, False), (False, True), (True, True)):
+        settings = {"inference.adapt_bn": inference, "pseudolabel.adapt_bn": pseudolabel}
+        assert load_teacher(run, settings).settings.adapt_bn == pseudolabel
+    ensemble = load_teacher(run, {"pseudolabel.adapt_bn": True, "pseudolabel.checkpoints": "best_and_latest"})
+    assert ensemble.settings.adapt_bn and len(ensemble.model.members) == 2
+
+
 def test_predict_adapt_bn_flag_adapts_every_scan(finished, cohort, tmp_path, capsys, monkeypatch):
     """`selflabel predict --adapt-bn` estimates the statistics once per scan; `--no-adapt-bn` never."""
     import selflabel.inference.predictor as predictor_module
@@ -155,6 +167,21 @@ def test_rerun_skips_finished_stages(finished, cohort):
     before = (work / "models" / "teacher" / "best.pt").stat().st_mtime_ns
     assert Pipeline(cohort, work, cfg, progress=False).run() == []
     assert (work / "models" / "teacher" / "best.pt").stat().st_mtime_ns == before
+
+
+def test_a_setting_newer_than_a_finished_stage_changes_nothing_at_its_default(finished, cohort, tmp_path):
+    """A marker written before `augment.phase_jitter` existed (the key deleted here): the run resumes with the
+    setting at its default and is refused with it changed."""
+    work = tmp_path / "work"
+    shutil.copytree(finished[1], work)
+    marker = work / "stages" / "teacher.json"
+    record = json.loads(marker.read_text())
+    del record["settings"]["augment"]["phase_jitter"]
+    marker.write_text(json.dumps(record))
+    assert Pipeline(cohort, work, load_config("cpu", overrides=MICRO), progress=False).run() == []
+    jittered = load_config("cpu", overrides={**MICRO, "augment.phase_jitter": 0.2})
+    with pytest.raises(SelflabelError, match=r"stage 'teacher' ran with other settings \(augment.phase_jitter: None"):
+        Pipeline(cohort, work, jittered, progress=False).run()
 
 
 def test_changed_settings_of_a_finished_stage_are_refused(finished, cohort, capsys):

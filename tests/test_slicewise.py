@@ -68,6 +68,10 @@ def test_adapted_batchnorm_normalises_each_volume_by_its_own_statistics_then_res
         return all(torch.equal(trained[k], state[k]) for k in trained) and model.norm.momentum == 0.1
 
     assert restored() and not model.training
+    long = torch.randn(9, 8, 8) + torch.arange(9.0)[:, None, None]  # slices of other levels
+    with batchnorm_adapted(model, long, batch_size=3):  # at most one batch: slices 0, 4 and 8
+        expected = model.conv(long[[0, 4, 8], None]).mean((0, 2, 3))
+        assert torch.allclose(model.norm.running_mean, expected, atol=1e-5)
     with pytest.raises(RuntimeError, match="stop"), batchnorm_adapted(model, other, batch_size=4):
         raise RuntimeError("stop")
     assert restored() and not model.training

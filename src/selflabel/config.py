@@ -236,8 +236,12 @@ class PseudoLabelConfig:
         maximum softmax probability) instead of 1.
     checkpoints: the teacher that makes pseudo-labels: its ``"best"`` checkpoint, or ``"best_and_latest"`` (an
         ensemble averaging the two checkpoints' probabilities).
+    adapt_bn: the teacher's BatchNorm statistics estimated on each unlabelled scan (`inference.adapt_bn`, which
+        applies to predictions and evaluation only; students trained on adapted pseudo-labels did worse on realct,
+        benchmarks/RESULTS.md, session 2026-12-05).
 
-    The teacher predicts with the `inference` settings (flip TTA, largest component), as every prediction does.
+    The teacher predicts with the `inference` settings (flip TTA, largest component), as every prediction does,
+    except for the BatchNorm adaptation, which `adapt_bn` sets.
     """
 
     confidence_tau: float = 0.0
@@ -246,6 +250,7 @@ class PseudoLabelConfig:
     drop_most_changed: float = 0.0
     soft_weights: bool = False
     checkpoints: Literal["best", "best_and_latest"] = "best"
+    adapt_bn: bool = False
 
 
 @dataclass(frozen=True)

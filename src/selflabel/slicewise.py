@@ -20,12 +20,11 @@ from selflabel.preprocess.crop import paste
 from selflabel.runtime import amp_dtype, autocast
 
 
-def context_stack(volume: torch.Tensor, start: int, stop: int, context: int) -> torch.Tensor:
-    """Slices start..stop-1 of a (Z, S, S) volume with `context` neighbours each side as channels (edges repeated)."""
-    depth = volume.shape[0]
+def context_stack(volume: torch.Tensor, slices: torch.Tensor, context: int) -> torch.Tensor:
+    """The (Z, S, S) volume's slices at indices `slices` (N,) with `context` neighbours each side as channels (edges
+    repeated): (N, 2 * context + 1, S, S)."""
     offsets = torch.arange(-context, context + 1)
-    index = (torch.arange(start, stop)[:, None] + offsets[None]).clamp_(0, depth - 1)
-    return volume[index]
+    return volume[(slices[:, None] + offsets[None]).clamp_(0, volume.shape[0] - 1)]
 
 
 def _flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -74,7 +73,7 @@ def slice_probabilities(
     flips = [(), (-1,), (-2,)] if tta_flip else [()]
     for start in range(0, volume.shape[0], batch_size):
         stop = min(start + batch_size, volume.shape[0])
-        x = context_stack(volume, start, stop, context).to(device, torch.float32, non_blocking=True)
+        x = context_stack(volume, torch.arange(start, stop), context).to(device, torch.float32, non_blocking=True)
         # channels innermost on every device: oneDNN's CPU convolutions too run faster in that layout
         # (benchmarks/RESULTS.md, "Channels-last prediction on CPU")
         x = x.contiguous(memory_format=torch.channels_last)
@@ -90,23 +89,28 @@ def slice_probabilities(
 
 
 @contextmanager
-def batchnorm_adapted(model: torch.nn.Module, volume: torch.Tensor, **options) -> Iterator[None]:
+def batchnorm_adapted(
+    model: torch.nn.Module, volume: torch.Tensor, *, context: int = 0, batch_size: int = 32, amp: str = "auto"
+) -> Iterator[None]:
     """Within the block, `model`'s BatchNorm layers normalise with statistics of `volume`'s slices (AdaBN).
 
-    One forward pass over the preprocessed (Z, S, S) volume (`slice_probabilities` `options`: context, batch size,
-    amp; no TTA) with the layers in training mode re-estimates their running mean and variance (the average over
-    its batches); the model is in eval mode inside the block, and the trained statistics and momentum come back
-    after it. A network without BatchNorm is left as it is.
+    One forward pass, in training mode, of up to `batch_size` slices spread evenly through the preprocessed
+    (Z, S, S) volume sets every layer's running mean and variance to that batch's; the model is in eval mode inside
+    the block, and the trained statistics and momentum come back after it. A network without BatchNorm is left as
+    it is.
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in layers]
     try:
         for layer in layers:
-            layer.reset_running_stats()
-            layer.momentum = None  # a plain average over the volume's batches
+            layer.momentum = 1.0  # the running statistics become this one batch's
             layer.train()
-        for _ in slice_probabilities(model, volume, **options):
-            pass
+        if layers:
+            depth, device = volume.shape[0], next(model.parameters()).device
+            slices = torch.linspace(0, depth - 1, min(depth, batch_size)).round().long()
+            x = context_stack(volume, slices, context).to(device, torch.float32)
+            with torch.inference_mode(), autocast(device, amp_dtype(amp, device)):
+                model(x.contiguous(memory_format=torch.channels_last))
         for layer in layers:
             layer.eval()
         yield

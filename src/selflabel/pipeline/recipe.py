@@ -66,7 +66,8 @@ class Pipeline:
         own_grid = self.student_size != self.cfg.preprocess.image_size
         self.student_cache = self.work / f"cache{self.student_size}" if own_grid else self.cache
         self.models = model_names(self.cfg)
-        self.runner = StageRunner(self.work, config_to_dict(self.cfg), {"data_dir": str(self.data_dir.resolve())})
+        identity = {"data_dir": str(self.data_dir.resolve())}
+        self.runner = StageRunner(self.work, config_to_dict(self.cfg), identity, config_to_dict(Config()))
 
     # ---- layout ----
 

@@ -39,16 +39,25 @@ class Stage:
 class StageRunner:
     """Runs stages in order in a work folder, with markers, settings checks and forced redos."""
 
-    def __init__(self, work: Path, settings: Mapping[str, Any], identity: Mapping[str, Any]):
-        """`settings`: the resolved config as a dict; `identity`: what else a stage's result depends on (data)."""
+    def __init__(
+        self,
+        work: Path,
+        settings: Mapping[str, Any],
+        identity: Mapping[str, Any],
+        defaults: Mapping[str, Any] | None = None,
+    ):
+        """`settings`: the resolved config as a dict; `identity`: what else a stage's result depends on (data);
+        `defaults`: the default config as a dict (a setting newer than a stage's marker, at its default, is no
+        change)."""
         self.work = work
         self.settings = settings
         self.identity = dict(identity)
+        self.defaults = defaults
 
-    def fingerprint(self, stage: Stage) -> dict[str, Any]:
+    def fingerprint(self, stage: Stage, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.identity)
         for key in stage.sections:
-            value: Any = self.settings
+            value: Any = self.settings if settings is None else settings
             for part in key.split("."):
                 value = value[part]
             out[key] = value
@@ -110,11 +119,23 @@ class StageRunner:
                 continue
             before = json.loads(marker.read_text())["settings"]
             now = self.fingerprint(stage)
+            if self.defaults is not None:
+                before = _added_at_default(before, now, self.fingerprint(stage, self.defaults))
             if before != now:
                 raise SelflabelError(
                     f"{self.work}: stage '{stage.name}' ran with other settings ({_first_difference(before, now)}); "
                     f"rerun with --force {stage.name} to redo it and every later stage"
                 )
+
+
+def _added_at_default(before: Any, now: Any, default: Any) -> Any:
+    """`before` with each key it lacks taken from `now` where `now` holds the default value: a setting added to
+    selflabel after a stage ran, and left at its default, changes nothing that stage did."""
+    if not (isinstance(before, dict) and isinstance(now, dict) and isinstance(default, dict)):
+        return before
+    out = {key: _added_at_default(value, now.get(key), default.get(key)) for key, value in before.items()}
+    out.update({key: now[key] for key in now.keys() - before.keys() if key in default and now[key] == default[key]})
+    return out
 
 
 def _first_difference(before: Any, now: Any, path: str = "") -> str:
