@@ -44,6 +44,7 @@ VARIANTS: dict[str, list[str]] = {
     "zoom_wide": ["--no-tta", "--no-lcc", "--set", "inference.tta_zoom=[0.8,0.9,1.1,1.25]"],
     "zoom_in": ["--no-tta", "--no-lcc", "--set", "inference.tta_zoom=[1.1,1.2]"],
     "components_0.1": ["--no-tta", "--no-lcc", "--set", "inference.min_component_fraction=0.1"],
+    "adapt_bn": ["--no-tta", "--no-lcc", "--adapt-bn"],
 }
 DEFAULT_VARIANTS = ("plain", "lcc", "tta", "tta_lcc")
 MODELS = ("teacher", "final")
