@@ -45,6 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     "zoom_in": ["--no-tta", "--no-lcc", "--set", "inference.tta_zoom=[1.1,1.2]"],
     "components_0.1": ["--no-tta", "--no-lcc", "--set", "inference.min_component_fraction=0.1"],
     "adapt_bn": ["--no-tta", "--no-lcc", "--adapt-bn"],
+    "adapt_bn_half": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.adapt_bn_weight=0.5"],
 }
 DEFAULT_VARIANTS = ("plain", "lcc", "tta", "tta_lcc")
 MODELS = ("teacher", "final")

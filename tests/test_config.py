@@ -46,6 +46,7 @@ def test_saved_config_reloads_equal(tmp_path):
         ({"augment.distension_max": 0.5}, "augment.distension_max must be in"),
         ({"augment.shift": 0.7}, "augment.shift must be in"),
         ({"augment.phase_jitter": -0.1}, "augment.phase_jitter must be >= 0"),
+        ({"inference.adapt_bn_weight": 0}, "inference.adapt_bn_weight must be in"),
         ({"preprocess.box_mm": -1}, "preprocess.box_mm must be >= 0"),
         ({"preprocess.body_opening_mm": -1}, "preprocess.body_opening_mm must be >= 0"),
         ({"model.deep_supervision": True}, "model.deep_supervision needs model.name unet, got swin_unet"),

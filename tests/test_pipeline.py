@@ -140,25 +140,27 @@ def test_the_pseudo_labelling_teacher_adapts_batchnorm_only_as_pseudolabel_adapt
 
 
 def test_predict_adapt_bn_flag_adapts_every_scan(finished, cohort, tmp_path, capsys, monkeypatch):
-    """`selflabel predict --adapt-bn` estimates the statistics once per scan; `--no-adapt-bn` never."""
+    """`selflabel predict --adapt-bn` estimates the statistics once per scan, at the weight set; `--no-adapt-bn`
+    never."""
     import selflabel.inference.predictor as predictor_module
 
     calls = []
     real = predictor_module.batchnorm_adapted
 
     def spy(model, volume, **options):
-        calls.append(tuple(volume.shape))
+        calls.append(options["weight"])
         return real(model, volume, **options)
 
     monkeypatch.setattr(predictor_module, "batchnorm_adapted", spy)
     _, work = finished
     scans = len(list((cohort / "imagesTs").glob("*.nii.gz")))
     base = ["predict", "-m", work / "models" / "student", "-i", cohort / "imagesTs", "--device", "cpu", "--quiet"]
-    for flag, expected in (("--adapt-bn", scans), ("--no-adapt-bn", 0)):
+    half = ["--adapt-bn", "--set", "inference.adapt_bn_weight=0.5"]
+    for name, flags, expected in (("on", ["--adapt-bn"], [1.0]), ("half", half, [0.5]), ("off", ["--no-adapt-bn"], [])):
         calls.clear()
-        code, out, err = run_cli([*base, "-o", tmp_path / flag, flag], capsys)
+        code, out, err = run_cli([*base, "-o", tmp_path / name, *flags], capsys)
         assert code == 0, err
-        assert len(calls) == expected and len(list((tmp_path / flag).glob("*.nii.gz"))) == scans
+        assert calls == expected * scans and len(list((tmp_path / name).glob("*.nii.gz"))) == scans
 
 
 def test_rerun_skips_finished_stages(finished, cohort):

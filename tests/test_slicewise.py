@@ -72,6 +72,9 @@ def test_adapted_batchnorm_normalises_each_volume_by_its_own_statistics_then_res
     with batchnorm_adapted(model, long, batch_size=3):  # at most one batch: slices 0, 4 and 8
         expected = model.conv(long[[0, 4, 8], None]).mean((0, 2, 3))
         assert torch.allclose(model.norm.running_mean, expected, atol=1e-5)
+    with batchnorm_adapted(model, long, weight=0.25, batch_size=3):  # a quarter the slices', the rest as trained
+        blend = 0.75 * trained["norm.running_mean"] + 0.25 * expected
+        assert torch.allclose(model.norm.running_mean, blend, atol=1e-5)
     with pytest.raises(RuntimeError, match="stop"), batchnorm_adapted(model, other, batch_size=4):
         raise RuntimeError("stop")
     assert restored() and not model.training

@@ -211,6 +211,9 @@ class InferenceConfig:
         trained ones come back: a scan of another scanner, phase or noise level is normalised by its own
         statistics. One more forward pass per volume, of up to `batch_size` slices spread through it; no effect on
         networks without BatchNorm (Swin-Unet).
+    adapt_bn_weight: with `adapt_bn`, the scan's share of the statistics, the trained ones the rest (1 = the scan's
+        own; 0.5 was a little better on scans like the training data and worse on a patient of another scanner,
+        benchmarks/RESULTS.md, session 2026-12-05).
     """
 
     batch_size: int = 32
@@ -221,6 +224,7 @@ class InferenceConfig:
     z_range: Literal["all", "main_slab"] = "all"
     z_gap_mm: float = 30.0
     adapt_bn: bool = False
+    adapt_bn_weight: float = 1.0
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     device: str = "auto"
 
@@ -479,6 +483,8 @@ def validate(config: Config) -> None:
             f"inference.min_component_fraction must be in [0, 1) (0 = off; the largest alone is largest_component), "
             f"got {config.inference.min_component_fraction}"
         )
+    if not 0 < config.inference.adapt_bn_weight <= 1:
+        raise ConfigError(f"inference.adapt_bn_weight must be in (0, 1], got {config.inference.adapt_bn_weight}")
     if any(not 0.5 <= f <= 2 for f in config.inference.tta_zoom):
         raise ConfigError(f"inference.tta_zoom factors must be in [0.5, 2], got {list(config.inference.tta_zoom)}")
     if pl.finetune_lr <= 0:

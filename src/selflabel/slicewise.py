@@ -90,20 +90,26 @@ def slice_probabilities(
 
 @contextmanager
 def batchnorm_adapted(
-    model: torch.nn.Module, volume: torch.Tensor, *, context: int = 0, batch_size: int = 32, amp: str = "auto"
+    model: torch.nn.Module,
+    volume: torch.Tensor,
+    *,
+    weight: float = 1.0,
+    context: int = 0,
+    batch_size: int = 32,
+    amp: str = "auto",
 ) -> Iterator[None]:
     """Within the block, `model`'s BatchNorm layers normalise with statistics of `volume`'s slices (AdaBN).
 
     One forward pass, in training mode, of up to `batch_size` slices spread evenly through the preprocessed
-    (Z, S, S) volume sets every layer's running mean and variance to that batch's; the model is in eval mode inside
-    the block, and the trained statistics and momentum come back after it. A network without BatchNorm is left as
-    it is.
+    (Z, S, S) volume sets every layer's running mean and variance to ``weight`` times that batch's plus ``1 -
+    weight`` times the trained ones (1: the volume's own); the model is in eval mode inside the block, and the
+    trained statistics and momentum come back after it. A network without BatchNorm is left as it is.
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in layers]
     try:
         for layer in layers:
-            layer.momentum = 1.0  # the running statistics become this one batch's
+            layer.momentum = weight  # running <- (1 - weight) * trained + weight * this batch's
             layer.train()
         if layers:
             depth, device = volume.shape[0], next(model.parameters()).device

@@ -94,7 +94,10 @@ class Predictor(LoadedModel):
         s = self.settings
         box = box if isinstance(box, CropBox) else CropBox.full(*box)
         network = {"context": self.spec.context, "batch_size": s.batch_size, "amp": s.amp}
-        with batchnorm_adapted(self.model, volume, **network) if s.adapt_bn else nullcontext():
+        statistics = (
+            batchnorm_adapted(self.model, volume, weight=s.adapt_bn_weight, **network) if s.adapt_bn else nullcontext()
+        )
+        with statistics:
             pred = predict_in_box(
                 self.model, volume, box, **network, tta_flip=s.tta_flip, tta_zoom=s.tta_zoom,
                 with_confidence=with_confidence, lowres_size=lowres_size,
