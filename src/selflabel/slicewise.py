@@ -4,6 +4,7 @@ Shared by validation during training and by inference/pseudo-labelling, so both 
 Input is a preprocessed volume at the model's grid, (Z, S, S); output labels are at any in-plane size (H, W):
 softmax probabilities are resized per batch and only the arg-max (and, on request, model-grid confidence maps)
 leave the device, so a 512x512 scan never holds a full (C, Z, H, W) probability volume in memory.
+`batchnorm_adapted` lets the network normalise one volume with that volume's own BatchNorm statistics (AdaBN).
 """
 
 from __future__ import annotations
