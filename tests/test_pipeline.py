@@ -276,6 +276,26 @@ def test_pseudo_weight_sets_the_student_s_sampling_weight(finished, cohort, tmp_
     assert set(dataset.weights[pseudo]) == {3.0} and set(dataset.weights[~pseudo]) == {1.0}
 
 
+def test_student_labelled_all_trains_students_on_the_validation_cases_too(finished, cohort, tmp_path):
+    """The student stage rerun with ``pipeline.student_labelled all``: its labelled source holds the training and
+    the validation cases (the teacher's still only the training ones), beside the same pseudo-labelled source."""
+    _, work = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    split = json.loads((copy / "split.json").read_text())
+    before = json.loads((copy / "models" / "student" / "split.json").read_text())["sources"]
+    assert before[0]["cases"] == split["train"]
+    shutil.rmtree(copy / "models" / "student")
+    cfg = load_config("cpu", overrides={**MICRO, "pipeline.student_labelled": "all"})
+    pipeline = Pipeline(cohort, copy, cfg, False)
+    next(stage for stage in pipeline.stages() if stage.name == "student1").run()
+    record = json.loads((copy / "models" / "student" / "split.json").read_text())["sources"]
+    assert record[0]["cases"] == split["train"] + split["validation"] and split["validation"]
+    assert record[1]["cases"] == before[1]["cases"]
+    teacher = json.loads((copy / "models" / "teacher" / "split.json").read_text())["sources"]
+    assert [s["cases"] for s in teacher] == [split["train"]]
+
+
 def test_student_init_teacher_starts_the_student_from_the_teacher_s_best_weights(finished, cohort, tmp_path):
     """The student stage rerun with ``pipeline.student_init teacher`` at a student learning rate
     (``pipeline.student_lr``) too small to move anything: its weights are the teacher's (the paper's student, from

@@ -156,6 +156,10 @@ def test_comparison_line_says_whether_the_student_helped(folders):
     test = comparison_line(summary, "test")
     assert "did not help" in test and "-5.0 points" in test
     assert comparison_line(summary, "nowhere") is None
+    seen = build_summary(results, pseudo, {"pipeline": {"student_labelled": "all"}})
+    assert comparison_line(seen, "validation").endswith("trained on these cases (pipeline.student_labelled: all): "
+                                                        "their fit, not a fair score.")  # fmt: skip
+    assert comparison_line(seen, "test") == test
     del summary["models"]["student"]
     assert comparison_line(summary, "validation") is None  # a teacher alone: nothing to compare
 

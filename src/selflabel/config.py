@@ -275,6 +275,10 @@ class PipelineConfig:
         best weights, so that a short schedule goes into the pseudo-labelled cases rather than into learning
         anatomy again (needs ``student_model: teacher``; from round 2 the teacher is the previous student).
     student_lr: each student's initial learning rate (0 = `train.lr`, as in the paper); poly decay as in training.
+    student_labelled: the labelled cases each student (and the fine-tuned student) trains on beside the
+        pseudo-labelled ones: ``"train"`` (the training split, the paper) or ``"all"`` (the validation cases too: with
+        few labelled scans, their ground truth is worth more to a student than a fair validation score; a student's
+        validation DSC then measures its fit, and only test cases measure it fairly).
     student_image_size: the in-plane grid (pixels) of every student and of the fine-tuned student (0 = the teacher's
         `preprocess.image_size`): a finer grid holds small organs and borders better, at its cost in time; the
         teacher's pseudo-labels are resized to it as probabilities, and the labelled and unlabelled scans are cached
@@ -290,6 +294,7 @@ class PipelineConfig:
     student_augment: Literal["same", "strong"] = "same"
     student_init: Literal["scratch", "teacher"] = "scratch"
     student_lr: float = 0.0
+    student_labelled: Literal["train", "all"] = "train"
     student_image_size: int = 0
 
 

@@ -222,10 +222,12 @@ def comparison_line(summary: Mapping[str, Any], split: str) -> str | None:
     best = models[best_name]["splits"][split]
     delta = 100 * (best["mean_dsc"] - teacher["mean_dsc"])
     verdict = "helped" if delta > 0 else "did not help"
+    seen = split == "validation" and summary["config"].get("pipeline", {}).get("student_labelled") == "all"
     return (
         f"On {split} ({teacher['num_cases']} cases) pseudo-labels {verdict}: mean DSC {100 * teacher['mean_dsc']:.1f}"
         f" (teacher) -> {100 * best['mean_dsc']:.1f} ({best_name}), {delta:+.1f} points; mean NSD "
         f"{100 * teacher['mean_nsd']:.1f} -> {100 * best['mean_nsd']:.1f}."
+        + (" The students trained on these cases (pipeline.student_labelled: all): their fit, not a fair score." * seen)
     )
 
 

@@ -94,7 +94,8 @@ class Pipeline:
         base = ("seed", "preprocess", "pipeline.train_fraction", "pipeline.student_image_size")
         train = (*base, "model", "augment", "train")
         student = (*train, "student", "inference", "pseudolabel", "pipeline.student_epochs", "pipeline.student_model",
-                   "pipeline.student_augment", "pipeline.student_init", "pipeline.student_lr")  # fmt: skip
+                   "pipeline.student_augment", "pipeline.student_init", "pipeline.student_lr",
+                   "pipeline.student_labelled")  # fmt: skip
         pseudo = (*train, "inference", "pseudolabel")
         caches = tuple(dict.fromkeys(("cache", self.student_cache.name)))
         stages = [
@@ -132,8 +133,10 @@ class Pipeline:
         self, name: str, extra: list[Source], cfg: Config, cache: Path, init_from: Path | None = None
     ) -> None:
         split = self.split
+        students_see_all = name != "teacher" and self.cfg.pipeline.student_labelled == "all"
+        labelled = split["train"] + (split["validation"] if students_see_all else [])
         result = train_model(
-            cfg, self.run_dir(name), sources=[Source(cache, tuple(split["train"])), *extra],
+            cfg, self.run_dir(name), sources=[Source(cache, tuple(labelled)), *extra],
             val_cases=split["validation"], val_cache=cache, labels=self.dataset.labels, progress=self.progress,
             init_from=init_from,
         )  # fmt: skip
