@@ -14,19 +14,15 @@ from selflabel.io.dataset import (
     single_files,
     write_dataset_json,
 )
-from selflabel.io.nifti import (
+from selflabel.io.nifti import read_header, read_image, read_label, source_stamp, write_nifti
+from selflabel.io.volume import (
     CANONICAL_AXCODES,
     Volume,
     axial_axis,
     canonical_axes,
     check_same_grid,
     from_canonical,
-    read_header,
-    read_image,
-    read_label,
-    source_stamp,
     to_canonical,
-    write_nifti,
 )
 
 __all__ = [

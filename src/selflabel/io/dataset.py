@@ -11,7 +11,8 @@ from pathlib import Path
 
 from selflabel.atomic import atomic_write_json
 from selflabel.errors import InputError
-from selflabel.io.nifti import Volume, check_same_grid, read_image, read_label
+from selflabel.io.nifti import read_image, read_label
+from selflabel.io.volume import Volume, check_same_grid
 from selflabel.progress import warn_input
 
 CHANNEL_SUFFIX = "_0000"

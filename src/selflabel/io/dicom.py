@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from selflabel.errors import InputError
-from selflabel.io.nifti import Volume
+from selflabel.io.volume import Volume
 from selflabel.progress import warn_input
 
 #: Relative tolerance on slice spacing (1 %) and absolute tolerance on direction cosines.

@@ -1,20 +1,14 @@
-"""NIfTI in and out, with geometry, and the canonical orientation the models see.
+"""NIfTI in and out, with geometry; a folder passed as an image is read as one DICOM series.
 
-Axis order: a `Volume`'s array is in the file's own voxel order (i, j, k), exactly as nibabel returns it;
-`affine` maps voxel indices to world millimetres in RAS+ (x to the patient's Right... see nibabel's
-coordinate-system docs), and `spacing` is the voxel size in mm along i, j, k (from the header zooms).
-`to_canonical` re-orders any volume to the project's canonical (z, y, x) layout, axcodes ``("S", "P", "L")``:
-axis 0 runs inferior -> superior, so ``array[z]`` is an axial slice shown the radiological way
-(anterior at the top, the patient's right on the image's left). `from_canonical` undoes it exactly.
-
-Every reader raises `InputError` naming the file and the problem; writers are atomic.
+A `Volume`'s array is in the file's own voxel order (i, j, k), exactly as nibabel returns it (see
+`selflabel.io.volume` for the axes and the canonical layout the models see). Every reader raises `InputError` naming
+the file and the problem; writers are atomic.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -22,44 +16,8 @@ import numpy as np
 
 from selflabel.atomic import atomic_path
 from selflabel.errors import InputError
-
-CANONICAL_AXCODES: tuple[str, str, str] = ("S", "P", "L")
-
-
-@dataclass
-class Volume:
-    """A 3D array with its geometry.
-
-    array: voxels in the file's (i, j, k) order; float32 for images, uint8 for labels.
-    affine: 4x4 voxel -> world (mm, RAS+).
-    header: the NIfTI header, kept so that written outputs carry the input's header.
-    """
-
-    array: np.ndarray
-    affine: np.ndarray
-    header: nib.Nifti1Header = field(repr=False)
-    path: Path | None = None
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along the array axes (i, j, k)."""
-        return tuple(float(z) for z in self.header.get_zooms()[:3])
-
-    @property
-    def axcodes(self) -> tuple[str, str, str]:
-        """Anatomical direction each array axis points to, e.g. ``("R", "A", "S")``."""
-        return tuple(nib.orientations.aff2axcodes(self.affine))
-
-    @property
-    def axial_axis(self) -> int:
-        """The array axis that runs inferior <-> superior (the one axial slices are taken along)."""
-        return axial_axis(self.affine)
-
-
-def axial_axis(affine: np.ndarray) -> int:
-    """Index of the voxel axis closest to the world S-I direction."""
-    ornt = nib.orientations.io_orientation(affine)
-    return int(np.flatnonzero(ornt[:, 0] == 2)[0])
+from selflabel.io.dicom import nifti_header, read_series, series_geometry
+from selflabel.io.volume import Volume
 
 
 def _load(path: Path) -> nib.Nifti1Image:
@@ -94,8 +52,6 @@ def read_image(path: str | Path) -> Volume:
     """
     path = Path(path)
     if path.is_dir():
-        from selflabel.io.dicom import read_series
-
         return read_series(path)
     img = _load(path)
     data = _voxels(path, img, np.float32)
@@ -109,8 +65,6 @@ def read_header(path: str | Path) -> nib.Nifti1Header:
     """The NIfTI header an image's outputs are written with: the file's own, or a DICOM series' geometry."""
     path = Path(path)
     if path.is_dir():
-        from selflabel.io.dicom import nifti_header, series_geometry
-
         geometry = series_geometry(path)
         return nifti_header(geometry.shape, geometry.affine)
     return _load(path).header.copy()
@@ -147,18 +101,6 @@ def read_label(path: str | Path, allowed: Collection[int] | None = None) -> Volu
     return Volume(data.astype(np.uint8), img.affine.copy(), img.header.copy(), path)
 
 
-def check_same_grid(reference: Volume, other: Volume, reference_is: str = "its image's", atol_mm: float = 1e-3) -> None:
-    """Raise InputError naming `other` unless it shares shape and affine with `reference`.
-
-    `reference_is` names the reference in the message, e.g. "its image's" or "the ground truth's".
-    """
-    where = other.path or "volume"
-    if reference.array.shape != other.array.shape:
-        raise InputError(where, f"shape {other.array.shape} differs from {reference_is} {reference.array.shape}")
-    if not np.allclose(reference.affine, other.affine, atol=atol_mm, rtol=1e-5):
-        raise InputError(where, f"affine (orientation/spacing/origin) differs from {reference_is}")
-
-
 def write_nifti(
     path: str | Path,
     array: np.ndarray,
@@ -185,28 +127,3 @@ def write_nifti(
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return path
-
-
-def _canonical_transform(affine: np.ndarray) -> np.ndarray:
-    ornt = nib.orientations.io_orientation(affine)
-    return nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(CANONICAL_AXCODES))
-
-
-def to_canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Re-order (transpose and flip, no resampling) a volume to the canonical (z, y, x) layout."""
-    return nib.orientations.apply_orientation(array, _canonical_transform(affine))
-
-
-def from_canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Undo `to_canonical` for a volume whose original affine is `affine`; extra leading axes are not allowed."""
-    ornt = nib.orientations.io_orientation(affine)
-    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(CANONICAL_AXCODES), ornt)
-    return nib.orientations.apply_orientation(array, back)
-
-
-def canonical_axes(values: Sequence[float], affine: np.ndarray) -> tuple:
-    """Re-order per-axis values (shape, spacing in mm) of a volume to its canonical (z, y, x) order."""
-    out: list = [None, None, None]
-    for axis, (target, _flip) in enumerate(_canonical_transform(affine)):
-        out[int(target)] = values[axis]
-    return tuple(out)
