@@ -3,6 +3,7 @@ the summary's figures, the markdown's numbers, and the figures written."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -12,7 +13,15 @@ import pytest
 
 from selflabel.io import write_nifti
 from selflabel.labels import FLARE22_LABELS, FLARE22_ORGANS
-from selflabel.report import ModelResult, build_summary, comparison_line, paper_table, plot_training, write_report
+from selflabel.report import (
+    ModelResult,
+    build_summary,
+    chosen_student,
+    comparison_line,
+    paper_table,
+    plot_training,
+    write_report,
+)
 from selflabel.training_log import IterationLog, append_epoch
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -162,6 +171,24 @@ def test_comparison_line_says_whether_the_student_helped(folders):
     assert comparison_line(seen, "test") == test
     del summary["models"]["student"]
     assert comparison_line(summary, "validation") is None  # a teacher alone: nothing to compare
+
+
+def test_the_student_compared_is_chosen_on_validation_never_on_test(folders):
+    """A second student, better on test but worse on validation, is not the one the headline offers; without
+    validation scores the last student is."""
+    results, pseudo, _ = folders
+    summary = build_summary(results, pseudo, {})
+    models = summary["models"]
+    second = copy.deepcopy(models["student"])
+    second["splits"]["validation"]["mean_dsc"] -= 0.10
+    second["splits"]["test"]["mean_dsc"] += 0.20
+    models["student2"] = second
+    assert chosen_student(summary) == "student"
+    assert "(student)" in comparison_line(summary, "test") and "did not help" in comparison_line(summary, "test")
+    for model in models.values():
+        del model["splits"]["validation"]
+    assert chosen_student(summary) == "student2"
+    assert "(student2), +15.0 points" in comparison_line(summary, "test")
 
 
 def test_report_markdown_shows_the_inputs_numbers_and_the_figures_are_written(folders, tmp_path):

@@ -211,14 +211,25 @@ def _pseudo_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def comparison_line(summary: Mapping[str, Any], split: str) -> str | None:
-    """ "student vs teacher" in one sentence for `split` (None when either is missing)."""
+def chosen_student(summary: Mapping[str, Any]) -> str | None:
+    """The student a run offers: the one best on validation (mean DSC) when every student was scored there, else
+    the last; never chosen on test scores. None without students."""
     models = summary["models"]
-    names = [n for n in models if split in models[n]["splits"] and n != "teacher"]
-    if "teacher" not in models or split not in models["teacher"]["splits"] or not names:
+    students = [n for n in models if n != "teacher"]
+    if not students or not all("validation" in models[n]["splits"] for n in students):
+        return students[-1] if students else None
+    return max(students, key=lambda n: models[n]["splits"]["validation"]["mean_dsc"])
+
+
+def comparison_line(summary: Mapping[str, Any], split: str) -> str | None:
+    """ "student vs teacher" in one sentence for `split`, with the `chosen_student` (None when either is missing)."""
+    models = summary["models"]
+    best_name = chosen_student(summary)
+    if "teacher" not in models or split not in models["teacher"]["splits"] or best_name is None:
+        return None
+    if split not in models[best_name]["splits"]:
         return None
     teacher = models["teacher"]["splits"][split]
-    best_name = max(names, key=lambda n: models[n]["splits"][split]["mean_dsc"])
     best = models[best_name]["splits"][split]
     delta = 100 * (best["mean_dsc"] - teacher["mean_dsc"])
     verdict = "helped" if delta > 0 else "did not help"
