@@ -46,6 +46,7 @@ VARIANTS: dict[str, list[str]] = {
     "components_0.1": ["--no-tta", "--no-lcc", "--set", "inference.min_component_fraction=0.1"],
     "adapt_bn": ["--no-tta", "--no-lcc", "--adapt-bn"],
     "adapt_bn_half": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.adapt_bn_weight=0.5"],
+    "adapt_bn_z025": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.z_smoothing=0.25"],
 }
 DEFAULT_VARIANTS = ("plain", "lcc", "tta", "tta_lcc")
 MODELS = ("teacher", "final")

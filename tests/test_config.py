@@ -47,6 +47,8 @@ def test_saved_config_reloads_equal(tmp_path):
         ({"augment.shift": 0.7}, "augment.shift must be in"),
         ({"augment.phase_jitter": -0.1}, "augment.phase_jitter must be >= 0"),
         ({"inference.adapt_bn_weight": 0}, "inference.adapt_bn_weight must be in"),
+        ({"inference.z_smoothing": 0.6}, "inference.z_smoothing must be in"),
+        ({"inference.z_smoothing": -0.1}, "inference.z_smoothing must be in"),
         ({"preprocess.box_mm": -1}, "preprocess.box_mm must be >= 0"),
         ({"preprocess.body_opening_mm": -1}, "preprocess.body_opening_mm must be >= 0"),
         ({"model.deep_supervision": True}, "model.deep_supervision needs model.name unet, got swin_unet"),

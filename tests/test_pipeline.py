@@ -127,6 +127,24 @@ def test_adapt_bn_predicts_each_volume_with_its_own_statistics_and_keeps_the_tra
     assert not np.array_equal(as_trained.lowres_confidence, first.lowres_confidence)
 
 
+def test_a_run_s_predictor_smooths_through_plane_as_inference_z_smoothing_says(finished):
+    """`inference.z_smoothing` 0.5 reaches a run's predictor: a slice's labels are then its two neighbours' mix,
+    whatever the slice itself holds."""
+    from selflabel.inference import Predictor
+
+    _, work = finished
+    predictor = Predictor.from_run(work / "models" / "student", overrides={"inference.adapt_bn": False})
+    side = predictor.config.preprocess.image_size
+    volume = torch.from_numpy(1.5 * np.random.default_rng(1).standard_normal((5, side, side)).astype(np.float32))
+    changed = volume.clone()
+    changed[2] = -changed[2]
+    smooth = predictor.with_overrides({"inference.z_smoothing": 0.5})
+    a, b = (smooth.predict_prepared(v, (side, side), with_confidence=True) for v in (volume, changed))
+    assert np.array_equal(a.lowres_confidence[2], b.lowres_confidence[2])
+    plain = [predictor.predict_prepared(v, (side, side), with_confidence=True) for v in (volume, changed)]
+    assert not np.array_equal(plain[0].lowres_confidence[2], plain[1].lowres_confidence[2])
+
+
 def test_the_pseudo_labelling_teacher_adapts_batchnorm_only_as_pseudolabel_adapt_bn_says(finished):
     from selflabel.pseudolabel import load_teacher
 

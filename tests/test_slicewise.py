@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from selflabel.preprocess import resize_slices
-from selflabel.slicewise import batchnorm_adapted, predict_volume, resized_argmax, slice_probabilities
+from selflabel.slicewise import (
+    batchnorm_adapted,
+    predict_volume,
+    resized_argmax,
+    slice_probabilities,
+    z_smoothed,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,6 +106,28 @@ def test_flip_tta_for_a_flip_equivariant_model_changes_nothing():
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.lowres_labels, b.lowres_labels)
     assert np.allclose(a.lowres_confidence, b.lowres_confidence, atol=1e-3)
     assert np.allclose(a.lowres_entropy, b.lowres_entropy, atol=1e-3)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 7])
+def test_z_smoothing_mixes_each_slice_with_its_neighbours_across_batches(batch_size):
+    """Whatever the batching, slice z becomes 0.5 p[z] + 0.25 (p[z-1] + p[z+1]), the ends their own neighbour;
+    a slice that disagrees with both neighbours is outvoted in the labels."""
+    torch.manual_seed(0)
+    model = Pointwise().eval()
+    volume = torch.randn(7, 6, 6)
+    plain = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=7)])
+    batches = list(z_smoothed(slice_probabilities(model, volume, batch_size=batch_size), 0.25))
+    assert [start for start, _ in batches] == list(range(0, 7, batch_size))
+    smooth = torch.cat([p for _, p in batches])
+    padded = torch.cat([plain[:1], plain, plain[-1:]])
+    assert torch.allclose(smooth, 0.5 * plain + 0.25 * (padded[:-2] + padded[2:]), atol=1e-6)
+    assert torch.allclose(smooth.sum(1), torch.ones(7, 6, 6), atol=1e-5)
+    odd = torch.ones(5, 6, 6)
+    odd[2] = -1.0  # the middle slice alone looks different
+    plain_labels = predict_volume(model, odd, (6, 6), batch_size=2).labels
+    smooth_labels = predict_volume(model, odd, (6, 6), batch_size=2, z_smoothing=0.4).labels
+    assert not np.array_equal(plain_labels[2], plain_labels[1])
+    assert np.array_equal(smooth_labels[2], plain_labels[1]) and np.array_equal(smooth_labels[0], plain_labels[0])
 
 
 def test_flip_tta_averages_the_unflipped_predictions_of_the_flipped_inputs():

@@ -214,6 +214,9 @@ class InferenceConfig:
     adapt_bn_weight: with `adapt_bn`, the scan's share of the statistics, the trained ones the rest (1 = the scan's
         own; 0.5 was a little better on scans like the training data and worse on a patient of another scanner,
         benchmarks/RESULTS.md, session 2026-12-05).
+    z_smoothing: each slice's probabilities are mixed with its two neighbours', each weighted `z_smoothing`, before
+        the arg-max (0 = off; at most 0.5): slices predicted one by one agree more with each other, as the organs
+        do between slices a few millimetres apart. Pseudo-labels are made with it too.
     """
 
     batch_size: int = 32
@@ -225,6 +228,7 @@ class InferenceConfig:
     z_gap_mm: float = 30.0
     adapt_bn: bool = False
     adapt_bn_weight: float = 1.0
+    z_smoothing: float = 0.0
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     device: str = "auto"
 
@@ -488,6 +492,8 @@ def validate(config: Config) -> None:
             f"inference.min_component_fraction must be in [0, 1) (0 = off; the largest alone is largest_component), "
             f"got {config.inference.min_component_fraction}"
         )
+    if not 0 <= config.inference.z_smoothing <= 0.5:
+        raise ConfigError(f"inference.z_smoothing must be in [0, 0.5], got {config.inference.z_smoothing}")
     if not 0 < config.inference.adapt_bn_weight <= 1:
         raise ConfigError(f"inference.adapt_bn_weight must be in (0, 1], got {config.inference.adapt_bn_weight}")
     if any(not 0.5 <= f <= 2 for f in config.inference.tta_zoom):

@@ -89,6 +89,25 @@ def slice_probabilities(
         yield start, probs / weight
 
 
+def z_smoothed(batches: Iterator[tuple[int, torch.Tensor]], weight: float) -> Iterator[tuple[int, torch.Tensor]]:
+    """`slice_probabilities` batches with each slice mixed with its neighbours: ``(1 - 2w) p[z] + w (p[z-1] +
+    p[z+1])``, the end slices standing in for their missing neighbour. A batch is yielded once the next one's first
+    slice is known, so at most two batches are held."""
+    held: tuple[int, torch.Tensor, torch.Tensor] | None = None  # start, probabilities, the slice before them
+    for start, probs in batches:
+        if held is not None:
+            yield held[0], _mixed(held[1], held[2], probs[:1], weight)
+        before = held[1][-1:] if held is not None else probs[:1]
+        held = (start, probs, before)
+    if held is not None:
+        yield held[0], _mixed(held[1], held[2], held[1][-1:], weight)
+
+
+def _mixed(probs: torch.Tensor, before: torch.Tensor, after: torch.Tensor, weight: float) -> torch.Tensor:
+    padded = torch.cat([before, probs, after])
+    return (1 - 2 * weight) * probs + weight * (padded[:-2] + padded[2:])
+
+
 @contextmanager
 def batchnorm_adapted(
     model: torch.nn.Module,
@@ -203,14 +222,15 @@ def predict_volume(
     amp: str = "auto",
     tta_flip: bool = False,
     tta_zoom: tuple[float, ...] = (),
+    z_smoothing: float = 0.0,
     with_confidence: bool = False,
     lowres_size: int | None = None,
 ) -> VolumePrediction:
     """Predict every axial slice of a preprocessed (Z, S, S) volume and return labels at (Z, H, W).
 
-    `with_confidence`: also the model-grid labels, confidence and entropy, at side `lowres_size` (None = the
-    volume's S). They are not computed at (H, W): a full-resolution softmax of every class costs more than the
-    network on a 512x512 scan, and the statistics made from them barely differ.
+    `z_smoothing`: see `z_smoothed`. `with_confidence`: also the model-grid labels, confidence and entropy, at side
+    `lowres_size` (None = the volume's S). They are not computed at (H, W): a full-resolution softmax of every class
+    costs more than the network on a 512x512 scan, and the statistics made from them barely differ.
     """
     depth, side = volume.shape[0], lowres_size or volume.shape[-1]
     labels = np.empty((depth, *out_hw), dtype=np.uint8)
@@ -219,9 +239,10 @@ def predict_volume(
          np.empty((depth, side, side), np.float16))
         if with_confidence else None
     )  # fmt: skip
-    for start, probs in slice_probabilities(
+    batches = slice_probabilities(
         model, volume, context=context, batch_size=batch_size, amp=amp, tta_flip=tta_flip, tta_zoom=tta_zoom
-    ):
+    )
+    for start, probs in z_smoothed(batches, z_smoothing) if z_smoothing else batches:
         stop = start + probs.shape[0]
         # Classes innermost: the resize keeps that layout, and the reductions over classes below read contiguous
         # memory (benchmarks/RESULTS.md has the NCHW comparison).

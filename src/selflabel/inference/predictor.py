@@ -100,7 +100,7 @@ class Predictor(LoadedModel):
         with statistics:
             pred = predict_in_box(
                 self.model, volume, box, **network, tta_flip=s.tta_flip, tta_zoom=s.tta_zoom,
-                with_confidence=with_confidence, lowres_size=lowres_size,
+                z_smoothing=s.z_smoothing, with_confidence=with_confidence, lowres_size=lowres_size,
             )  # fmt: skip
         if s.largest_component or s.min_component_fraction:
             fraction = 1.0 if s.largest_component else s.min_component_fraction
