@@ -225,21 +225,21 @@ def comparison_line(summary: Mapping[str, Any], split: str) -> str | None:
     """ "student vs teacher" in one sentence for `split`, with the `chosen_student` (None when either is missing)."""
     models = summary["models"]
     best_name = chosen_student(summary)
-    if "teacher" not in models or split not in models["teacher"]["splits"] or best_name is None:
-        return None
-    if split not in models[best_name]["splits"]:
+    scored = [n for n in ("teacher", best_name) if n in models and split in models[n]["splits"]]
+    if len(scored) < 2:
         return None
     teacher = models["teacher"]["splits"][split]
     best = models[best_name]["splits"][split]
     delta = 100 * (best["mean_dsc"] - teacher["mean_dsc"])
     verdict = "helped" if delta > 0 else "did not help"
-    seen = split == "validation" and summary["config"].get("pipeline", {}).get("student_labelled") == "all"
-    return (
+    line = (
         f"On {split} ({teacher['num_cases']} cases) pseudo-labels {verdict}: mean DSC {100 * teacher['mean_dsc']:.1f}"
         f" (teacher) -> {100 * best['mean_dsc']:.1f} ({best_name}), {delta:+.1f} points; mean NSD "
         f"{100 * teacher['mean_nsd']:.1f} -> {100 * best['mean_nsd']:.1f}."
-        + (" The students trained on these cases (pipeline.student_labelled: all): their fit, not a fair score." * seen)
     )
+    if split == "validation" and summary["config"].get("pipeline", {}).get("student_labelled") == "all":
+        line += " The students trained on these cases (pipeline.student_labelled: all): their fit, not a fair score."
+    return line
 
 
 # ---- figures ----

@@ -130,20 +130,24 @@ class Pipeline:
         say(f"    {len(train)} training, {len(val)} validation, {len(self.dataset.unlabeled)} unlabelled cases")
 
     def _train_model(
-        self, name: str, extra: list[Source], cfg: Config, cache: Path, init_from: Path | None = None
-    ) -> None:
-        split = self.split
-        students_see_all = name != "teacher" and self.cfg.pipeline.student_labelled == "all"
-        labelled = split["train"] + (split["validation"] if students_see_all else [])
+        self, name: str, labelled: Sequence[str], extra: list[Source], cfg: Config, cache: Path,
+        init_from: Path | None = None,
+    ) -> None:  # fmt: skip
         result = train_model(
             cfg, self.run_dir(name), sources=[Source(cache, tuple(labelled)), *extra],
-            val_cases=split["validation"], val_cache=cache, labels=self.dataset.labels, progress=self.progress,
+            val_cases=self.split["validation"], val_cache=cache, labels=self.dataset.labels, progress=self.progress,
             init_from=init_from,
         )  # fmt: skip
         say(f"    {name}: {result.epochs} epochs, {result.seconds:.0f} s, best epoch {result.best_epoch}")
 
     def _teacher(self) -> None:
-        self._train_model("teacher", [], self.cfg, self.cache)
+        self._train_model("teacher", self.split["train"], [], self.cfg, self.cache)
+
+    def _students_labelled(self) -> list[str]:
+        """The labelled cases a student trains on: the training split, and the validation one with
+        ``pipeline.student_labelled: all``."""
+        split = self.split
+        return split["train"] + (split["validation"] if self.cfg.pipeline.student_labelled == "all" else [])
 
     def _settings_for_prediction(self) -> dict[str, Any]:
         """This run's inference and pseudo-label sections, which every trained model predicts with."""
@@ -185,13 +189,14 @@ class Pipeline:
             self.run_dir(self.models[round_ - 1]) / "best.pt" if self.cfg.pipeline.student_init == "teacher" else None
         )
         cfg = self._student_config({"train.epochs": epochs})
-        self._train_model(self.models[round_], [pseudo], cfg, cache, init_from=init)
+        self._train_model(self.models[round_], self._students_labelled(), [pseudo], cfg, cache, init_from=init)
 
     def _finetune(self) -> None:
         p = self.cfg.pipeline
         last_student = self.run_dir(self.models[p.rounds])
         cfg = self._student_config({"train.epochs": p.finetune_epochs, "train.lr": p.finetune_lr})
-        self._train_model("student_finetuned", [], cfg, self.student_cache, init_from=last_student / "best.pt")
+        init = last_student / "best.pt"
+        self._train_model("student_finetuned", self._students_labelled(), [], cfg, self.student_cache, init_from=init)
 
     def eval_splits(self) -> dict[str, list[Case]]:
         splits = {"validation": self._labelled(self.split["validation"])}

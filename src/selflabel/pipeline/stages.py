@@ -56,8 +56,9 @@ class StageRunner:
 
     def fingerprint(self, stage: Stage, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.identity)
+        settings = self.settings if settings is None else settings
         for key in stage.sections:
-            value: Any = self.settings if settings is None else settings
+            value: Any = settings
             for part in key.split("."):
                 value = value[part]
             out[key] = value
