@@ -121,6 +121,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_adapt_bn_pseudo": _sets("pseudolabel.adapt_bn=true"),
     "plus_pseudo_w025": _sets("train.pseudo_weight=0.25"),
     "plus_students_all": _sets("pipeline.student_labelled=all"),
+    "plus_train_all": _sets("pipeline.train_fraction=1"),
     "plus_z_smoothing": _sets("inference.z_smoothing=0.25"),
     "plus_tau09": _sets("pseudolabel.confidence_tau=0.9"),
     "plus_drop_changed": _sets("pseudolabel.drop_most_changed=0.25"),

@@ -221,6 +221,12 @@ def test_a_single_case_trains():
     assert split_cases(["only"], 0.4, seed=0) == (["only"], [])
 
 
+def test_fraction_one_trains_on_every_case():
+    names = ["d", "a", "c", "b"]
+    assert split_cases(names, 1.0, seed=0) == (["a", "b", "c", "d"], [])
+    assert split_cases(names, 0.99, seed=0)[1]  # under 1, validation keeps a case
+
+
 def test_a_split_file_is_read_and_checked(tmp_path):
     names = ["a", "b", "c", "d"]
     path = tmp_path / "split.json"

@@ -335,6 +335,27 @@ def test_student_init_teacher_starts_the_student_from_the_teacher_s_best_weights
         load_config("cpu", overrides={"pipeline.student_init": "teacher", "pipeline.student_model": "own"})
 
 
+def test_train_fraction_one_trains_on_every_labelled_case_and_keeps_the_last_epoch(cohort, tmp_path):
+    """``pipeline.train_fraction 1``, two epochs: no case validates, the teacher and the student train on all four
+    labelled cases, each keeps its last epoch's weights, and the report scores the test split only."""
+    cfg = load_config("cpu", overrides={**MICRO, "pipeline.train_fraction": 1.0, "train.epochs": 2})
+    work = tmp_path / "work"
+    run_recipe(cohort, work, cfg, progress=False)
+    split = json.loads((work / "split.json").read_text())
+    assert split["validation"] == [] and len(split["train"]) == 4
+    for model in ("teacher", "student"):
+        run = work / "models" / model
+        sources = json.loads((run / "split.json").read_text())["sources"]
+        assert sources[0]["cases"] == split["train"]
+        best, latest = (torch.load(run / f, weights_only=True)["model"] for f in ("best.pt", "latest.pt"))
+        assert all(torch.equal(best[k], latest[k]) for k in best)
+    assert not (work / "eval" / "teacher" / "validation").exists()
+    summary = json.loads((work / "report" / "summary.json").read_text())
+    assert all(list(m["splits"]) == ["test"] for m in summary["models"].values())
+    assert (work / "report" / "scores_test.png").is_file()
+    assert not (work / "report" / "scores_validation.png").exists()
+
+
 def test_a_student_at_a_grid_of_its_own(cohort, tmp_path):
     """``pipeline.student_image_size`` 48 with a 32-px teacher, two rounds: the scans are cached at both grids, every
     round's pseudo-labels are at the student's grid (round 2's made by the round-1 student from its own cache), the

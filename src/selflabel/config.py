@@ -266,7 +266,9 @@ class PseudoLabelConfig:
 class PipelineConfig:
     """The recipe: split, rounds of teacher -> pseudo-labels -> student, optional fine-tuning.
 
-    train_fraction: share of labelled cases used for training (the paper: 20 of 50), the rest validate.
+    train_fraction: share of labelled cases used for training (the paper: 20 of 50), the rest validate. ``1``:
+        every labelled case trains and none validates; each model keeps its last epoch (with a handful of labelled
+        scans, a case is worth more to training than to picking a checkpoint).
     rounds: teacher -> pseudo-labels -> student rounds; from round 2 the previous student is the teacher.
     student_epochs: epochs of each student (0 = `train.epochs`, as in the paper). A student sees many more cases
         than its teacher; with a fixed `train.iterations_per_epoch` it may need more epochs to take them in.
@@ -521,8 +523,8 @@ def validate(config: Config) -> None:
             f"augment.elastic_prob must be in [0, 1] and augment.elastic_magnitude >= 0, "
             f"got {a.elastic_prob} and {a.elastic_magnitude}"
         )
-    if not 0 < pl.train_fraction < 1:
-        raise ConfigError(f"pipeline.train_fraction must be in (0, 1), got {pl.train_fraction}")
+    if not 0 < pl.train_fraction <= 1:
+        raise ConfigError(f"pipeline.train_fraction must be in (0, 1], got {pl.train_fraction}")
     if pl.rounds < 1:
         raise ConfigError(f"pipeline.rounds must be >= 1, got {pl.rounds}")
     if pl.student_init == "teacher" and pl.student_model != "teacher":

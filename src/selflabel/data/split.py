@@ -16,10 +16,11 @@ from selflabel.errors import InputError
 def split_cases(names: Sequence[str], train_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Random train/validation split of case names (the paper's 20/30 of 50 is ``train_fraction=0.4``).
 
-    At least one case goes to each side when there are two or more; the order within each side is sorted.
+    At least one case goes to each side when there are two or more and `train_fraction` < 1; ``1`` puts every case
+    in training. The order within each side is sorted.
     """
     names = sorted(names)
-    if len(names) < 2:
+    if len(names) < 2 or train_fraction >= 1:
         return names, []
     order = np.random.default_rng(seed).permutation(len(names))
     n_train = min(max(1, round(train_fraction * len(names))), len(names) - 1)

@@ -199,7 +199,8 @@ class Pipeline:
         self._train_model("student_finetuned", self._students_labelled(), [], cfg, self.student_cache, init_from=init)
 
     def eval_splits(self) -> dict[str, list[Case]]:
-        splits = {"validation": self._labelled(self.split["validation"])}
+        validation = self._labelled(self.split["validation"])
+        splits = {"validation": validation} if validation else {}
         test = [c for c in self.dataset.test if c.label is not None]
         if test:
             splits["test"] = test
