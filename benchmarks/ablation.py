@@ -46,8 +46,8 @@ def _sets(*pairs: str) -> list[str]:
 
 #: Option name -> extra `selflabel run` arguments on top of the cpu preset. Adding an option is one line here.
 #: `baseline` is the preset; `cpu_before` the cpu preset before issue 11, `one_round_80` the one before its two
-#: rounds of 96x96 students; each `no_*` turns one of the preset's options off, each `plus_*` adds one it does
-#: not take.
+#: rounds of 96x96 students, `split_0.5` the one before it trained on every labelled case; each `no_*` turns one of
+#: the preset's options off, each `plus_*` adds one it does not take.
 OPTIONS: dict[str, list[str]] = {
     "baseline": [],
     "cpu_before": _sets(
@@ -68,6 +68,7 @@ OPTIONS: dict[str, list[str]] = {
     "no_copy_paste": _sets("augment.copy_paste=0"),
     "no_student_init": _sets("pipeline.student_init=scratch"),
     "split_0.4": _sets("pipeline.train_fraction=0.4"),
+    "split_0.5": _sets("pipeline.train_fraction=0.5"),
     "split_0.67": _sets("pipeline.train_fraction=0.67"),
     "plus_teacher_epochs8": _sets("train.epochs=8"),
     "plus_size80": _sets("preprocess.image_size=80"),
@@ -110,7 +111,9 @@ OPTIONS: dict[str, list[str]] = {
     "plus_batch4_its340": _sets("train.batch_size=4", "train.iterations_per_epoch=340"),
     "plus_drop_confident": _sets("pseudolabel.drop_least_confident=0.25"),
     "plus_finetune2": ["--finetune-epochs", "2"],
-    "one_round_80": _sets("pipeline.rounds=1", "pipeline.student_epochs=8", "pipeline.student_image_size=0"),
+    "one_round_80": _sets(
+        "pipeline.rounds=1", "pipeline.student_epochs=8", "pipeline.student_image_size=0", "pipeline.train_fraction=0.5"
+    ),
     "plus_student_e4": _sets("pipeline.student_epochs=4"),
     "plus_student88": _sets("pipeline.student_image_size=88"),
     "one_round_128": _sets("pipeline.rounds=1", "pipeline.student_image_size=128"),
@@ -121,7 +124,6 @@ OPTIONS: dict[str, list[str]] = {
     "plus_adapt_bn_pseudo": _sets("pseudolabel.adapt_bn=true"),
     "plus_pseudo_w025": _sets("train.pseudo_weight=0.25"),
     "plus_students_all": _sets("pipeline.student_labelled=all"),
-    "plus_train_all": _sets("pipeline.train_fraction=1"),
     "plus_z_smoothing": _sets("inference.z_smoothing=0.25"),
     "plus_tau09": _sets("pseudolabel.confidence_tau=0.9"),
     "plus_drop_changed": _sets("pseudolabel.drop_most_changed=0.25"),

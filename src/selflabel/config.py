@@ -373,7 +373,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pipeline.student_image_size": 96,
         "pipeline.student_augment": "strong",
         "pipeline.student_init": "teacher",
-        "pipeline.train_fraction": 0.5,
+        # every labelled case trains the teacher; each model keeps its last epoch (benchmarks/RESULTS.md)
+        "pipeline.train_fraction": 1.0,
         "train.foreground_fraction": 0.9,
         "train.foreground_sampling": "per_organ",
         "train.num_workers": 0,
