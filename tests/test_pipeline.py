@@ -16,7 +16,7 @@ from selflabel.checkpoints import ModelSpec, load_checkpoint
 from selflabel.config import load_config
 from selflabel.data import SliceDataset, Source
 from selflabel.errors import SelflabelError
-from selflabel.pipeline import Pipeline, run_recipe
+from selflabel.pipeline import Pipeline, commands, run_recipe
 from selflabel.report import PAPER_COLUMNS
 from selflabel.training_log import read_iterations
 from tests.conftest import cli_sets, run_cli
@@ -212,6 +212,24 @@ def test_changed_settings_of_a_finished_stage_are_refused(finished, cohort, caps
     args = ["run", cohort, "--out", work, "--preset", "cpu", *cli_sets(MICRO), "--force", "nonsense"]
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "--force nonsense: not a stage" in err
+
+
+def test_the_demo_redoes_what_a_newer_preset_changes_instead_of_refusing(tmp_path, monkeypatch, capsys):
+    """`selflabel demo` rerun with another teacher setting: it says what changed, keeps the prepared caches and
+    redoes the teacher and every later stage (a `selflabel run` would refuse)."""
+    monkeypatch.setattr(commands, "DEMO_COHORT", {"labeled": 4, "unlabeled": 2, "test": 1, "size": 80, "slices": 24})
+    commands.run_demo(tmp_path, load_config("cpu", overrides=MICRO), progress=False)
+    stages = tmp_path / "work" / "stages"
+    prepared = (stages / "prepare.json").stat().st_mtime_ns
+    capsys.readouterr()
+    _, report = commands.run_demo(tmp_path, load_config("cpu", overrides={**MICRO, "train.lr": 0.01}), progress=False)
+    out = capsys.readouterr().out
+    assert "settings changed since the last demo (train.lr: 0.001 -> 0.01); redoing 'teacher'" in out
+    assert (stages / "prepare.json").stat().st_mtime_ns == prepared
+    for stage in ("teacher", "student1", "report"):
+        record = json.loads((stages / f"{stage}.json").read_text())
+        assert record["status"] == "done" and record["settings"]["train"]["lr"] == 0.01
+    assert report.is_file()
 
 
 def test_force_redoes_a_stage_and_what_follows(finished, cohort):

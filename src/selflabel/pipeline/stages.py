@@ -112,8 +112,8 @@ class StageRunner:
             ran.append(stage.name)
         return ran
 
-    def check_settings(self, stages: Sequence[Stage]) -> None:
-        """Refuse to reuse a stage (finished or started) whose settings differ from the current ones."""
+    def first_changed(self, stages: Sequence[Stage]) -> tuple[Stage, str] | None:
+        """The first stage (finished or started) whose settings differ from the current ones, and the difference."""
         for stage in stages:
             marker = self.marker(stage)
             if not marker.is_file():
@@ -123,10 +123,18 @@ class StageRunner:
             if self.defaults is not None:
                 before = _added_at_default(before, now, self.fingerprint(stage, self.defaults))
             if before != now:
-                raise SelflabelError(
-                    f"{self.work}: stage '{stage.name}' ran with other settings ({_first_difference(before, now)}); "
-                    f"rerun with --force {stage.name} to redo it and every later stage"
-                )
+                return stage, _first_difference(before, now)
+        return None
+
+    def check_settings(self, stages: Sequence[Stage]) -> None:
+        """Refuse to reuse a stage (finished or started) whose settings differ from the current ones."""
+        changed = self.first_changed(stages)
+        if changed:
+            stage, difference = changed
+            raise SelflabelError(
+                f"{self.work}: stage '{stage.name}' ran with other settings ({difference}); "
+                f"rerun with --force {stage.name} to redo it and every later stage"
+            )
 
 
 def _added_at_default(before: Any, now: Any, default: Any) -> Any:
