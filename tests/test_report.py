@@ -223,6 +223,17 @@ def test_report_without_pseudolabels_or_test_split(folders, tmp_path):
     assert "## Pseudo-labels" not in markdown and "Test:" not in markdown
 
 
+def test_a_report_with_nothing_scored_says_why_and_how_to_score(folders, tmp_path):
+    """Every labelled case trained (pipeline.train_fraction 1) and no test labels: the report says so first."""
+    results, pseudo, images = folders
+    unscored = [ModelResult(r.name, r.run_dir, {}) for r in results]
+    markdown = write_report(tmp_path / "report", unscored, pseudo, images, FLARE22_LABELS, {}).read_text()
+    assert markdown.startswith("# selflabel report\n\nNo model was scored: ")
+    assert "Add labelsTs, or set pipeline.train_fraction below 1" in markdown and "DSC (%) per organ" not in markdown
+    scored = write_report(tmp_path / "scored", results, pseudo, images, FLARE22_LABELS, {}).read_text()
+    assert "No model was scored" not in scored
+
+
 def test_plot_training_on_run_folders(folders, tmp_path):
     results, _, _ = folders
     plot_training([(r.name, r.run_dir) for r in results], tmp_path / "curves.png")

@@ -411,8 +411,17 @@ def _without_per_case(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {**summary, "pseudolabels": pseudo}
 
 
+#: The report's first line when no case was scored.
+NOTHING_SCORED = (
+    "No model was scored: no labelled case was kept to validate (pipeline.train_fraction 1) and no test case has a "
+    "label. Add labelsTs, or set pipeline.train_fraction below 1, to score the models."
+)
+
+
 def _markdown(summary: Mapping[str, Any], splits: Sequence[str], has_pseudo: bool) -> str:
     parts = ["# selflabel report", ""]
+    if not splits:
+        parts += [NOTHING_SCORED, ""]
     for split in splits:
         line = comparison_line(summary, split)
         if line:
