@@ -19,7 +19,7 @@ from selflabel.errors import SelflabelError
 from selflabel.pipeline import Pipeline, commands, run_recipe
 from selflabel.report import PAPER_COLUMNS
 from selflabel.training_log import read_iterations
-from tests.conftest import cli_sets, run_cli
+from tests.conftest import cli_sets, run_cli, torchrun_cli
 
 MICRO = {
     "preprocess.image_size": 32,
@@ -372,6 +372,25 @@ def test_train_fraction_one_trains_on_every_labelled_case_and_keeps_the_last_epo
     assert all(list(m["splits"]) == ["test"] for m in summary["models"].values())
     assert (work / "report" / "scores_test.png").is_file()
     assert not (work / "report" / "scores_validation.png").exists()
+
+
+def test_the_whole_recipe_runs_under_torchrun(cohort, tmp_path):
+    """`torchrun -m selflabel.cli run` with 2 gloo processes: every stage finishes (each waits for the one before,
+    whichever process wrote it), rank 0 alone logs the training, every unlabelled case is pseudo-labelled once, the
+    models are scored and reported; rerun, every stage is skipped."""
+    args = ["run", cohort, "--out", tmp_path / "work", "--preset", "cpu", "--quiet", *cli_sets(MICRO)]
+    done = torchrun_cli(args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    work = tmp_path / "work"
+    names = ["prepare", "teacher", "pseudolabel1", "student1", "evaluate", "report"]
+    assert [json.loads((work / "stages" / f"{n}.json").read_text())["status"] for n in names] == ["done"] * 6
+    for model in ("teacher", "student"):
+        assert len(read_iterations(work / "models" / model)) == MICRO["train.iterations_per_epoch"]
+    assert len(list((work / "pseudo" / "round1").glob("*.nii.gz"))) == 3
+    summary = json.loads((work / "report" / "summary.json").read_text())
+    assert {s for m in summary["models"].values() for s in m["splits"]} == {"validation", "test"}
+    again = torchrun_cli(args)
+    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 6, again.stderr[-3000:]
 
 
 def test_a_student_at_a_grid_of_its_own(cohort, tmp_path):

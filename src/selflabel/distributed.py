@@ -8,12 +8,17 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from selflabel.errors import SelflabelError
+
+#: How long a process waits for the others at a barrier or collective. The backends' defaults (NCCL 10 min, gloo
+#: 30 min) are too short for what rank 0 does alone while the others wait: caching thousands of scans, evaluating.
+GROUP_TIMEOUT = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
     """Join the process group (NCCL on CUDA, gloo on CPU) when running under torchrun with several processes."""
     if info.enabled and not dist.is_initialized():
         try:
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=GROUP_TIMEOUT)
         except (ValueError, RuntimeError) as exc:
             raise SelflabelError(
                 f"WORLD_SIZE={info.world_size} but the process group could not start ({str(exc).splitlines()[0]}); "

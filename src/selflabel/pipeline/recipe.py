@@ -27,6 +27,7 @@ from typing import Any
 from selflabel.atomic import atomic_write_json
 from selflabel.config import Config, apply_overrides, config_to_dict, save_config
 from selflabel.data import Source, split_cases
+from selflabel.distributed import dist_info, init_distributed
 from selflabel.errors import SelflabelError
 from selflabel.inference import Predictor
 from selflabel.io import Case, Dataset, load_dataset
@@ -35,6 +36,7 @@ from selflabel.pipeline.stages import Stage, StageRunner, say
 from selflabel.preprocess import plan, preprocess_cases
 from selflabel.pseudolabel import load_teacher, pseudolabel_cases
 from selflabel.report import ModelResult, write_report
+from selflabel.runtime import resolve_device
 from selflabel.train import train_model
 
 
@@ -100,15 +102,19 @@ class Pipeline:
         caches = tuple(dict.fromkeys(("cache", self.student_cache.name)))
         stages = [
             Stage("prepare", base, ("split.json", *caches), self._prepare),
-            Stage("teacher", train, ("models/teacher",), self._teacher),
+            Stage("teacher", train, ("models/teacher",), self._teacher, every_rank=True),
         ]
         for r in range(1, self.cfg.pipeline.rounds + 1):
             teacher_sections = pseudo if r == 1 else student  # from round 2 a student is the teacher
-            labels = Stage(f"pseudolabel{r}", teacher_sections, (f"pseudo/round{r}",), lambda r=r: self._pseudolabel(r))
-            learner = Stage(f"student{r}", student, (f"models/{self.models[r]}",), lambda r=r: self._student(r))
+            labels = Stage(
+                f"pseudolabel{r}", teacher_sections, (f"pseudo/round{r}",), lambda r=r: self._pseudolabel(r), True
+            )
+            learner = Stage(f"student{r}", student, (f"models/{self.models[r]}",), lambda r=r: self._student(r), True)
             stages += [labels, learner]
         if self.cfg.pipeline.finetune_epochs > 0:
-            stages.append(Stage("finetune", (*student, "pipeline"), ("models/student_finetuned",), self._finetune))
+            stages.append(
+                Stage("finetune", (*student, "pipeline"), ("models/student_finetuned",), self._finetune, True)
+            )
         every = (*student, "pipeline")
         stages.append(Stage("evaluate", every, ("eval",), self._evaluate))
         stages.append(Stage("report", every, ("report",), self._report))
@@ -164,7 +170,8 @@ class Pipeline:
             train_size=self.student_size,
         )  # fmt: skip
         report.raise_if_failed()
-        say(f"    {len(selection.kept)} of {len(self.dataset.unlabeled)} pseudo-labelled cases kept")
+        if selection is not None:  # rank 0's
+            say(f"    {len(selection.kept)} of {len(self.dataset.unlabeled)} pseudo-labelled cases kept")
 
     def _student_config(self, overrides: dict[str, Any] | None = None) -> Config:
         """A student's settings: its own network, grid, strong augmentation and learning rate (as configured), then
@@ -227,11 +234,15 @@ class Pipeline:
     # ---- driver ----
 
     def run(self, force: Sequence[str] = ()) -> list[str]:
-        """Run every stage not yet done; return the names of the stages that ran."""
+        """Run every stage not yet done (under torchrun, in every process: `StageRunner`); return the names of the
+        stages that ran."""
         stages = self.stages()
+        info = dist_info()
+        init_distributed(info, resolve_device(self.cfg.train.device, info))  # the stages' barriers need the group
         self.work.mkdir(parents=True, exist_ok=True)
         self.runner.prepare(stages, force)
-        save_config(self.cfg, self.work / "config.yaml")
+        if info.is_main:
+            save_config(self.cfg, self.work / "config.yaml")
         return self.runner.run(stages)
 
 

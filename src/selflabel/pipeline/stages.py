@@ -4,6 +4,10 @@ A finished stage is skipped when rerun; an interrupted one resumes. A finished s
 refused unless ``force`` names it (or an earlier stage): then it and every later stage are redone. A stage still to
 run (interrupted, or new: one more round, fine-tuning) makes every finished stage after it stale, so a finished run
 extends without ``force``.
+
+Under torchrun every process walks the stages together: a stage marked ``every_rank`` (DDP training, sharded
+pseudo-labelling) runs in every process, any other in rank 0 alone; rank 0 writes the markers and clears, and every
+process waits for the others at the end of each stage, so that the next one sees what it wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from selflabel import progress
 from selflabel.atomic import atomic_write_json
+from selflabel.distributed import barrier, dist_info
 from selflabel.errors import SelflabelError
 
 
@@ -28,12 +33,14 @@ def say(message: str) -> None:
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the recipe: its name, the config sections its result depends on, and what it writes."""
+    """One step of the recipe: its name, the config sections its result depends on, what it writes, and whether
+    every torchrun process runs it (or rank 0 alone)."""
 
     name: str
     sections: tuple[str, ...]
     outputs: tuple[str, ...]
     run: Callable[[], None]
+    every_rank: bool = False
 
 
 class StageRunner:
@@ -53,6 +60,7 @@ class StageRunner:
         self.settings = settings
         self.identity = dict(identity)
         self.defaults = defaults
+        self.info = dist_info()
 
     def fingerprint(self, stage: Stage, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.identity)
@@ -92,8 +100,10 @@ class StageRunner:
         # more round, or interrupted: that one resumes, so its own settings are checked)
         cut = min(first_forced, pending + 1)
         self.check_settings(stages[:cut])
-        for stage in stages[cut:]:
-            self.clear(stage)
+        if self.info.is_main:
+            for stage in stages[cut:]:
+                self.clear(stage)
+        barrier(self.info)
 
     def run(self, stages: Sequence[Stage]) -> list[str]:
         """Run every stage not yet done; return the names of the stages that ran."""
@@ -105,10 +115,14 @@ class StageRunner:
             say(f"==> [{i}/{len(stages)}] {stage.name}")
             start = time.perf_counter()
             fingerprint = self.fingerprint(stage)
-            atomic_write_json(self.marker(stage), {"status": "started", "settings": fingerprint})
-            stage.run()
+            if self.info.is_main:
+                atomic_write_json(self.marker(stage), {"status": "started", "settings": fingerprint})
+            if stage.every_rank or self.info.is_main:
+                stage.run()
+            barrier(self.info)
             seconds = round(time.perf_counter() - start, 2)
-            atomic_write_json(self.marker(stage), {"status": "done", "seconds": seconds, "settings": fingerprint})
+            if self.info.is_main:
+                atomic_write_json(self.marker(stage), {"status": "done", "seconds": seconds, "settings": fingerprint})
             ran.append(stage.name)
         return ran
 
