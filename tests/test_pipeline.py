@@ -353,12 +353,13 @@ def test_student_init_teacher_starts_the_student_from_the_teacher_s_best_weights
         load_config("cpu", overrides={"pipeline.student_init": "teacher", "pipeline.student_model": "own"})
 
 
-def test_train_fraction_one_trains_on_every_labelled_case_and_keeps_the_last_epoch(cohort, tmp_path):
+def test_train_fraction_one_trains_on_every_labelled_case_and_keeps_the_last_epoch(cohort, tmp_path, capsys):
     """``pipeline.train_fraction 1``, two epochs: no case validates, the teacher and the student train on all four
     labelled cases, each keeps its last epoch's weights, and the report scores the test split only."""
     cfg = load_config("cpu", overrides={**MICRO, "pipeline.train_fraction": 1.0, "train.epochs": 2})
     work = tmp_path / "work"
     run_recipe(cohort, work, cfg, progress=False)
+    assert "teacher: 2 epochs" in (out := capsys.readouterr().out) and "the last epoch kept (no validation)" in out
     split = json.loads((work / "split.json").read_text())
     assert split["validation"] == [] and len(split["train"]) == 4
     for model in ("teacher", "student"):

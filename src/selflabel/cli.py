@@ -373,7 +373,7 @@ def train(
         },
     )
     result = train_on_dataset(data_dir, out, cfg, cache_dir=cache, split_file=split, progress=not quiet)
-    say(f"{out}: trained {result.epochs} epochs in {result.seconds:.0f} s; best epoch {result.best_epoch}")
+    say(f"{out}: trained {result.epochs} epochs in {result.seconds:.0f} s; {result.kept}")
 
 
 @app.command()

@@ -144,8 +144,7 @@ class Pipeline:
             val_cases=self.split["validation"], val_cache=cache, labels=self.dataset.labels, progress=self.progress,
             init_from=init_from,
         )  # fmt: skip
-        kept = "the last epoch kept (no validation)" if result.best_epoch is None else f"best epoch {result.best_epoch}"
-        say(f"    {name}: {result.epochs} epochs, {result.seconds:.0f} s, {kept}")
+        say(f"    {name}: {result.epochs} epochs, {result.seconds:.0f} s, {result.kept}")
 
     def _teacher(self) -> None:
         self._train_model("teacher", self.split["train"], [], self.cfg, self.cache)

@@ -64,6 +64,11 @@ class TrainResult:
     epochs: int
     seconds: float
 
+    @property
+    def kept(self) -> str:
+        """Which weights `best.pt` holds, in words."""
+        return "the last epoch kept (no validation)" if self.best_epoch is None else f"best epoch {self.best_epoch}"
+
 
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
