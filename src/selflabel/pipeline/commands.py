@@ -12,7 +12,7 @@ from selflabel.io import load_dataset
 from selflabel.pipeline.recipe import Pipeline
 from selflabel.pipeline.stages import say
 from selflabel.preprocess import plan, preprocess_cases
-from selflabel.runtime import resolve_device
+from selflabel.runtime import setup_device
 from selflabel.train import TrainResult, train_model
 
 #: The demo: a small synthetic cohort and the CPU preset, minutes on 2 cores.
@@ -41,7 +41,7 @@ def train_on_dataset(
         train, val = split_cases(names, cfg.pipeline.train_fraction, cfg.seed)
     cfg = plan(cfg, [c for c in dataset.training if c.name in set(train)], dataset.label_values)
     info = dist_info()
-    init_distributed(info, resolve_device(cfg.train.device, info))  # so that the barrier below waits for the cache
+    init_distributed(info, setup_device(cfg.train.device, info))  # so that the barrier below waits for the cache
     if info.is_main:
         report = preprocess_cases(dataset.training, cache, cfg.preprocess, dataset.label_values, progress=progress)
         report.raise_if_failed()

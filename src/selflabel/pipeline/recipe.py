@@ -36,7 +36,7 @@ from selflabel.pipeline.stages import Stage, StageRunner, say
 from selflabel.preprocess import plan, preprocess_cases
 from selflabel.pseudolabel import load_teacher, pseudolabel_cases
 from selflabel.report import ModelResult, write_report
-from selflabel.runtime import resolve_device
+from selflabel.runtime import setup_device
 from selflabel.train import train_model
 
 
@@ -237,7 +237,7 @@ class Pipeline:
         stages that ran."""
         stages = self.stages()
         info = dist_info()
-        init_distributed(info, resolve_device(self.cfg.train.device, info))  # the stages' barriers need the group
+        init_distributed(info, setup_device(self.cfg.train.device, info))  # the stages' barriers need the group
         self.work.mkdir(parents=True, exist_ok=True)
         self.runner.prepare(stages, force)
         if info.is_main:
