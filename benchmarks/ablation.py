@@ -123,7 +123,8 @@ OPTIONS: dict[str, list[str]] = {
     "no_adapt_bn": _sets("inference.adapt_bn=false"),
     "plus_adapt_bn_pseudo": _sets("pseudolabel.adapt_bn=true"),
     "plus_pseudo_w025": _sets("train.pseudo_weight=0.25"),
-    "plus_students_all": _sets("pipeline.student_labelled=all"),
+    # with every labelled case in training there is no validation split to add: measured on the half split
+    "plus_students_all": _sets("pipeline.train_fraction=0.5", "pipeline.student_labelled=all"),
     "plus_z_smoothing": _sets("inference.z_smoothing=0.25"),
     "plus_tau09": _sets("pseudolabel.confidence_tau=0.9"),
     "plus_drop_changed": _sets("pseudolabel.drop_most_changed=0.25"),

@@ -1,7 +1,8 @@
 """The process's compute set-up: which device, which mixed-precision dtype, and the CPU allocator.
 
 `setup_device` is the one entry point training and prediction call: it resolves the device for this torchrun rank
-and, on a CPU, runs the named CPU set-up step `tune_cpu_allocator`.
+and, on a CPU, runs the named CPU set-up step `tune_cpu_allocator`; `join_group` does that and joins the torchrun
+process group, for work whose processes wait for each other.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import functools
 
 import torch
 
-from selflabel.distributed import DistInfo
+from selflabel.distributed import DistInfo, dist_info, init_distributed
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
@@ -33,6 +34,14 @@ def setup_device(name: str, info: DistInfo) -> torch.device:
     else:
         tune_cpu_allocator()
     return device
+
+
+def join_group(device_name: str) -> tuple[DistInfo, torch.device]:
+    """This process's torchrun place and set-up device, with the process group joined (a no-op without torchrun)."""
+    info = dist_info()
+    device = setup_device(device_name, info)
+    init_distributed(info, device)
+    return info, device
 
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters (malloc.h)

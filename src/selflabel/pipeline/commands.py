@@ -6,13 +6,13 @@ from pathlib import Path
 
 from selflabel.config import Config
 from selflabel.data import Source, read_split, split_cases
-from selflabel.distributed import barrier, dist_info, init_distributed
+from selflabel.distributed import barrier
 from selflabel.errors import SelflabelError
 from selflabel.io import load_dataset
 from selflabel.pipeline.recipe import Pipeline
 from selflabel.pipeline.stages import say
 from selflabel.preprocess import plan, preprocess_cases
-from selflabel.runtime import setup_device
+from selflabel.runtime import join_group
 from selflabel.train import TrainResult, train_model
 
 #: The demo: a small synthetic cohort and the CPU preset, minutes on 2 cores.
@@ -40,8 +40,7 @@ def train_on_dataset(
     else:
         train, val = split_cases(names, cfg.pipeline.train_fraction, cfg.seed)
     cfg = plan(cfg, [c for c in dataset.training if c.name in set(train)], dataset.label_values)
-    info = dist_info()
-    init_distributed(info, setup_device(cfg.train.device, info))  # so that the barrier below waits for the cache
+    info, _ = join_group(cfg.train.device)  # so that the barrier below waits for the cache
     if info.is_main:
         report = preprocess_cases(dataset.training, cache, cfg.preprocess, dataset.label_values, progress=progress)
         report.raise_if_failed()

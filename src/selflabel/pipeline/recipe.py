@@ -19,6 +19,7 @@ metrics.csv, efficiency.json), report/.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,6 @@ from typing import Any
 from selflabel.atomic import atomic_write_json
 from selflabel.config import Config, apply_overrides, config_to_dict, save_config
 from selflabel.data import Source, split_cases
-from selflabel.distributed import dist_info, init_distributed
 from selflabel.errors import SelflabelError
 from selflabel.inference import Predictor
 from selflabel.io import Case, Dataset, load_dataset
@@ -36,7 +36,7 @@ from selflabel.pipeline.stages import Stage, StageRunner, say
 from selflabel.preprocess import plan, preprocess_cases
 from selflabel.pseudolabel import load_teacher, pseudolabel_cases
 from selflabel.report import ModelResult, write_report
-from selflabel.runtime import setup_device
+from selflabel.runtime import join_group
 from selflabel.train import train_model
 
 
@@ -100,21 +100,18 @@ class Pipeline:
                    "pipeline.student_labelled")  # fmt: skip
         pseudo = (*train, "inference", "pseudolabel")
         caches = tuple(dict.fromkeys(("cache", self.student_cache.name)))
+        shared = functools.partial(Stage, every_rank=True)  # DDP training, sharded pseudo-labelling
         stages = [
             Stage("prepare", base, ("split.json", *caches), self._prepare),
-            Stage("teacher", train, ("models/teacher",), self._teacher, every_rank=True),
+            shared("teacher", train, ("models/teacher",), self._teacher),
         ]
         for r in range(1, self.cfg.pipeline.rounds + 1):
-            teacher_sections = pseudo if r == 1 else student  # from round 2 a student is the teacher
-            labels = Stage(
-                f"pseudolabel{r}", teacher_sections, (f"pseudo/round{r}",), lambda r=r: self._pseudolabel(r), True
-            )
-            learner = Stage(f"student{r}", student, (f"models/{self.models[r]}",), lambda r=r: self._student(r), True)
+            sections = pseudo if r == 1 else student  # from round 2 a student is the teacher
+            labels = shared(f"pseudolabel{r}", sections, (f"pseudo/round{r}",), lambda r=r: self._pseudolabel(r))
+            learner = shared(f"student{r}", student, (f"models/{self.models[r]}",), lambda r=r: self._student(r))
             stages += [labels, learner]
         if self.cfg.pipeline.finetune_epochs > 0:
-            stages.append(
-                Stage("finetune", (*student, "pipeline"), ("models/student_finetuned",), self._finetune, True)
-            )
+            stages.append(shared("finetune", (*student, "pipeline"), ("models/student_finetuned",), self._finetune))
         every = (*student, "pipeline")
         stages.append(Stage("evaluate", every, ("eval",), self._evaluate))
         stages.append(Stage("report", every, ("report",), self._report))
@@ -236,8 +233,7 @@ class Pipeline:
         """Run every stage not yet done (under torchrun, in every process: `StageRunner`); return the names of the
         stages that ran."""
         stages = self.stages()
-        info = dist_info()
-        init_distributed(info, setup_device(self.cfg.train.device, info))  # the stages' barriers need the group
+        info, _ = join_group(self.cfg.train.device)  # the stages' barriers need the group
         self.work.mkdir(parents=True, exist_ok=True)
         self.runner.prepare(stages, force)
         if info.is_main:

@@ -32,11 +32,11 @@ from selflabel.data import (
     build_organ_intensity_augmentation,
     split_record,
 )
-from selflabel.distributed import barrier, dist_info, init_distributed
+from selflabel.distributed import barrier
 from selflabel.losses import DeepSupervisionLoss, DiceCELoss
 from selflabel.progress import Progress, show_progress
 from selflabel.report import plot_training
-from selflabel.runtime import amp_dtype, autocast, setup_device
+from selflabel.runtime import amp_dtype, autocast, join_group
 from selflabel.train.validation import is_improvement, selection_score, summarize_validation, validate_cases
 
 
@@ -123,9 +123,7 @@ class _Trainer:
     ):
         self.cfg, self.run_dir, self.labels, self.progress = cfg, Path(run_dir), labels, progress
         self.val_cases, self.val_cache = list(val_cases), Path(val_cache)
-        self.info = dist_info()
-        self.device = setup_device(cfg.train.device, self.info)
-        init_distributed(self.info, self.device)
+        self.info, self.device = join_group(cfg.train.device)
         self.spec = ModelSpec.from_config(cfg.model, cfg.preprocess.image_size, max(labels.values()) + 1)
         self._build_model()
         if self.info.is_main:
