@@ -397,9 +397,10 @@ def test_the_whole_recipe_runs_under_torchrun(cohort, tmp_path):
 def test_a_student_at_a_grid_of_its_own(cohort, tmp_path):
     """``pipeline.student_image_size`` 48 with a 32-px teacher, two rounds: the scans are cached at both grids, every
     round's pseudo-labels are at the student's grid (round 2's made by the round-1 student from its own cache), the
-    students train, validate and predict at 48 px from weights started by the teacher's, and every model's test
-    predictions come back in the scans' own geometry."""
-    overrides = {**MICRO, "pipeline.student_image_size": 48, "pipeline.rounds": 2, "pipeline.student_init": "teacher"}
+    students train (with `pipeline.student_batch_size`'s batch), validate and predict at 48 px from weights started
+    by the teacher's, and every model's test predictions come back in the scans' own geometry."""
+    overrides = {**MICRO, "pipeline.student_image_size": 48, "pipeline.rounds": 2, "pipeline.student_init": "teacher",
+                 "pipeline.student_batch_size": 2}  # fmt: skip
     cfg = load_config("cpu", overrides=overrides)
     work = tmp_path / "work"
     run_recipe(cohort, work, cfg, progress=False)
@@ -414,7 +415,9 @@ def test_a_student_at_a_grid_of_its_own(cohort, tmp_path):
         assert all((s["changed"] is None) == (round_ == 1) for s in stats)
     for model, side in (("teacher", 32), ("student", 48), ("student2", 48)):
         run = work / "models" / model
-        assert load_config("paper", run / "config.yaml").preprocess.image_size == side
+        saved = load_config("paper", run / "config.yaml")
+        assert saved.preprocess.image_size == side
+        assert saved.train.batch_size == (MICRO["train.batch_size"] if model == "teacher" else 2)
         caches = {Path(s["cache_dir"]).name for s in json.loads((run / "split.json").read_text())["sources"]}
         assert caches == {"cache" if side == 32 else "cache48"}
     labels = sorted((cohort / "labelsTs").glob("*.nii.gz"))

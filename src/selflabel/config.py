@@ -281,6 +281,8 @@ class PipelineConfig:
         best weights, so that a short schedule goes into the pseudo-labelled cases rather than into learning
         anatomy again (needs ``student_model: teacher``; from round 2 the teacher is the previous student).
     student_lr: each student's initial learning rate (0 = `train.lr`, as in the paper); poly decay as in training.
+    student_batch_size: slices per batch of every student and of the fine-tuned student (0 = `train.batch_size`): with
+        a finer `student_image_size`, a smaller batch keeps the cost of an iteration.
     student_labelled: the labelled cases each student (and the fine-tuned student) trains on beside the
         pseudo-labelled ones: ``"train"`` (the training split, the paper) or ``"all"`` (the validation cases too: with
         few labelled scans, their ground truth is worth more to a student than a fair validation score; a student's
@@ -300,6 +302,7 @@ class PipelineConfig:
     student_augment: Literal["same", "strong"] = "same"
     student_init: Literal["scratch", "teacher"] = "scratch"
     student_lr: float = 0.0
+    student_batch_size: int = 0
     student_labelled: Literal["train", "all"] = "train"
     student_image_size: int = 0
 
@@ -505,6 +508,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"pipeline.finetune_lr must be positive, got {pl.finetune_lr}")
     if pl.student_lr < 0:
         raise ConfigError(f"pipeline.student_lr must be >= 0 (0 = train.lr), got {pl.student_lr}")
+    if pl.student_batch_size < 0:
+        raise ConfigError(
+            f"pipeline.student_batch_size must be >= 0 (0 = train.batch_size), got {pl.student_batch_size}"
+        )
     a = config.augment
     for key in ("copy_paste", "strong_prob", "zoom_prob", "contents_prob", "distension_prob"):
         if not 0 <= getattr(a, key) <= 1:

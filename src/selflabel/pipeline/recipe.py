@@ -97,7 +97,7 @@ class Pipeline:
         train = (*base, "model", "augment", "train")
         student = (*train, "student", "inference", "pseudolabel", "pipeline.student_epochs", "pipeline.student_model",
                    "pipeline.student_augment", "pipeline.student_init", "pipeline.student_lr",
-                   "pipeline.student_labelled")  # fmt: skip
+                   "pipeline.student_batch_size", "pipeline.student_labelled")  # fmt: skip
         pseudo = (*train, "inference", "pseudolabel")
         caches = tuple(dict.fromkeys(("cache", self.student_cache.name)))
         shared = functools.partial(Stage, every_rank=True)  # DDP training, sharded pseudo-labelling
@@ -170,8 +170,8 @@ class Pipeline:
             say(f"    {len(selection.kept)} of {len(self.dataset.unlabeled)} pseudo-labelled cases kept")
 
     def _student_config(self, overrides: dict[str, Any] | None = None) -> Config:
-        """A student's settings: its own network, grid, strong augmentation and learning rate (as configured), then
-        `overrides`."""
+        """A student's settings: its own network, grid, strong augmentation, learning rate and batch (as
+        configured), then `overrides`."""
         p = self.cfg.pipeline
         settings: dict[str, Any] = {"preprocess.image_size": self.student_size}
         if p.student_model == "own":
@@ -180,6 +180,8 @@ class Pipeline:
             settings["augment.strong"] = True
         if p.student_lr > 0:
             settings["train.lr"] = p.student_lr
+        if p.student_batch_size > 0:
+            settings["train.batch_size"] = p.student_batch_size
         return apply_overrides(self.cfg, {**settings, **(overrides or {})})
 
     def _student(self, round_: int) -> None:
