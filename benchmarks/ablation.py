@@ -121,6 +121,8 @@ OPTIONS: dict[str, list[str]] = {
     # a finer student grid at about the students' cost: fewer slices a batch, more pixels a slice
     "plus_student112_b6": _sets("pipeline.student_image_size=112", "pipeline.student_batch_size=6"),
     "plus_student128_b4": _sets("pipeline.student_image_size=128", "pipeline.student_batch_size=4"),
+    # the teacher at the students' 96-px grid, at full cost (one cache)
+    "plus_teacher96": _sets("preprocess.image_size=96"),
     "plus_teacher_epochs4": _sets("train.epochs=4"),
     "plus_zoom_tta": _sets("inference.tta_zoom=[0.9,1.1]"),
     "no_adapt_bn": _sets("inference.adapt_bn=false"),
