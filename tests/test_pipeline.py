@@ -3,6 +3,7 @@ from the student's weights, the pseudo-labels' sampling weight and a student at 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from selflabel.checkpoints import ModelSpec, load_checkpoint
-from selflabel.config import load_config
+from selflabel.config import PipelineConfig, load_config
 from selflabel.data import SliceDataset, Source
 from selflabel.errors import SelflabelError
 from selflabel.pipeline import Pipeline, commands, run_recipe
@@ -212,6 +213,35 @@ def test_changed_settings_of_a_finished_stage_are_refused(finished, cohort, caps
     args = ["run", cohort, "--out", work, "--preset", "cpu", *cli_sets(MICRO), "--force", "nonsense"]
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "--force nonsense: not a stage" in err
+
+
+#: A value other than MICRO's (on the cpu preset) for every student setting of the pipeline section.
+CHANGED_STUDENT_SETTINGS = {
+    "student_epochs": 2,
+    "student_model": "own",  # with student_init scratch: a network of its own cannot start from the teacher's
+    "student_augment": "same",
+    "student_init": "scratch",
+    "student_lr": 0.01,
+    "student_batch_size": 2,
+    "student_labelled": "all",
+    "student_image_size": 48,
+}
+
+
+def test_a_changed_student_setting_makes_the_student_stale(finished, cohort):
+    """Every ``pipeline.student_*`` setting is one the student stage depends on: changed, the first stage with other
+    settings is the student (the grid, whose caches are prepared, the prepare stage), not only the evaluation."""
+    _, work = finished
+    names = {f.name for f in dataclasses.fields(PipelineConfig) if f.name.startswith("student_")}
+    assert names == set(CHANGED_STUDENT_SETTINGS), "give every new student setting a changed value here"
+    for name, value in CHANGED_STUDENT_SETTINGS.items():
+        overrides = {**MICRO, f"pipeline.{name}": value}
+        if name == "student_model":
+            overrides["pipeline.student_init"] = "scratch"
+        pipeline = Pipeline(cohort, work, load_config("cpu", overrides=overrides), progress=False)
+        stage, difference = pipeline.runner.first_changed(pipeline.stages())
+        assert stage.name == ("prepare" if name == "student_image_size" else "student1"), name
+        assert difference.startswith("pipeline.student_"), difference
 
 
 def test_the_demo_redoes_what_a_newer_preset_changes_instead_of_refusing(tmp_path, monkeypatch, capsys):
