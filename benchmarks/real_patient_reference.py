@@ -31,9 +31,9 @@ from selflabel.labels import FLARE22_ORGANS
 
 SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator_dicom" / "series"
 LIVER, SPLEEN, AORTA = 1, 3, 5
-#: organ -> (HU range, opening radius in pixels, seed voxel (column, row, slice) in the series as read)
-SOLID = {LIVER: ((60.0, 140.0), 6, (180, 273, 10)), SPLEEN: ((55.0, 135.0), 5, (352, 324, 10))}
-AORTA_RANGE, AORTA_RADIUS, AORTA_SEED, AORTA_MAX_PX = (130.0, 320.0), 3, (264, 298, 10), 1000
+#: organ -> (HU range, opening radius in pixels, seed voxel (column, row from the last, slice) in the series as read)
+SOLID = {LIVER: ((60.0, 140.0), 6, (180, 238, 10)), SPLEEN: ((55.0, 135.0), 5, (352, 187, 10))}
+AORTA_RANGE, AORTA_RADIUS, AORTA_SEED, AORTA_MAX_PX = (130.0, 320.0), 3, (264, 213, 10), 1000
 
 
 def _disc(radius: int) -> np.ndarray:

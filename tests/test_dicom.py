@@ -56,16 +56,24 @@ def by_position(folder: Path) -> list[Path]:
 
 
 def tag_affine(folder: Path) -> np.ndarray:
-    """The RAS affine computed by hand from the tags of the lowest and highest slice (RAS = LPS with x, y negated)."""
+    """The RAS affine computed by hand from the tags of the lowest and highest slice (RAS = LPS with x, y negated),
+    rows counted from the last as dcm2niix stores them."""
     files = by_position(folder)
     first, last = (pydicom.dcmread(p, stop_before_pixels=True) for p in (files[0], files[-1]))
     row, col = np.array(first.ImageOrientationPatient[:3], float), np.array(first.ImageOrientationPatient[3:], float)
     dr, dc = (float(v) for v in first.PixelSpacing)  # PixelSpacing = (between rows, between columns)
     p0, p1 = np.array(first.ImagePositionPatient, float), np.array(last.ImagePositionPatient, float)
     lps = np.eye(4)
-    lps[:3, :3] = np.column_stack([row * dc, col * dr, (p1 - p0) / (len(files) - 1)])
-    lps[:3, 3] = p0
+    lps[:3, :3] = np.column_stack([row * dc, -col * dr, (p1 - p0) / (len(files) - 1)])
+    lps[:3, 3] = p0 + col * dr * (int(first.Rows) - 1)
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def rows_from_the_last(rows: int) -> np.ndarray:
+    """The voxel affine from DICOM's row order (j down from the first row) to dcm2niix's (j up from the last)."""
+    flip = np.eye(4)
+    flip[1, 1], flip[1, 3] = -1.0, rows - 1
+    return flip
 
 
 # ---- the real series ----
@@ -76,14 +84,16 @@ def test_real_series_has_the_geometry_of_its_tags_and_of_source_md(series):
     assert volume.array.shape == (512, 512, 20) and volume.array.dtype == np.float32
     assert volume.spacing == pytest.approx((0.9765625, 0.9765625, 2.0))  # 2 mm apart, though SliceThickness says 3
     assert np.allclose(volume.affine, tag_affine(series), atol=1e-4)
-    assert volume.affine[:3, 3] == pytest.approx([249.51171875, 437.51171875, -804.5])  # LPS (-249.51, -437.51, ...)
-    assert volume.axcodes == ("L", "P", "S") and volume.axial_axis == 2
+    # the first file's corner is LPS (-249.51, -437.51, -804.5); the first voxel is the last row's first pixel, 511 rows
+    # further back: RAS (249.51, -61.51, -804.5), the origin and axes dcm2niix and dicom2nifti give this series
+    assert volume.affine[:3, 3] == pytest.approx([249.51171875, -61.51171875, -804.5])
+    assert volume.axcodes == ("L", "A", "S") and volume.axial_axis == 2
     assert volume.array.min() == -1024.0  # stored 0 with RescaleIntercept -1024: air outside the reconstruction
     assert np.median(volume.array[:40, :40]) < -900  # a corner of the field of view is air
 
 
 def test_real_series_matches_simpleitk_voxel_for_voxel(series):
-    """GDCM (through SimpleITK) reads the same voxels and places them at the same points."""
+    """GDCM (through SimpleITK) reads the same voxels and places them at the same points, its rows first to last."""
     sitk = pytest.importorskip("SimpleITK", reason="SimpleITK (a dev dependency) is the independent reader")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
@@ -93,8 +103,10 @@ def test_real_series_matches_simpleitk_voxel_for_voxel(series):
     lps[:3, :3] = direction * np.array(image.GetSpacing())
     lps[:3, 3] = image.GetOrigin()
     volume = read_image(series)
-    assert np.allclose(volume.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, atol=1e-4)
-    assert np.array_equal(volume.array, sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32))
+    itk_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    assert np.allclose(volume.affine, itk_ras @ rows_from_the_last(image.GetSize()[1]), atol=1e-4)
+    itk_array = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
+    assert np.array_equal(volume.array, itk_array[:, ::-1])
 
 
 def test_slice_order_comes_from_positions_not_file_names(series, tmp_path):
@@ -122,8 +134,8 @@ def _anisotropic_pixels_and_column_direction_flipped(folder: Path) -> None:
     "change", [_as_stored, _anisotropic_pixels_and_column_direction_flipped], ids=["stored", "edited"]
 )
 def test_every_slice_lands_where_its_tags_put_it(series, tmp_path, change):
-    """Voxel (i, j, k) of the volume is pixel (row j, column i) of some file, at that file's position plus j rows
-    and i columns along its directions, in RAS: checked file by file on the tags, whatever the orientation."""
+    """Voxel (i, rows - 1 - j, k) of the volume is pixel (row j, column i) of some file, at that file's position plus
+    j rows and i columns along its directions, in RAS: checked file by file on the tags, whatever the orientation."""
     folder = copy_series(series, tmp_path / "s")
     change(folder)
     volume = read_image(folder)
@@ -138,10 +150,10 @@ def test_every_slice_lands_where_its_tags_put_it(series, tmp_path, change):
         placed.add(k)
         for i, j in [(0, 0), (5, 0), (0, 7), (300, 200)]:
             world = to_ras * (ipp + i * dc * iop[:3] + j * dr * iop[3:])
-            assert np.allclose(volume.affine @ [i, j, k, 1.0], [*world, 1.0], atol=1e-3)
+            assert np.allclose(volume.affine @ [i, int(ds.Rows) - 1 - j, k, 1.0], [*world, 1.0], atol=1e-3)
         if n % 7 == 0:  # the pixels of a few files (decoding is the slow part)
             hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-            assert np.array_equal(volume.array[:, :, k], hu.T)
+            assert np.array_equal(volume.array[:, :, k], hu.T[:, ::-1])
     assert placed == set(range(20))
 
 
@@ -179,9 +191,10 @@ def test_predict_on_the_series_writes_its_geometry_and_lines_up_with_the_body(se
     assert np.allclose(written.affine, tag_affine(series), atol=1e-4)
     assert int(written.header["qform_code"]) == 1 and int(written.header["sform_code"]) == 1
     pred = np.asarray(written.dataobj) == 1
-    # the body, read without selflabel: pydicom pixels + rescale, slices by position, (column, row, slice) axes
+    # the body, read without selflabel: pydicom pixels + rescale, slices by position, (column, row from the last,
+    # slice) axes
     slices = [pydicom.dcmread(p) for p in by_position(series)]
-    hu = np.stack([s.pixel_array.T * float(s.RescaleSlope) + float(s.RescaleIntercept) for s in slices], axis=-1)
+    hu = np.stack([s.pixel_array.T[:, ::-1] * float(s.RescaleSlope) + float(s.RescaleIntercept) for s in slices], -1)
     body = hu > -300
     inside = float((pred & body).sum() / pred.sum())
     covered = float((pred & body).sum() / body.sum())

@@ -35,7 +35,7 @@ def test_the_reference_holds_three_plausible_organs_where_they_belong(series):
     hu = {i: float(np.median(series.array[labels == i])) for i in volumes}
     assert 70 < hu[ref.LIVER] < 130 and 60 < hu[ref.SPLEEN] < 130 and hu[ref.AORTA] > 130  # enhanced soft tissue
     columns = {i: np.argwhere(labels == i)[:, 0].mean() for i in volumes}
-    # array columns run towards the patient's left here (LPS series): liver, aorta, spleen from right to left
+    # array columns run towards the patient's left here (an L A S series): liver, aorta, spleen from right to left
     assert columns[ref.LIVER] < columns[ref.AORTA] < columns[ref.SPLEEN]
 
 

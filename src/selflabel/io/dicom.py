@@ -2,10 +2,13 @@
 
 Slices are ordered by their position along the slice normal (ImagePositionPatient projected on the cross product
 of the two ImageOrientationPatient directions), never by file name or InstanceNumber; voxels are stored values
-times RescaleSlope plus RescaleIntercept (HU), slice by slice. The volume's axes are (i, j, k) = (column, row,
-slice) and its affine maps them to RAS+ millimetres (DICOM's patient axes are LPS, so x and y change sign):
-column i steps PixelSpacing[1] along the row direction, row j steps PixelSpacing[0] along the column direction,
-and slice k steps from the first slice's position to the next (a gantry tilt stays in the affine, exactly).
+times RescaleSlope plus RescaleIntercept (HU), slice by slice. The volume's axes are (i, j, k) = (column, row
+counted from the last, slice) and its affine maps them to RAS+ millimetres (DICOM's patient axes are LPS, so x and y
+change sign): column i steps PixelSpacing[1] along the row direction, j steps PixelSpacing[0] against the column
+direction from the last row, and slice k steps from the first slice's position to the next (a gantry tilt stays in
+the affine, exactly). The rows are stored last to first as dcm2niix and dicom2nifti store them (``L A S`` for an
+axial series), so that a NIfTI written for a series lines up voxel for voxel with those converters' images and with
+labels drawn on them, not only in millimetres.
 
 A series is refused, naming the folder or the file, when it mixes several series, is not CT, has slices of
 another orientation, size or pixel spacing, two slices at one position, a missing slice or uneven slice spacing.
@@ -182,9 +185,9 @@ def _ordered(folder: Path, slices: list[Slice]) -> SeriesGeometry:
             raise InputError(s.path, "lies off the line through the other slices' positions; not one regular grid")
     lps = np.eye(4)
     lps[:3, 0] = row_dir * pixel[1]  # i: along a row, one column to the next
-    lps[:3, 1] = col_dir * pixel[0]  # j: down a column, one row to the next
+    lps[:3, 1] = -col_dir * pixel[0]  # j: up a column, from the last row to the first (dcm2niix's row order)
     lps[:3, 2] = slice_step
-    lps[:3, 3] = start
+    lps[:3, 3] = start + col_dir * pixel[0] * (rows - 1)  # the last row's first pixel
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS -> NIfTI's RAS
     return SeriesGeometry(slices, (cols, rows, len(slices)), affine)
 
@@ -225,12 +228,13 @@ def _pixels(s: Slice) -> np.ndarray:
 
 
 def read_series(folder: str | Path) -> Volume:
-    """Read a CT series folder as a float32 `Volume` in HU, axes (column, row, slice), with its RAS+ affine."""
+    """Read a CT series folder as a float32 `Volume` in HU, axes (column, row from the last, slice), with its RAS+
+    affine."""
     folder = Path(folder)
     geometry = series_geometry(folder)
     cols, rows, n = geometry.shape
     array = np.empty((cols, rows, n), dtype=np.float32)
     for k, s in enumerate(geometry.slices):
-        array[:, :, k] = _pixels(s).T  # pixel_array is (row, column)
+        array[:, :, k] = _pixels(s).T[:, ::-1]  # pixel_array is (row, column)
         s.ds = None  # the file's data and its decoded copy are not needed any more
     return Volume(array, geometry.affine, nifti_header(array.shape, geometry.affine), folder)
