@@ -1,5 +1,5 @@
-"""selflabel.io.dicom: the real CT series of ../shared/data/totalsegmentator_dicom read with the geometry an
-independent reader (SimpleITK's GDCM) and the DICOM tags give; predict and pseudolabel on series folders; broken
+"""selflabel.io.dicom: the real CT series of ../shared/data/totalsegmentator_dicom read with the geometry independent
+readers (SimpleITK's GDCM, dicom2nifti) and the DICOM tags give; predict and pseudolabel on series folders; broken
 series (mixed, missing slice, uneven spacing, not CT, duplicated slice) refused with a line naming them."""
 
 from __future__ import annotations
@@ -107,6 +107,18 @@ def test_real_series_matches_simpleitk_voxel_for_voxel(series):
     assert np.allclose(volume.affine, itk_ras @ rows_from_the_last(image.GetSize()[1]), atol=1e-4)
     itk_array = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
     assert np.array_equal(volume.array, itk_array[:, ::-1])
+
+
+def test_real_series_matches_dicom2nifti_voxel_for_voxel(series, tmp_path):
+    """dicom2nifti (TotalSegmentator's converter) writes this series with the same affine and the same voxels in the
+    same order: a NIfTI made by selflabel from a series lines up array to array with that conversion, and with labels
+    drawn on it."""
+    dicom2nifti = pytest.importorskip("dicom2nifti", reason="dicom2nifti (a dev dependency) is the converter to match")
+    out = tmp_path / "converted.nii.gz"
+    dicom2nifti.dicom_series_to_nifti(str(series), str(out), reorient_nifti=True)
+    converted, volume = nib.load(out), read_image(series)
+    assert np.allclose(converted.affine, volume.affine, atol=1e-4)
+    assert np.array_equal(np.asarray(converted.dataobj, dtype=np.float32), volume.array)
 
 
 def test_slice_order_comes_from_positions_not_file_names(series, tmp_path):
