@@ -1,10 +1,12 @@
-"""selflabel.io.dicom: the real CT series of ../shared/data/totalsegmentator_dicom read with the geometry independent
-readers (SimpleITK's GDCM, dicom2nifti) and the DICOM tags give; predict and pseudolabel on series folders; broken
-series (mixed, missing slice, uneven spacing, not CT, duplicated slice) refused with a line naming them."""
+"""selflabel.io.dicom: the real CT series of ../shared/data/totalsegmentator_dicom read with the geometry an
+independent reader (SimpleITK's GDCM) and the DICOM tags give, voxel for voxel as the converters dcm2niix and
+dicom2nifti write it; predict and pseudolabel on series folders; broken series (mixed, missing slice, uneven spacing,
+not CT, duplicated slice) refused with a line naming them."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -109,13 +111,25 @@ def test_real_series_matches_simpleitk_voxel_for_voxel(series):
     assert np.array_equal(volume.array, itk_array[:, ::-1])
 
 
-def test_real_series_matches_dicom2nifti_voxel_for_voxel(series, tmp_path):
-    """dicom2nifti (TotalSegmentator's converter) writes this series with the same affine and the same voxels in the
-    same order: a NIfTI made by selflabel from a series lines up array to array with that conversion, and with labels
-    drawn on it."""
-    dicom2nifti = pytest.importorskip("dicom2nifti", reason="dicom2nifti (a dev dependency) is the converter to match")
-    out = tmp_path / "converted.nii.gz"
+def _dicom2nifti(series: Path, out: Path) -> None:
+    dicom2nifti = pytest.importorskip("dicom2nifti", reason="dicom2nifti (a dev dependency) is a converter to match")
     dicom2nifti.dicom_series_to_nifti(str(series), str(out), reorient_nifti=True)
+
+
+def _dcm2niix(series: Path, out: Path) -> None:
+    dcm2niix = pytest.importorskip("dcm2niix", reason="dcm2niix (a dev dependency) is a converter to match")
+    done = subprocess.run([dcm2niix.bin, "-z", "y", "-f", out.name.removesuffix(".nii.gz"), "-o", str(out.parent),
+                           str(series)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("convert", [_dicom2nifti, _dcm2niix], ids=["dicom2nifti", "dcm2niix"])
+def test_real_series_matches_the_converters_voxel_for_voxel(series, tmp_path, convert):
+    """dcm2niix and dicom2nifti (TotalSegmentator's converter) write this series with the same affine and the same
+    voxels in the same order as selflabel reads it: a NIfTI made by selflabel from a series lines up array to array
+    with their conversions, and with labels drawn on them."""
+    out = tmp_path / "converted.nii.gz"
+    convert(series.resolve(), out)
     converted, volume = nib.load(out), read_image(series)
     assert np.allclose(converted.affine, volume.affine, atol=1e-4)
     assert np.array_equal(np.asarray(converted.dataobj, dtype=np.float32), volume.array)
