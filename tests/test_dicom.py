@@ -57,6 +57,13 @@ def by_position(folder: Path) -> list[Path]:
     )
 
 
+def rows_from_the_last(rows: int) -> np.ndarray:
+    """The voxel affine from DICOM's row order (j down from the first row) to dcm2niix's (j up from the last)."""
+    flip = np.eye(4)
+    flip[1, 1], flip[1, 3] = -1.0, rows - 1
+    return flip
+
+
 def tag_affine(folder: Path) -> np.ndarray:
     """The RAS affine computed by hand from the tags of the lowest and highest slice (RAS = LPS with x, y negated),
     rows counted from the last as dcm2niix stores them."""
@@ -66,16 +73,9 @@ def tag_affine(folder: Path) -> np.ndarray:
     dr, dc = (float(v) for v in first.PixelSpacing)  # PixelSpacing = (between rows, between columns)
     p0, p1 = np.array(first.ImagePositionPatient, float), np.array(last.ImagePositionPatient, float)
     lps = np.eye(4)
-    lps[:3, :3] = np.column_stack([row * dc, -col * dr, (p1 - p0) / (len(files) - 1)])
-    lps[:3, 3] = p0 + col * dr * (int(first.Rows) - 1)
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-
-
-def rows_from_the_last(rows: int) -> np.ndarray:
-    """The voxel affine from DICOM's row order (j down from the first row) to dcm2niix's (j up from the last)."""
-    flip = np.eye(4)
-    flip[1, 1], flip[1, 3] = -1.0, rows - 1
-    return flip
+    lps[:3, :3] = np.column_stack([row * dc, col * dr, (p1 - p0) / (len(files) - 1)])
+    lps[:3, 3] = p0
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps @ rows_from_the_last(int(first.Rows))
 
 
 # ---- the real series ----
@@ -111,16 +111,18 @@ def test_real_series_matches_simpleitk_voxel_for_voxel(series):
     assert np.array_equal(volume.array, itk_array[:, ::-1])
 
 
-def _dicom2nifti(series: Path, out: Path) -> None:
+def _dicom2nifti(series: Path, folder: Path) -> Path:
     dicom2nifti = pytest.importorskip("dicom2nifti", reason="dicom2nifti (a dev dependency) is a converter to match")
-    dicom2nifti.dicom_series_to_nifti(str(series), str(out), reorient_nifti=True)
+    dicom2nifti.dicom_series_to_nifti(str(series), str(folder / "converted.nii.gz"), reorient_nifti=True)
+    return folder / "converted.nii.gz"
 
 
-def _dcm2niix(series: Path, out: Path) -> None:
+def _dcm2niix(series: Path, folder: Path) -> Path:
     dcm2niix = pytest.importorskip("dcm2niix", reason="dcm2niix (a dev dependency) is a converter to match")
-    done = subprocess.run([dcm2niix.bin, "-z", "y", "-f", out.name.removesuffix(".nii.gz"), "-o", str(out.parent),
-                           str(series)], capture_output=True, text=True)  # fmt: skip
+    args = [dcm2niix.bin, "-z", "y", "-f", "converted", "-o", str(folder), str(series)]
+    done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+    return folder / "converted.nii.gz"
 
 
 @pytest.mark.parametrize("convert", [_dicom2nifti, _dcm2niix], ids=["dicom2nifti", "dcm2niix"])
@@ -128,9 +130,7 @@ def test_real_series_matches_the_converters_voxel_for_voxel(series, tmp_path, co
     """dcm2niix and dicom2nifti (TotalSegmentator's converter) write this series with the same affine and the same
     voxels in the same order as selflabel reads it: a NIfTI made by selflabel from a series lines up array to array
     with their conversions, and with labels drawn on them."""
-    out = tmp_path / "converted.nii.gz"
-    convert(series.resolve(), out)
-    converted, volume = nib.load(out), read_image(series)
+    converted, volume = nib.load(convert(series.resolve(), tmp_path)), read_image(series)
     assert np.allclose(converted.affine, volume.affine, atol=1e-4)
     assert np.array_equal(np.asarray(converted.dataobj, dtype=np.float32), volume.array)
 
