@@ -100,6 +100,26 @@ def _write_csv(path: Path, cases: Sequence[CaseResult]) -> None:
     atomic_write_csv(path, CSV_COLUMNS, rows)
 
 
+def _score_jobs(jobs: list[tuple[Path, Path, float]], workers: int, file_ending: str) -> dict[str, CaseScores]:
+    """Scores per case name of (prediction, ground truth, nsd_min_dice) jobs, in `workers` processes.
+
+    Raises InputError for the first job whose files could not be scored.
+    """
+    if workers > 1 and len(jobs) > 1:
+        # spawn: a forked copy of a process with threads (torch, a GUI backend) can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+            outcomes = list(pool.map(_score_job, jobs))
+    else:
+        outcomes = [_score_job(job) for job in jobs]
+    scored: dict[str, CaseScores] = {}
+    for (pred_path, _gt_path, _), (status, value) in zip(jobs, outcomes, strict=True):
+        if status == "error":
+            raise InputError(*value)
+        scored[case_name(pred_path, file_ending)] = value
+    return scored
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     gt_dir: str | Path,
@@ -140,19 +160,7 @@ def evaluate_folders(
         logger.warning("prediction %s has no ground truth in %s: not scored", path, gt_dir)
 
     jobs = [(preds[name], gts[name], nsd_min_dice) for name in gts if name in preds]
-    if workers > 1 and len(jobs) > 1:
-        # spawn: a forked copy of a process with threads (torch, a GUI backend) can deadlock.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-            outcomes = list(pool.map(_score_job, jobs))
-    else:
-        outcomes = [_score_job(job) for job in jobs]
-    scored: dict[str, CaseScores] = {}
-    for (pred_path, _gt_path, _), (status, value) in zip(jobs, outcomes, strict=True):
-        if status == "error":
-            raise InputError(*value)
-        scored[case_name(pred_path, file_ending)] = value
-
+    scored = _score_jobs(jobs, workers, file_ending)
     cases = [
         CaseResult(path.name, scored[name].rounded(), preds[name])
         if name in scored
