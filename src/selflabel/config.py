@@ -455,7 +455,17 @@ def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
 
 def validate(config: Config) -> None:
     """Check the settings that types alone do not; raise ConfigError saying what to change."""
-    p, t, pl = config.preprocess, config.train, config.pipeline
+    _validate_preprocess(config)
+    _validate_models(config)
+    _validate_train(config)
+    _validate_inference(config)
+    _validate_augment(config)
+    _validate_pipeline(config)
+
+
+def _validate_preprocess(config: Config) -> None:
+    """The preprocess settings."""
+    p = config.preprocess
     if not 0 < p.clip_percentile <= 100:
         raise ConfigError(f"preprocess.clip_percentile must be in (0, 100], got {p.clip_percentile}")
     if p.hu_window[0] >= p.hu_window[1]:
@@ -471,9 +481,12 @@ def validate(config: Config) -> None:
         raise ConfigError(f"preprocess.crop_margin_mm must be >= 0, got {p.crop_margin_mm}")
     if p.image_size < 8:
         raise ConfigError(f"preprocess.image_size must be at least 8, got {p.image_size}")
-    if pl.student_image_size and pl.student_image_size < 8:
-        size = pl.student_image_size
-        raise ConfigError(f"pipeline.student_image_size must be 0 (the teacher's grid) or at least 8, got {size}")
+    if p.box_mm < 0:
+        raise ConfigError(f"preprocess.box_mm must be >= 0 (0 = planned from the training cases), got {p.box_mm}")
+
+
+def _validate_models(config: Config) -> None:
+    """The model and student settings."""
     if config.model.context < 0:
         raise ConfigError(f"model.context must be >= 0, got {config.model.context}")
     for section, model in (("model", config.model), ("student", config.student)):
@@ -481,6 +494,11 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{section}.deep_supervision needs {section}.name unet, got {model.name}")
         if model.norm != "batch" and model.name != "unet":
             raise ConfigError(f"{section}.norm {model.norm} needs {section}.name unet, got {model.name}")
+
+
+def _validate_train(config: Config) -> None:
+    """The train settings."""
+    t = config.train
     if t.epochs < 1 or t.batch_size < 1 or t.val_every < 1:
         raise ConfigError("train.epochs, train.batch_size and train.val_every must be >= 1")
     if t.lr <= 0:
@@ -491,37 +509,34 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {t.ema_decay}")
     if t.pseudo_weight <= 0:
         raise ConfigError(f"train.pseudo_weight must be positive, got {t.pseudo_weight}")
-    if config.inference.z_gap_mm < 0:
-        raise ConfigError(f"inference.z_gap_mm must be >= 0, got {config.inference.z_gap_mm}")
-    if not 0 <= config.inference.min_component_fraction < 1:
+
+
+def _validate_inference(config: Config) -> None:
+    """The inference settings."""
+    i = config.inference
+    if i.z_gap_mm < 0:
+        raise ConfigError(f"inference.z_gap_mm must be >= 0, got {i.z_gap_mm}")
+    if not 0 <= i.min_component_fraction < 1:
         raise ConfigError(
             f"inference.min_component_fraction must be in [0, 1) (0 = off; the largest alone is largest_component), "
-            f"got {config.inference.min_component_fraction}"
+            f"got {i.min_component_fraction}"
         )
-    if not 0 <= config.inference.z_smoothing <= 0.5:
-        raise ConfigError(f"inference.z_smoothing must be in [0, 0.5], got {config.inference.z_smoothing}")
-    if not 0 < config.inference.adapt_bn_weight <= 1:
-        raise ConfigError(f"inference.adapt_bn_weight must be in (0, 1], got {config.inference.adapt_bn_weight}")
-    if any(not 0.5 <= f <= 2 for f in config.inference.tta_zoom):
-        raise ConfigError(f"inference.tta_zoom factors must be in [0.5, 2], got {list(config.inference.tta_zoom)}")
-    if pl.finetune_lr <= 0:
-        raise ConfigError(f"pipeline.finetune_lr must be positive, got {pl.finetune_lr}")
-    if pl.student_lr < 0:
-        raise ConfigError(f"pipeline.student_lr must be >= 0 (0 = train.lr), got {pl.student_lr}")
-    if pl.student_batch_size < 0:
-        raise ConfigError(
-            f"pipeline.student_batch_size must be >= 0 (0 = train.batch_size), got {pl.student_batch_size}"
-        )
+    if not 0 <= i.z_smoothing <= 0.5:
+        raise ConfigError(f"inference.z_smoothing must be in [0, 0.5], got {i.z_smoothing}")
+    if not 0 < i.adapt_bn_weight <= 1:
+        raise ConfigError(f"inference.adapt_bn_weight must be in (0, 1], got {i.adapt_bn_weight}")
+    if any(not 0.5 <= f <= 2 for f in i.tta_zoom):
+        raise ConfigError(f"inference.tta_zoom factors must be in [0.5, 2], got {list(i.tta_zoom)}")
+
+
+def _validate_augment(config: Config) -> None:
+    """The augment settings."""
     a = config.augment
     for key in ("copy_paste", "strong_prob", "zoom_prob", "contents_prob", "distension_prob"):
         if not 0 <= getattr(a, key) <= 1:
             raise ConfigError(f"augment.{key} must be in [0, 1], got {getattr(a, key)}")
     if not 1 <= a.distension_max <= 4:
         raise ConfigError(f"augment.distension_max must be in [1, 4] (a magnification), got {a.distension_max}")
-    if config.preprocess.box_mm < 0:
-        raise ConfigError(
-            f"preprocess.box_mm must be >= 0 (0 = planned from the training cases), got {config.preprocess.box_mm}"
-        )
     if a.phase_jitter < 0:
         raise ConfigError(f"augment.phase_jitter must be >= 0 (0 = every organ at one phase), got {a.phase_jitter}")
     if not 0 <= a.shift <= 0.5:
@@ -530,6 +545,23 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"augment.elastic_prob must be in [0, 1] and augment.elastic_magnitude >= 0, "
             f"got {a.elastic_prob} and {a.elastic_magnitude}"
+        )
+
+
+def _validate_pipeline(config: Config) -> None:
+    """The pipeline and pseudolabel settings."""
+    p = config.preprocess
+    pl = config.pipeline
+    if pl.student_image_size and pl.student_image_size < 8:
+        size = pl.student_image_size
+        raise ConfigError(f"pipeline.student_image_size must be 0 (the teacher's grid) or at least 8, got {size}")
+    if pl.finetune_lr <= 0:
+        raise ConfigError(f"pipeline.finetune_lr must be positive, got {pl.finetune_lr}")
+    if pl.student_lr < 0:
+        raise ConfigError(f"pipeline.student_lr must be >= 0 (0 = train.lr), got {pl.student_lr}")
+    if pl.student_batch_size < 0:
+        raise ConfigError(
+            f"pipeline.student_batch_size must be >= 0 (0 = train.batch_size), got {pl.student_batch_size}"
         )
     if not 0 < pl.train_fraction <= 1:
         raise ConfigError(f"pipeline.train_fraction must be in (0, 1], got {pl.train_fraction}")
