@@ -95,7 +95,12 @@ def bench_model(
 
     def train_step() -> None:
         with amp:
-            loss = F.cross_entropy(runner(x).float(), target)
+            out = runner(x)
+        # a deeply supervised U-Net also gives its coarser outputs in training: each scored on the target subsampled
+        outs = out if isinstance(out, tuple) else (out,)
+        loss = sum(
+            F.cross_entropy(o.float(), target[:, :: img_size // o.shape[-2], :: img_size // o.shape[-1]]) for o in outs
+        )
         loss.backward()
 
     model.eval()

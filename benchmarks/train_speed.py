@@ -25,9 +25,9 @@ from selflabel.checkpoints import ModelSpec
 from selflabel.config import load_config
 from selflabel.data import SliceDataset, SliceSampler, Source, build_augmentation
 from selflabel.io import load_dataset
-from selflabel.losses import DiceCELoss
+from selflabel.losses import DeepSupervisionLoss, DiceCELoss
 from selflabel.phantom import write_cohort
-from selflabel.preprocess import preprocess_cases
+from selflabel.preprocess import plan, preprocess_cases
 from selflabel.runtime import amp_dtype, autocast
 
 
@@ -85,7 +85,10 @@ def main() -> None:
         root = Path(tmp)
         write_cohort(root / "data", labeled=args.cases, unlabeled=0, test=0, seed=0, size=192, slices=64)
         dataset_info = load_dataset(root / "data")
-        preprocess_cases(dataset_info.training, root / "cache", cfg.preprocess, progress=False)
+        cfg = plan(cfg, dataset_info.training)  # the preset's ct_foreground normalisation needs the cases' statistics
+        report = preprocess_cases(dataset_info.training, root / "cache", cfg.preprocess, progress=False)
+        if report.failed:
+            raise SystemExit(f"train_speed: preprocessing failed: {report.failed}")
         names = tuple(c.name for c in dataset_info.training)
         augment = build_augmentation(cfg.augment)
         dataset = SliceDataset([Source(root / "cache", names)], cfg.preprocess.image_size, cfg.model.context, augment)
@@ -112,7 +115,7 @@ def main() -> None:
             if cfg.train.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             model.train()
-            return model, torch.optim.Adam(model.parameters(), lr=cfg.train.lr), DiceCELoss(14)
+            return model, torch.optim.Adam(model.parameters(), lr=cfg.train.lr), DeepSupervisionLoss(DiceCELoss(14))
 
         results = {}
         for name, batches in (("in-memory tensors", memory), ("data loader", loader)):
