@@ -428,9 +428,10 @@ def test_a_student_at_a_grid_of_its_own(cohort, tmp_path):
     """``pipeline.student_image_size`` 48 with a 32-px teacher, two rounds: the scans are cached at both grids, every
     round's pseudo-labels are at the student's grid (round 2's made by the round-1 student from its own cache), the
     students train (with `pipeline.student_batch_size`'s batch), validate and predict at 48 px from weights started
-    by the teacher's, and every model's test predictions come back in the scans' own geometry."""
+    by the teacher's, and every model's test predictions come back in the scans' own geometry. Three U-Net levels, so
+    that the preset's deep supervision has a coarser head to train and hand from the teacher to the students."""
     overrides = {**MICRO, "pipeline.student_image_size": 48, "pipeline.rounds": 2, "pipeline.student_init": "teacher",
-                 "pipeline.student_batch_size": 2}  # fmt: skip
+                 "pipeline.student_batch_size": 2, "model.unet_channels": [8, 16, 32]}  # fmt: skip
     cfg = load_config("cpu", overrides=overrides)
     work = tmp_path / "work"
     run_recipe(cohort, work, cfg, progress=False)
@@ -450,6 +451,8 @@ def test_a_student_at_a_grid_of_its_own(cohort, tmp_path):
         assert saved.train.batch_size == (MICRO["train.batch_size"] if model == "teacher" else 2)
         caches = {Path(s["cache_dir"]).name for s in json.loads((run / "split.json").read_text())["sources"]}
         assert caches == {"cache" if side == 32 else "cache48"}
+        heads = [k for k in load_checkpoint(run / "best.pt")["model"] if k.startswith("aux_heads.")]
+        assert saved.model.deep_supervision and heads, model
     labels = sorted((cohort / "labelsTs").glob("*.nii.gz"))
     assert len(labels) == 2
     for label in labels:
