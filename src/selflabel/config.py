@@ -333,22 +333,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     # from-scratch transformer; see benchmarks/RESULTS.md, "CPU preset"), with the options beyond the paper that
     # helped in benchmarks/ablation.py (RESULTS.md, "Accuracy: the ablation"; two cohorts x two seeds): the body
     # crop, nnU-Net's CT normalisation and per-organ slice sampling (both clearly better on the real-CT cohort,
-    # neutral on the phantom), no mirroring (it swaps left and right organs), strong augmentation and copy-paste
-    # for the student, the student started from the teacher's weights (the CPU schedule is too short for a
-    # student from scratch to overtake its teacher), contrast phases simulated to plausible targets (kidneys and
-    # aorta of other phases), an 80x80 grid rather than 64x64 (small
-    # organs hold 25 % more pixels a side; 170 iterations per epoch instead of 200 keep the time near 1.3x), and
-    # a smooth elastic deformation of half the slices (phantom +0.04, realct neutral, the real patient of another
-    # scanner +0.12 against an approximate reference: one patient's anatomy bent towards another's); 90 % of the
-    # slices drawn holding an organ (the phantom's teacher +0.04, students +0.004 on both cohorts); two rounds of
-    # 3-epoch students at a 96x96 grid instead of one 8-epoch round at 80 (phantom +0.022, realct +0.006 test DSC,
-    # four seeds, every run up; 1.09x the recipe's time with 2 threads); BatchNorm statistics of each scan at
-    # prediction and evaluation (AdaBN; final models phantom +0.006, realct +0.001, three seeds; the real patient
-    # of another scanner +0.04 for students, +0.12 for teachers), not when pseudo-labelling (students did worse on
-    # realct); every labelled case in training, each model keeping its last epoch (phantom +0.026, five seeds);
-    # deep supervision of the U-Net's 1/2 and 1/4 outputs (final models phantom +0.015, realct +0.002, five seeds, 9
-    # of 10 up). With model.name=swin_unet, also set model.deep_supervision=false and pipeline.student_image_size=0:
-    # a transformer started from the teacher keeps the teacher's grid.
+    # neutral on the phantom), no mirroring (it swaps left and right organs), strong augmentation and copy-paste for
+    # the student, the student started from the teacher's weights (the CPU schedule is too short for a student from
+    # scratch to overtake its teacher), contrast phases simulated to plausible targets (kidneys and aorta of other
+    # phases), an 80x80 grid rather than 64x64 (small organs hold 25 % more pixels a side; 170 iterations per epoch
+    # instead of 200 keep the time near 1.3x), and a smooth elastic deformation of half the slices (phantom +0.04,
+    # realct neutral, the real patient of another scanner +0.12 against an approximate reference: one patient's
+    # anatomy bent towards another's); 90 % of the slices drawn holding an organ (the phantom's teacher +0.04,
+    # students +0.004 on both cohorts); two rounds of 3-epoch students at a 96x96 grid instead of one 8-epoch round
+    # at 80 (phantom +0.022, realct +0.006 test DSC, four seeds, every run up; 1.09x the recipe's time with 2
+    # threads); BatchNorm statistics of each scan at prediction and evaluation (AdaBN; final models phantom +0.006,
+    # realct +0.001, three seeds; the real patient of another scanner +0.04 for students, +0.12 for teachers), not
+    # when pseudo-labelling (students did worse on realct); every labelled case in training, each model keeping its
+    # last epoch (phantom +0.026, five seeds); deep supervision of the U-Net's 1/2 and 1/4 outputs (final models
+    # phantom +0.015, realct +0.002, five seeds, 9 of 10 up). With model.name=swin_unet, also set
+    # model.deep_supervision=false and pipeline.student_image_size=0: a transformer started from the teacher keeps
+    # the teacher's grid.
     "cpu": {
         "preprocess.image_size": 80,
         "preprocess.crop": "body",
