@@ -327,7 +327,7 @@ def test_pseudo_weight_sets_the_student_s_sampling_weight(finished, cohort, tmp_
     copy = tmp_path / "work"
     shutil.copytree(work, copy, symlinks=True)
     before = json.loads((copy / "models" / "student" / "split.json").read_text())["sources"]
-    assert [s["weight"] for s in before] == [1.0, 1.0]
+    assert [s["weight"] for s in before] == [1.0, load_config("cpu", overrides=MICRO).train.pseudo_weight]
     shutil.rmtree(copy / "models" / "student")
     pipeline = Pipeline(cohort, copy, load_config("cpu", overrides={**MICRO, "train.pseudo_weight": 3.0}), False)
     next(stage for stage in pipeline.stages() if stage.name == "student1").run()
