@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from selflabel.config import load_config
+from selflabel.losses import DeepSupervisionLoss, DiceCELoss
 from selflabel.models import build_model, count_parameters, multiply_adds
 from selflabel.runtime import tune_cpu_allocator
 
@@ -93,15 +93,13 @@ def bench_model(
         with torch.inference_mode(), amp:
             runner(x)
 
+    # cross-entropy alone; a deeply supervised U-Net's coarser training outputs scored as the training engine does
+    loss_fn = DeepSupervisionLoss(DiceCELoss(args.num_classes, dice_weight=0.0))
+
     def train_step() -> None:
         with amp:
             out = runner(x)
-        # a deeply supervised U-Net also gives its coarser outputs in training: each scored on the target subsampled
-        outs = out if isinstance(out, tuple) else (out,)
-        loss = sum(
-            F.cross_entropy(o.float(), target[:, :: img_size // o.shape[-2], :: img_size // o.shape[-1]]) for o in outs
-        )
-        loss.backward()
+        loss_fn(out, target)[0].backward()
 
     model.eval()
     fwd = time_it(forward, device, args.warmup, iters)
