@@ -128,6 +128,10 @@ OPTIONS: dict[str, list[str]] = {
     "no_adapt_bn": _sets("inference.adapt_bn=false"),
     "plus_adapt_bn_pseudo": _sets("pseudolabel.adapt_bn=true"),
     "plus_pseudo_w025": _sets("train.pseudo_weight=0.25"),
+    "plus_pseudo_w01": _sets("train.pseudo_weight=0.1"),
+    # a control, not an option: the students' schedule without pseudo-labels (next to none drawn, no copy-paste, whose
+    # boxes come from them), to tell what the pseudo-labels add from what the students' extra training adds
+    "control_no_pseudo": _sets("train.pseudo_weight=1e-6", "augment.copy_paste=0"),
     # with every labelled case in training there is no validation split to add: measured on the half split
     "plus_students_all": _sets("pipeline.train_fraction=0.5", "pipeline.student_labelled=all"),
     "plus_z_smoothing": _sets("inference.z_smoothing=0.25"),

@@ -420,6 +420,8 @@ def test_the_whole_recipe_runs_under_torchrun(cohort, tmp_path):
     assert len(list((work / "pseudo" / "round1").glob("*.nii.gz"))) == 3
     summary = json.loads((work / "report" / "summary.json").read_text())
     assert {s for m in summary["models"].values() for s in m["splits"]} == {"validation", "test"}
+    assert summary["offered_student"] == "student"
+    assert done.stdout.count(f"the student this run offers: {work / 'models' / 'student'}") == 1  # rank 0 alone
     again = torchrun_cli(args)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 6, again.stderr[-3000:]
 

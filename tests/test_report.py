@@ -137,6 +137,8 @@ def test_summary_gathers_scores_training_timing_and_pseudolabels(folders):
     assert round1["mean_confidence"] == pytest.approx(0.8) and round1["uncertain_fraction"] == pytest.approx(0.2)
     assert round1["changed"] is None  # a first round: nothing to compare with
     assert summary["config"] == {"seed": 0}
+    assert summary["offered_student"] == "student"  # the one student, scored on validation
+    assert build_summary(results[:1], pseudo, {})["offered_student"] is None  # a teacher alone offers none
 
 
 def test_paper_table_in_percent_in_the_paper_s_columns(folders):

@@ -8,6 +8,7 @@ Summary lines come once per torchrun job (rank 0). Library modules are imported 
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -155,6 +156,9 @@ def _echo_report(report: Path) -> None:
     """The report's result tables (everything before its training section), then its path."""
     say(report.read_text().split("## Training")[0])
     say(f"report: {report}")
+    offered = json.loads((report.parent / "summary.json").read_text()).get("offered_student")
+    if offered:
+        say(f"the student this run offers: {report.parent.parent / 'models' / offered}")
 
 
 @app.command("demo-data")

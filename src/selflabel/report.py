@@ -107,7 +107,7 @@ def _pseudo_stats(pseudo_dir: Path) -> dict[str, Any]:
 
 
 def build_summary(results: Sequence[ModelResult], pseudo_dirs: Sequence[Path], config: Mapping) -> dict[str, Any]:
-    """Everything the report shows, as one JSON-able dict."""
+    """Everything the report shows, as one JSON-able dict; ``offered_student`` names the `chosen_student`."""
     models = {}
     for result in results:
         models[result.name] = {
@@ -116,11 +116,13 @@ def build_summary(results: Sequence[ModelResult], pseudo_dirs: Sequence[Path], c
             "training": _training(result.run_dir),
             **_network(result.run_dir),
         }
-    return {
+    summary = {
         "models": models,
         "pseudolabels": [_pseudo_stats(Path(p)) for p in pseudo_dirs],
         "config": dict(config),
     }
+    summary["offered_student"] = chosen_student(summary)  # the model to use: WORK/models/<offered_student>
+    return summary
 
 
 # ---- tables ----
