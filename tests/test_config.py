@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from selflabel.cli import parse_sets
 from selflabel.config import PRESETS, load_config, read_yaml, save_config
 from selflabel.errors import ConfigError
 
@@ -16,6 +17,20 @@ def test_preset_then_yaml_then_overrides(tmp_path):
     assert c.train.lr == 0.01  # from the YAML
     assert c.train.epochs == 5  # overrides win
     assert c.model.depths == (2, 2, 2, 2) and isinstance(c.model.depths, tuple)
+
+
+def test_numbers_in_exponent_form_are_numbers(tmp_path):
+    """PyYAML reads ``1e-4`` (no dot) as a string; a float setting takes it as the number, from --set and YAML."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 3e-3\n")
+    assert load_config("cpu", path).train.lr == 3e-3
+    assert load_config(overrides=parse_sets(["train.pseudo_weight=1e-6", "preprocess.hu_window=[-1E2, 2.5e2]"])) == (
+        load_config(overrides={"train.pseudo_weight": 1e-6, "preprocess.hu_window": (-100.0, 250.0)})
+    )
+    assert load_config(overrides={"augment.shift": "0e0"}).augment.shift == 0.0
+    for text in ("fast", "nan", "1e999"):
+        with pytest.raises(ConfigError, match=f"train.lr: expected a number, got '{text}'"):
+            load_config(overrides={"train.lr": text})
 
 
 def test_saved_config_reloads_equal(tmp_path):
