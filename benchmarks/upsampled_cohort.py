@@ -55,9 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not target.is_file():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 jobs.append((path, target, args.factor, label))
-    with ProcessPoolExecutor(args.workers) as pool:
-        for _ in pool.map(upsample, *zip(*jobs, strict=True)) if jobs else ():
-            pass
+    if args.workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(args.workers) as pool:
+            list(pool.map(upsample, *zip(*jobs, strict=True)))
+    else:
+        for job in jobs:
+            upsample(*job)
     shutil.copy(args.source / "dataset.json", args.out / "dataset.json")
     print(f"{args.out}: {len(jobs)} files written at {args.factor}x in-plane")
     return 0
