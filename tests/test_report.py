@@ -215,6 +215,20 @@ def test_report_markdown_shows_the_inputs_numbers_and_the_figures_are_written(fo
     assert summary["models"]["student"]["splits"]["test"]["mean_dsc"] == pytest.approx(0.61)
 
 
+def test_the_cli_names_the_offered_student_of_a_report_of_any_version(folders, tmp_path, capsys):
+    """`selflabel run`/`demo` end with the offered student's folder, also for a summary.json written before
+    ``offered_student`` existed (a finished run whose report stage is skipped)."""
+    from selflabel.cli import _echo_report
+
+    results, pseudo, images = folders
+    path = write_report(tmp_path / "work" / "report", results, pseudo, images, FLARE22_LABELS, {})
+    summary = json.loads((path.parent / "summary.json").read_text())
+    del summary["offered_student"]
+    (path.parent / "summary.json").write_text(json.dumps(summary))
+    _echo_report(path)
+    assert capsys.readouterr().out.strip().endswith(f"the student this run offers: {tmp_path / 'work/models/student'}")
+
+
 def test_report_without_pseudolabels_or_test_split(folders, tmp_path):
     results, _, _ = folders
     only_val = [ModelResult(r.name, r.run_dir, {"validation": r.evals["validation"]}) for r in results]

@@ -156,7 +156,9 @@ def _echo_report(report: Path) -> None:
     """The report's result tables (everything before its training section), then its path."""
     say(report.read_text().split("## Training")[0])
     say(f"report: {report}")
-    offered = json.loads((report.parent / "summary.json").read_text()).get("offered_student")
+    from selflabel.report import chosen_student
+
+    offered = chosen_student(json.loads((report.parent / "summary.json").read_text()))  # a report of any version
     if offered:
         say(f"the student this run offers: {report.parent.parent / 'models' / offered}")
 
