@@ -132,6 +132,8 @@ OPTIONS: dict[str, list[str]] = {
     # a control, not an option: the students' schedule without pseudo-labels (next to none drawn, no copy-paste, whose
     # boxes come from them), to tell what the pseudo-labels add from what the students' extra training adds
     "control_no_pseudo": _sets("train.pseudo_weight=1e-6", "augment.copy_paste=0"),
+    # three rounds of 2-epoch students: the preset's student iterations, the pseudo-labels renewed once more
+    "plus_rounds3_e2": _sets("pipeline.rounds=3", "pipeline.student_epochs=2"),
     # with every labelled case in training there is no validation split to add: measured on the half split
     "plus_students_all": _sets("pipeline.train_fraction=0.5", "pipeline.student_labelled=all"),
     "plus_z_smoothing": _sets("inference.z_smoothing=0.25"),
