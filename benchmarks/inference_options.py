@@ -47,6 +47,9 @@ VARIANTS: dict[str, list[str]] = {
     "adapt_bn": ["--no-tta", "--no-lcc", "--adapt-bn"],
     "adapt_bn_half": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.adapt_bn_weight=0.5"],
     "adapt_bn_z025": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.z_smoothing=0.25"],
+    "adapt_bn_zmm2": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.z_smoothing_mm=2"],
+    "adapt_bn_zmm25": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.z_smoothing_mm=2.5"],
+    "adapt_bn_zmm3": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.z_smoothing_mm=3"],
 }
 DEFAULT_VARIANTS = ("plain", "lcc", "tta", "tta_lcc")
 MODELS = ("teacher", "final")

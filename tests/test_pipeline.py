@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -144,6 +145,40 @@ def test_a_run_s_predictor_smooths_through_plane_as_inference_z_smoothing_says(f
     assert np.array_equal(a.lowres_confidence[2], b.lowres_confidence[2])
     plain = [predictor.predict_prepared(v, (side, side), with_confidence=True) for v in (volume, changed)]
     assert not np.array_equal(plain[0].lowres_confidence[2], plain[1].lowres_confidence[2])
+
+
+def test_spacing_scaled_smoothing_mixes_thin_slices_as_a_fixed_weight_does_and_thick_ones_less(finished):
+    """`inference.z_smoothing_mm` reaches a run's predictor through the slice spacing: at the spacing where its
+    weight is 0.25 it gives `z_smoothing` 0.25's probabilities, at a thick spacing next to the unsmoothed ones."""
+    from selflabel.inference import Predictor
+    from selflabel.slicewise import z_weight
+
+    _, work = finished
+    predictor = Predictor.from_run(work / "models" / "student", overrides={"inference.adapt_bn": False})
+    side = predictor.config.preprocess.image_size
+    volume = torch.from_numpy(1.5 * np.random.default_rng(2).standard_normal((5, side, side)).astype(np.float32))
+    sd = 2.5
+    thin = sd * math.sqrt(2 * math.log(2))  # g = 1/2, so w = 1/4
+    assert z_weight(thin, sd) == pytest.approx(0.25) and z_weight(0.0, sd) == 0 == z_weight(thin, 0.0)
+    by_mm = predictor.with_overrides({"inference.z_smoothing_mm": sd})
+    fixed = predictor.with_overrides({"inference.z_smoothing": 0.25})
+
+    def confidence(p, slice_mm):
+        return p.predict_prepared(volume, (side, side), with_confidence=True, slice_mm=slice_mm).lowres_confidence
+
+    assert np.allclose(confidence(by_mm, thin), confidence(fixed, 1.0), atol=1e-3)
+    plain, thick = confidence(predictor, 10.0), confidence(by_mm, 10.0)
+    assert np.abs(thick - plain).max() < np.abs(confidence(by_mm, thin) - plain).max() / 10
+
+
+def test_the_pseudo_labelling_teacher_smooths_by_spacing_only_as_pseudolabel_z_smoothing_mm_says(finished):
+    from selflabel.pseudolabel import load_teacher
+
+    _, work = finished
+    run = work / "models" / "teacher"
+    for inference, pseudolabel in ((2.5, 0.0), (0.0, 3.0), (2.5, 3.0)):
+        settings = {"inference.z_smoothing_mm": inference, "pseudolabel.z_smoothing_mm": pseudolabel}
+        assert load_teacher(run, settings).settings.z_smoothing_mm == pseudolabel
 
 
 def test_the_pseudo_labelling_teacher_adapts_batchnorm_only_as_pseudolabel_adapt_bn_says(finished):

@@ -218,6 +218,11 @@ class InferenceConfig:
     z_smoothing: each slice's probabilities are mixed with its two neighbours', each weighted `z_smoothing`, before
         the arg-max (0 = off; at most 0.5): slices predicted one by one agree more with each other, as the organs
         do between slices a few millimetres apart. Pseudo-labels are made with it too.
+    z_smoothing_mm: the same mixing with a weight of each scan's slice spacing d (mm): each neighbour counts
+        g = exp(-d^2 / (2 z_smoothing_mm^2)) against the slice's 1, so w = g / (1 + 2g) (at 2.5 mm: w 0.25 at a
+        3-mm spacing, 0.11 at 5 mm, 0.30 at 2 mm); thick slices, whose neighbours show other anatomy, are mixed
+        less (0 = off; not with `z_smoothing`). Predictions and evaluation only; `pseudolabel.z_smoothing_mm` for
+        the pseudo-labelling teacher.
     """
 
     batch_size: int = 32
@@ -230,6 +235,7 @@ class InferenceConfig:
     adapt_bn: bool = False
     adapt_bn_weight: float = 1.0
     z_smoothing: float = 0.0
+    z_smoothing_mm: float = 0.0
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     device: str = "auto"
 
@@ -249,9 +255,12 @@ class PseudoLabelConfig:
     adapt_bn: the teacher's BatchNorm statistics estimated on each unlabelled scan (`inference.adapt_bn`, which
         applies to predictions and evaluation only; students trained on adapted pseudo-labels did worse on realct,
         benchmarks/RESULTS.md, session 2026-12-05).
+    z_smoothing_mm: the teacher's slices mixed with their neighbours' by spacing (`inference.z_smoothing_mm`, which
+        applies to predictions and evaluation only; students learnt less from smoothed pseudo-labels,
+        benchmarks/RESULTS.md, session 2026-12-06).
 
     The teacher predicts with the `inference` settings (flip TTA, largest component), as every prediction does,
-    except for the BatchNorm adaptation, which `adapt_bn` sets.
+    except for the BatchNorm adaptation and the spacing-scaled smoothing, which `adapt_bn` and `z_smoothing_mm` set.
     """
 
     confidence_tau: float = 0.0
@@ -261,6 +270,7 @@ class PseudoLabelConfig:
     soft_weights: bool = False
     checkpoints: Literal["best", "best_and_latest"] = "best"
     adapt_bn: bool = False
+    z_smoothing_mm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -546,6 +556,11 @@ def _validate_inference(config: Config) -> None:
         )
     if not 0 <= i.z_smoothing <= 0.5:
         raise ConfigError(f"inference.z_smoothing must be in [0, 0.5], got {i.z_smoothing}")
+    for key, value in (("inference", i.z_smoothing_mm), ("pseudolabel", config.pseudolabel.z_smoothing_mm)):
+        if value < 0:
+            raise ConfigError(f"{key}.z_smoothing_mm must be >= 0 (0 = off), got {value}")
+        if value and i.z_smoothing:
+            raise ConfigError(f"{key}.z_smoothing_mm and inference.z_smoothing are two ways to one mixing: set one")
     if not 0 < i.adapt_bn_weight <= 1:
         raise ConfigError(f"inference.adapt_bn_weight must be in (0, 1], got {i.adapt_bn_weight}")
     if any(not 0.5 <= f <= 2 for f in i.tta_zoom):

@@ -216,10 +216,13 @@ def _fmt(value: Any) -> str:
 
 def load_teacher(run_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> Predictor:
     """The run's model that makes pseudo-labels: its best checkpoint, or the ensemble ``pseudolabel.checkpoints``
-    names (`overrides` change the run's settings first), adapting its BatchNorm to each scan as
-    ``pseudolabel.adapt_bn`` says."""
+    names (`overrides` change the run's settings first), adapting its BatchNorm to each scan and mixing its slices
+    by their spacing as ``pseudolabel.adapt_bn`` and ``pseudolabel.z_smoothing_mm`` say."""
     teacher = Predictor.from_run(run_dir, overrides=overrides)
-    teacher = teacher.with_overrides({"inference.adapt_bn": teacher.config.pseudolabel.adapt_bn})
+    own = teacher.config.pseudolabel
+    teacher = teacher.with_overrides(
+        {"inference.adapt_bn": own.adapt_bn, "inference.z_smoothing_mm": own.z_smoothing_mm}
+    )
     if teacher.config.pseudolabel.checkpoints == "best_and_latest":
         teacher = teacher.ensemble_with(Predictor.from_run(run_dir, which="latest", overrides=overrides))
     return teacher

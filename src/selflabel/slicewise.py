@@ -9,6 +9,7 @@ leave the device, so a 512x512 scan never holds a full (C, Z, H, W) probability 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,6 +88,15 @@ def slice_probabilities(
                     p, seen = _zoomed_probabilities(model, xi, factor)
                     probs, weight = probs + _flip(p, dims), weight + _flip(seen, dims)
         yield start, probs / weight
+
+
+def z_weight(slice_mm: float, sd_mm: float) -> float:
+    """The neighbour weight of `z_smoothed` for slices `slice_mm` apart under a Gaussian of sd `sd_mm` (0 if either
+    is 0): each neighbour counts g = exp(-d^2 / 2sd^2) against the slice's 1."""
+    if slice_mm <= 0 or sd_mm <= 0:
+        return 0.0
+    g = math.exp(-(slice_mm**2) / (2 * sd_mm**2))
+    return g / (1 + 2 * g)
 
 
 def z_smoothed(batches: Iterator[tuple[int, torch.Tensor]], weight: float) -> Iterator[tuple[int, torch.Tensor]]:

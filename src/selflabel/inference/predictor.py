@@ -19,7 +19,7 @@ from selflabel.io import Volume, canonical_axes, from_canonical
 from selflabel.preprocess import CropBox, prepare_image
 from selflabel.progress import warn_input
 from selflabel.runtime import setup_device
-from selflabel.slicewise import VolumePrediction, batchnorm_adapted, predict_in_box
+from selflabel.slicewise import VolumePrediction, batchnorm_adapted, predict_in_box, z_weight
 
 
 class Ensemble(torch.nn.Module):
@@ -88,7 +88,8 @@ class Predictor(LoadedModel):
 
         `box`: the crop the volume was made from (`prepare_image`, the cache's ``crop``); an in-plane size
         (H, W) means the whole slice. Labels come back at (Z, H, W). `slice_mm`: the canonical slice
-        spacing, for ``inference.z_range main_slab`` (0 = unknown: no gap is bridged). `lowres_size`: the side of
+        spacing, for ``inference.z_range main_slab`` and ``z_smoothing_mm`` (0 = unknown: no gap is bridged, no
+        slice mixed by spacing). `lowres_size`: the side of
         the model-grid maps that `with_confidence` adds (None = the model's grid; a student's grid otherwise).
         """
         s = self.settings
@@ -97,10 +98,11 @@ class Predictor(LoadedModel):
         statistics = (
             batchnorm_adapted(self.model, volume, weight=s.adapt_bn_weight, **network) if s.adapt_bn else nullcontext()
         )
+        z_smoothing = s.z_smoothing or z_weight(slice_mm, s.z_smoothing_mm)
         with statistics:
             pred = predict_in_box(
                 self.model, volume, box, **network, tta_flip=s.tta_flip, tta_zoom=s.tta_zoom,
-                z_smoothing=s.z_smoothing, with_confidence=with_confidence, lowres_size=lowres_size,
+                z_smoothing=z_smoothing, with_confidence=with_confidence, lowres_size=lowres_size,
             )  # fmt: skip
         if s.largest_component or s.min_component_fraction:
             fraction = 1.0 if s.largest_component else s.min_component_fraction
