@@ -134,6 +134,9 @@ OPTIONS: dict[str, list[str]] = {
     "control_no_pseudo": _sets("train.pseudo_weight=1e-6", "augment.copy_paste=0"),
     # three rounds of 2-epoch students: the preset's student iterations, the pseudo-labels renewed once more
     "plus_rounds3_e2": _sets("pipeline.rounds=3", "pipeline.student_epochs=2"),
+    # the last student fine-tuned for one epoch on the labelled cases alone (the control's labelled-only training
+    # helped realct; the pseudo-labels the phantom and the real patient)
+    "plus_finetune1": ["--finetune-epochs", "1", *_sets("pipeline.finetune_lr=1e-3")],
     # with every labelled case in training there is no validation split to add: measured on the half split
     "plus_students_all": _sets("pipeline.train_fraction=0.5", "pipeline.student_labelled=all"),
     "plus_z_smoothing": _sets("inference.z_smoothing=0.25"),
