@@ -89,8 +89,8 @@ class Predictor(LoadedModel):
         `box`: the crop the volume was made from (`prepare_image`, the cache's ``crop``); an in-plane size
         (H, W) means the whole slice. Labels come back at (Z, H, W). `slice_mm`: the canonical slice
         spacing, for ``inference.z_range main_slab`` and ``z_smoothing_mm`` (0 = unknown: no gap is bridged, no
-        slice mixed by spacing). `lowres_size`: the side of
-        the model-grid maps that `with_confidence` adds (None = the model's grid; a student's grid otherwise).
+        slice mixed by spacing). `lowres_size`: the side of the model-grid maps that `with_confidence` adds (None =
+        the model's grid; a student's grid otherwise).
         """
         s = self.settings
         box = box if isinstance(box, CropBox) else CropBox.full(*box)
