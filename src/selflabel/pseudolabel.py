@@ -223,7 +223,7 @@ def load_teacher(run_dir: str | Path, overrides: Mapping[str, Any] | None = None
     teacher = teacher.with_overrides(
         {"inference.adapt_bn": own.adapt_bn, "inference.z_smoothing_mm": own.z_smoothing_mm}
     )
-    if teacher.config.pseudolabel.checkpoints == "best_and_latest":
+    if own.checkpoints == "best_and_latest":
         teacher = teacher.ensemble_with(Predictor.from_run(run_dir, which="latest", overrides=overrides))
     return teacher
 
