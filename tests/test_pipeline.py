@@ -335,11 +335,13 @@ def _largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 def test_finetuning_starts_from_the_student_s_best_weights(finished, cohort, tmp_path):
     """Fine-tuning added to a finished run, at a learning rate too small to move anything: its weights are the
-    student's (which are not the initial ones), it trained on the labelled cases only, and it is evaluated."""
+    student's (which are not the initial ones), it trained on the labelled cases only, for its own number of
+    iterations, and it is evaluated."""
     _, work = finished
     copy = tmp_path / "work"
     shutil.copytree(work, copy, symlinks=True)
-    cfg = load_config("cpu", overrides={**MICRO, "pipeline.finetune_epochs": 1, "pipeline.finetune_lr": 1e-12})
+    tuning = {"pipeline.finetune_epochs": 1, "pipeline.finetune_lr": 1e-12, "pipeline.finetune_iterations": 3}
+    cfg = load_config("cpu", overrides={**MICRO, **tuning})
     assert Pipeline(cohort, copy, cfg, progress=False).run() == ["finetune", "evaluate", "report"]
     tuned, student = copy / "models" / "student_finetuned", copy / "models" / "student"
     spec = json.loads((student / "model.json").read_text())
@@ -348,7 +350,7 @@ def test_finetuning_starts_from_the_student_s_best_weights(finished, cohort, tmp
     initial = {k: v for k, v in ModelSpec(**spec).build().state_dict().items() if k in _parameters(student)}
     assert _largest_difference(_parameters(student), initial) > 1e-4
     assert _largest_difference(_parameters(tuned), _parameters(student)) < 1e-8
-    assert [r["lr"] for r in read_iterations(tuned)] == pytest.approx([1e-12, 1e-12 * 0.5**0.9])
+    assert [r["lr"] for r in read_iterations(tuned)] == pytest.approx([1e-12 * (k / 3) ** 0.9 for k in (3, 2, 1)])
     sources = json.loads((tuned / "split.json").read_text())["sources"]
     assert [s["cases"] for s in sources] == [json.loads((copy / "split.json").read_text())["train"]]
     summary = json.loads((copy / "report" / "summary.json").read_text())

@@ -285,6 +285,8 @@ class PipelineConfig:
         than its teacher; with a fixed `train.iterations_per_epoch` it may need more epochs to take them in.
     finetune_epochs: after the last round, fine-tune the student on the labelled cases only (0 = off) at
         `finetune_lr` (poly decay as in training).
+    finetune_iterations: iterations of each fine-tuning epoch (0 = `train.iterations_per_epoch`): a shorter
+        fine-tuning for a tight time budget.
     student_model: ``"teacher"`` (every student is the teacher's network, the paper) or ``"own"``: students use the
         `student` section (another network or size, e.g. a small fast student of a large teacher).
     student_augment: ``"same"`` as the teacher, or ``"strong"``: students train with `augment.strong` on.
@@ -309,6 +311,7 @@ class PipelineConfig:
     student_epochs: int = 0
     finetune_epochs: int = 0
     finetune_lr: float = 1e-4
+    finetune_iterations: int = 0
     student_model: Literal["teacher", "own"] = "teacher"
     student_augment: Literal["same", "strong"] = "same"
     student_init: Literal["scratch", "teacher"] = "scratch"
@@ -595,6 +598,9 @@ def _validate_pipeline(config: Config) -> None:
         raise ConfigError(f"pipeline.student_image_size must be 0 (the teacher's grid) or at least 8, got {size}")
     if pl.finetune_lr <= 0:
         raise ConfigError(f"pipeline.finetune_lr must be positive, got {pl.finetune_lr}")
+    if pl.finetune_iterations < 0:
+        n = pl.finetune_iterations
+        raise ConfigError(f"pipeline.finetune_iterations must be >= 0 (0 = train.iterations_per_epoch), got {n}")
     if pl.student_lr < 0:
         raise ConfigError(f"pipeline.student_lr must be >= 0 (0 = train.lr), got {pl.student_lr}")
     if pl.student_batch_size < 0:

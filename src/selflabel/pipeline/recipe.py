@@ -200,7 +200,10 @@ class Pipeline:
     def _finetune(self) -> None:
         p = self.cfg.pipeline
         last_student = self.run_dir(self.models[p.rounds])
-        cfg = self._student_config({"train.epochs": p.finetune_epochs, "train.lr": p.finetune_lr})
+        settings = {"train.epochs": p.finetune_epochs, "train.lr": p.finetune_lr}
+        if p.finetune_iterations:
+            settings["train.iterations_per_epoch"] = p.finetune_iterations
+        cfg = self._student_config(settings)
         init = last_student / "best.pt"
         self._train_model("student_finetuned", self._students_labelled(), [], cfg, self.student_cache, init_from=init)
 
