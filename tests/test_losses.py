@@ -46,6 +46,22 @@ def test_loss_weights_are_settings():
     assert float(loss) == pytest.approx(3 * (1 - parts["dice"])) and parts["dice"] == pytest.approx(0.5)
 
 
+def test_soft_voxel_weights_scale_each_voxel_s_share_of_the_sums_once():
+    """Weighted Dice and CE by hand: 2 sum(w p g) / (sum(w p) + sum(w g)) per organ, sum(w CE) / sum(w)."""
+    torch.manual_seed(2)
+    logits = torch.randn(2, 3, 5, 5)
+    target = torch.randint(0, 3, (2, 5, 5))
+    weight = torch.rand(2, 5, 5)
+    _, parts = DiceCELoss(3, smooth=0.0)(logits, target, weight)
+    probs = torch.softmax(logits, dim=1)
+    onehot = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float()
+    w = weight[:, None]
+    dice = 2 * (w * probs * onehot).sum((0, 2, 3)) / ((w * probs).sum((0, 2, 3)) + (w * onehot).sum((0, 2, 3)))
+    ce = (weight * torch.nn.functional.cross_entropy(logits, target, reduction="none")).sum() / weight.sum()
+    assert parts["dice"] == pytest.approx(float(dice[1:].mean()), rel=1e-5)
+    assert parts["ce"] == pytest.approx(float(ce), rel=1e-5)
+
+
 def test_reduced_statistics_of_two_halves_give_the_loss_of_the_whole_batch():
     """As under DDP: each half sums its Dice and CE statistics with the other's, so both get the global loss."""
     torch.manual_seed(1)
