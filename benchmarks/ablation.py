@@ -140,7 +140,11 @@ OPTIONS: dict[str, list[str]] = {
     # the same at about the preset's cost: two rounds of 2-epoch students, then the fine-tuning epoch
     "plus_e2_finetune1": ["--finetune-epochs", "1", *_sets("pipeline.finetune_lr=1e-3", "pipeline.student_epochs=2")],
     # half a fine-tuning epoch (85 iterations), for the time budget
-    "plus_finetune_i85": ["--finetune-epochs", "1", *_sets("pipeline.finetune_lr=1e-3", "pipeline.finetune_iterations=85")],
+    "plus_finetune_i85": [
+        "--finetune-epochs",
+        "1",
+        *_sets("pipeline.finetune_lr=1e-3", "pipeline.finetune_iterations=85"),
+    ],  # fmt: skip
     # with every labelled case in training there is no validation split to add: measured on the half split
     "plus_students_all": _sets("pipeline.train_fraction=0.5", "pipeline.student_labelled=all"),
     "plus_z_smoothing": _sets("inference.z_smoothing=0.25"),

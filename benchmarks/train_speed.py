@@ -29,6 +29,7 @@ from selflabel.losses import DeepSupervisionLoss, DiceCELoss
 from selflabel.phantom import write_cohort
 from selflabel.preprocess import plan, preprocess_cases
 from selflabel.runtime import amp_dtype, autocast
+from selflabel.train import make_optimizer
 
 
 def _sync(device: torch.device) -> None:
@@ -115,7 +116,7 @@ def main() -> None:
             if cfg.train.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             model.train()
-            return model, torch.optim.Adam(model.parameters(), lr=cfg.train.lr), DeepSupervisionLoss(DiceCELoss(14))
+            return model, make_optimizer(model, cfg.train, device), DeepSupervisionLoss(DiceCELoss(14))
 
         results = {}
         for name, batches in (("in-memory tensors", memory), ("data loader", loader)):

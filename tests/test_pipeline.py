@@ -32,6 +32,7 @@ MICRO = {
     "train.lr": 0.001,
     "pipeline.student_epochs": 1,
     "pipeline.rounds": 1,
+    "pipeline.finetune_epochs": 0,
     "pipeline.student_image_size": 0,
     "train.batch_size": 4,
     "train.num_workers": 0,

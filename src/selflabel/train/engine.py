@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from selflabel import training_log
 from selflabel.checkpoints import ModelSpec, load_checkpoint, save_checkpoint, write_run_folder
-from selflabel.config import Config, config_to_dict
+from selflabel.config import Config, TrainConfig, config_to_dict
 from selflabel.data import (
     SliceDataset,
     SliceSampler,
@@ -54,6 +54,13 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     decay = [p for name, p in named if not (p.ndim <= 1 or name in exempt)]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam at `train.lr` over `parameter_groups`; on a CPU one fused kernel instead of a loop over the parameters
+    (5x faster there), while CUDA keeps PyTorch's default."""
+    groups = parameter_groups(model, train.weight_decay)
+    return torch.optim.Adam(groups, lr=train.lr, fused=device.type == "cpu")
 
 
 @dataclass
@@ -149,9 +156,7 @@ class _Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
         if t.compile:
             self.model = torch.compile(self.model)
-        # one fused kernel instead of a loop over the parameters on a CPU (5x faster there); CUDA keeps its default
-        fused = self.device.type == "cpu"
-        self.optimizer = torch.optim.Adam(parameter_groups(self.raw_model, t.weight_decay), lr=t.lr, fused=fused)
+        self.optimizer = make_optimizer(self.raw_model, t, self.device)
         self.ema = None  # an average of the weights: its first update copies the model, wherever it started
         if t.ema_decay > 0:
             average = get_ema_multi_avg_fn(t.ema_decay)
