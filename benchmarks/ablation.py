@@ -140,6 +140,7 @@ OPTIONS: dict[str, list[str]] = {
     # the same at about the preset's cost: two rounds of 2-epoch students, then the fine-tuning epoch
     "plus_e2_finetune1": ["--finetune-epochs", "1", *_sets("pipeline.finetune_lr=1e-3", "pipeline.student_epochs=2")],
     # half a fine-tuning epoch (85 iterations), for the time budget
+    "no_finetune": _sets("pipeline.finetune_epochs=0"),  # the preset before session 2026-12-06 (g)
     "plus_finetune_i85": [
         "--finetune-epochs",
         "1",

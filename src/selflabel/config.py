@@ -395,6 +395,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pipeline.student_image_size": 96,
         "pipeline.student_augment": "strong",
         "pipeline.student_init": "teacher",
+        # the last student fine-tuned for half an epoch on the labelled cases alone (RESULTS.md, session 2026-12-06 (g))
+        "pipeline.finetune_epochs": 1,
+        "pipeline.finetune_lr": 1e-3,
+        "pipeline.finetune_iterations": 85,
         # every labelled case trains the teacher; each model keeps its last epoch (benchmarks/RESULTS.md)
         "pipeline.train_fraction": 1.0,
         "train.foreground_fraction": 0.9,
