@@ -141,6 +141,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_e2_finetune1": ["--finetune-epochs", "1", *_sets("pipeline.finetune_lr=1e-3", "pipeline.student_epochs=2")],
     # half a fine-tuning epoch (85 iterations), for the time budget
     "no_finetune": _sets("pipeline.finetune_epochs=0"),  # the preset before session 2026-12-06 (g)
+    # the preset's fine-tuning at another learning rate or length
     "finetune_lr5e-4": _sets("pipeline.finetune_lr=5e-4"),
     "finetune_lr2e-3": _sets("pipeline.finetune_lr=2e-3"),
     "finetune_i120": _sets("pipeline.finetune_iterations=120"),
