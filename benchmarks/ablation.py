@@ -145,6 +145,7 @@ OPTIONS: dict[str, list[str]] = {
     "finetune_lr5e-4": _sets("pipeline.finetune_lr=5e-4"),
     "finetune_lr2e-3": _sets("pipeline.finetune_lr=2e-3"),
     "finetune_i120": _sets("pipeline.finetune_iterations=120"),
+    "finetune_teacher_augment": _sets("pipeline.finetune_augment=teacher"),
     "plus_finetune_i85": [
         "--finetune-epochs",
         "1",

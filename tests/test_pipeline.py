@@ -358,6 +358,20 @@ def test_finetuning_starts_from_the_student_s_best_weights(finished, cohort, tmp
     assert list(summary["models"]) == ["teacher", "student", "student_finetuned"]
 
 
+def test_finetuning_with_the_teacher_s_augmentation(finished, cohort, tmp_path):
+    """``pipeline.finetune_augment: teacher`` fine-tunes without the students' strong augmentation."""
+    _, work = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    tuning = {"pipeline.finetune_epochs": 1, "pipeline.finetune_iterations": 1}
+    strong = [load_checkpoint(copy / "models" / "student" / "best.pt")["config"]["augment"]["strong"]]
+    for augment in ("student", "teacher"):
+        cfg = load_config("cpu", overrides={**MICRO, **tuning, "pipeline.finetune_augment": augment})
+        Pipeline(cohort, copy, cfg, progress=False).run(force=["finetune"] if augment == "teacher" else [])
+        strong.append(load_checkpoint(copy / "models" / "student_finetuned" / "best.pt")["config"]["augment"]["strong"])
+    assert strong == [True, True, False]
+
+
 def test_pseudo_weight_sets_the_student_s_sampling_weight(finished, cohort, tmp_path):
     """The student stage alone, rerun with ``train.pseudo_weight`` 3: its split record gives the pseudo-labelled
     source weight 3, and the slice dataset made from that record draws those slices 3 times as often."""

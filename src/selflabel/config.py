@@ -287,6 +287,8 @@ class PipelineConfig:
         `finetune_lr` (poly decay as in training).
     finetune_iterations: iterations of each fine-tuning epoch (0 = `train.iterations_per_epoch`): a shorter
         fine-tuning for a tight time budget.
+    finetune_augment: ``"student"`` (the students' augmentation, strong with ``student_augment: strong``) or
+        ``"teacher"`` (the teacher's: the labelled cases are not noisy labels to be robust to).
     student_model: ``"teacher"`` (every student is the teacher's network, the paper) or ``"own"``: students use the
         `student` section (another network or size, e.g. a small fast student of a large teacher).
     student_augment: ``"same"`` as the teacher, or ``"strong"``: students train with `augment.strong` on.
@@ -312,6 +314,7 @@ class PipelineConfig:
     finetune_epochs: int = 0
     finetune_lr: float = 1e-4
     finetune_iterations: int = 0
+    finetune_augment: Literal["student", "teacher"] = "student"
     student_model: Literal["teacher", "own"] = "teacher"
     student_augment: Literal["same", "strong"] = "same"
     student_init: Literal["scratch", "teacher"] = "scratch"

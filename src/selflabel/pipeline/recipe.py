@@ -203,6 +203,8 @@ class Pipeline:
         settings = {"train.epochs": p.finetune_epochs, "train.lr": p.finetune_lr}
         if p.finetune_iterations:
             settings["train.iterations_per_epoch"] = p.finetune_iterations
+        if p.finetune_augment == "teacher":
+            settings["augment.strong"] = self.cfg.augment.strong
         cfg = self._student_config(settings)
         init = last_student / "best.pt"
         self._train_model("student_finetuned", self._students_labelled(), [], cfg, self.student_cache, init_from=init)
