@@ -139,18 +139,18 @@ OPTIONS: dict[str, list[str]] = {
     "plus_finetune1": ["--finetune-epochs", "1", *_sets("pipeline.finetune_lr=1e-3")],
     # the same at about the preset's cost: two rounds of 2-epoch students, then the fine-tuning epoch
     "plus_e2_finetune1": ["--finetune-epochs", "1", *_sets("pipeline.finetune_lr=1e-3", "pipeline.student_epochs=2")],
-    # half a fine-tuning epoch (85 iterations), for the time budget
     "no_finetune": _sets("pipeline.finetune_epochs=0"),  # the preset before session 2026-12-06 (g)
     # the preset's fine-tuning at another learning rate or length
     "finetune_lr5e-4": _sets("pipeline.finetune_lr=5e-4"),
     "finetune_lr2e-3": _sets("pipeline.finetune_lr=2e-3"),
     "finetune_i120": _sets("pipeline.finetune_iterations=120"),
     "finetune_teacher_augment": _sets("pipeline.finetune_augment=teacher"),
+    # half a fine-tuning epoch (85 iterations), for the time budget: the preset since session 2026-12-06 (g)
     "plus_finetune_i85": [
         "--finetune-epochs",
         "1",
         *_sets("pipeline.finetune_lr=1e-3", "pipeline.finetune_iterations=85"),
-    ],  # fmt: skip
+    ],
     # with every labelled case in training there is no validation split to add: measured on the half split
     "plus_students_all": _sets("pipeline.train_fraction=0.5", "pipeline.student_labelled=all"),
     "plus_z_smoothing": _sets("inference.z_smoothing=0.25"),
