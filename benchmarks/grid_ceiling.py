@@ -35,7 +35,7 @@ def oracle(image: Volume, label: Volume, size: int, preset: str) -> np.ndarray:
     cfg = load_config(preset, overrides={"preprocess.image_size": size}).preprocess
     canonical = np.ascontiguousarray(to_canonical(image.array, image.affine))
     box = crop_box(canonical, canonical_axes(image.spacing, image.affine), cfg)
-    _, lowres = prepare_label(label, size, box)
+    _, lowres = prepare_label(label, size, box, cfg.label_resize)
     onehot = F.one_hot(torch.from_numpy(lowres).long(), 14).permute(0, 3, 1, 2).float()
     full = paste(resized_argmax(onehot, box.size).numpy(), box)
     return np.asfortranarray(from_canonical(full, label.affine))

@@ -19,6 +19,7 @@ from selflabel.preprocess import (
     preprocess_cases,
     preprocess_dataset,
 )
+from selflabel.preprocess.resample import resize_labels
 from tests.conftest import run_cli
 
 
@@ -98,6 +99,50 @@ def test_parallel_and_serial_caches_are_identical(tiny_dataset, tmp_path):
         a, b = CacheEntry(tmp_path / "a", case.name), CacheEntry(tmp_path / "b", case.name)
         assert np.array_equal(np.load(a.image), np.load(b.image))
         assert np.array_equal(np.load(a.seg), np.load(b.seg))
+
+
+def test_area_label_resize_is_the_one_hot_arg_max(monkeypatch):
+    """`area` is the arg-max of the resized one-hot map (ties to the lower label), whatever the slice chunking."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    labels = torch.from_numpy(rng.choice([0, 2, 5, 13], size=(7, 37, 29), p=[0.5, 0.2, 0.2, 0.1]).astype(np.uint8))
+    for size in (16, 24, 48):  # shrinking (antialiased) and enlarging
+        onehot = F.one_hot(labels.long(), 14).permute(0, 3, 1, 2).float()
+        resized = F.interpolate(onehot, size=(size, size), mode="bilinear", align_corners=False, antialias=size < 29)
+        expected = resized.argmax(1).to(torch.uint8)
+        assert torch.equal(resize_labels(labels, size, "area"), expected)
+        monkeypatch.setattr("selflabel.preprocess.resample._LABEL_CHUNK", 3)
+        assert torch.equal(resize_labels(labels, size, "area"), expected)
+        monkeypatch.undo()
+
+
+def test_area_label_resize_takes_the_label_covering_most_of_a_pixel(tiny_dataset, tmp_path):
+    """An organ covering three quarters of every 4x4 block, all but the column a nearest sample falls on: nearest
+    sees none of it, area all of it; the cache follows `preprocess.label_resize`."""
+    import torch
+
+    labels = torch.full((2, 64, 64), 7, dtype=torch.uint8)
+    labels[:, :, 2::4] = 0  # nearest-exact samples column 4j + 2 of each block
+    assert (resize_labels(labels, 16, "nearest") == 0).all()
+    assert (resize_labels(labels, 16, "area") == 7).all()
+    assert torch.equal(resize_labels(labels, 64, "area"), labels)  # at its own grid nothing changes
+
+    cases = load_dataset(tiny_dataset).training
+    for mode in ("nearest", "area"):
+        cfg = PreprocessConfig(image_size=8, label_resize=mode)
+        preprocess_cases(cases, tmp_path / mode, cfg, workers=1, progress=False)
+        assert is_cached(cases[0], tmp_path / mode, cfg)
+        assert not is_cached(
+            cases[0],
+            tmp_path / mode,
+            PreprocessConfig(image_size=8, label_resize="nearest" if mode == "area" else "area"),
+        )
+    segs = {mode: np.load(CacheEntry(tmp_path / mode, cases[0].name).seg) for mode in ("nearest", "area")}
+    gt = np.load(CacheEntry(tmp_path / "area", cases[0].name).gt)
+    expected = resize_labels(torch.from_numpy(gt), 8, "area").numpy()
+    assert np.array_equal(segs["area"], expected) and not np.array_equal(segs["area"], segs["nearest"])
 
 
 def test_real_ct_cache_keeps_organs_where_they_are(real_ct, tmp_path):

@@ -49,6 +49,11 @@ class PreprocessConfig:
     box_mm: the side of a ``planned`` box; computed by `selflabel run` / `selflabel train` as the median body-box
         side of the labelled training cases when 0, and saved with every run's config.
     image_size: in-plane size (pixels) of the model input and of the cache; slices are resized to it.
+    label_resize: how expert labels reach the cache's grid: ``"nearest"`` (each pixel takes the label at its
+        centre, as the paper's code resizes them) or ``"area"`` (each pixel takes the label covering most of it:
+        every label's mask resized as the image is, antialiased, then the arg-max, as nnU-Net resamples
+        segmentations; thin and small organs are not aliased, and the cache's labels are those whose upsampling a
+        prediction is compared with).
     """
 
     normalization: Literal["percentile_zscore", "hu_window", "ct_foreground"] = "percentile_zscore"
@@ -62,6 +67,7 @@ class PreprocessConfig:
     box_size: Literal["body", "planned"] = "body"
     box_mm: float = 0.0
     image_size: int = 224
+    label_resize: Literal["nearest", "area"] = "nearest"
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ def _write_case(case: Case, entry: CacheEntry, cfg: PreprocessConfig, label_valu
         "labelled": label is not None,
     }
     if label is not None:
-        gt, seg = prepare_label(label, cfg.image_size, box)
+        gt, seg = prepare_label(label, cfg.image_size, box, cfg.label_resize)
         _save_npy(entry.gt, gt)
         _save_npy(entry.seg, seg)
         meta["foreground_slices"] = foreground_slices(seg)

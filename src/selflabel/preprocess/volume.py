@@ -10,7 +10,7 @@ from selflabel.errors import ConfigError
 from selflabel.io import Volume, canonical_axes, to_canonical
 from selflabel.preprocess.crop import AIR_HU, CropBox, body_box, crop
 from selflabel.preprocess.intensity import normalize_intensity
-from selflabel.preprocess.resample import resize_slices
+from selflabel.preprocess.resample import resize_labels, resize_slices
 
 
 def crop_box(canonical: np.ndarray, spacing: tuple[float, float, float], cfg: PreprocessConfig) -> CropBox:
@@ -34,9 +34,11 @@ def prepare_image(volume: Volume, cfg: PreprocessConfig) -> tuple[torch.Tensor, 
     return resized, stats, box
 
 
-def prepare_label(volume: Volume, size: int, box: CropBox) -> tuple[np.ndarray, np.ndarray]:
-    """Label volume -> (canonical labels at the original grid (Z, H, W), the box's labels resized to (Z, S, S))."""
+def prepare_label(volume: Volume, size: int, box: CropBox, mode: str = "nearest") -> tuple[np.ndarray, np.ndarray]:
+    """Label volume -> (canonical labels at the original grid (Z, H, W), the box's labels resized to (Z, S, S)).
+
+    `mode`: ``preprocess.label_resize`` (`resize_labels`).
+    """
     canonical = np.ascontiguousarray(to_canonical(volume.array, volume.affine))
     cropped = np.ascontiguousarray(crop(canonical, box, 0))
-    resized = resize_slices(torch.from_numpy(cropped)[:, None].float(), size, label=True)[:, 0]
-    return canonical, resized.to(torch.uint8).numpy()
+    return canonical, resize_labels(torch.from_numpy(cropped), size, mode).numpy()
