@@ -153,6 +153,8 @@ OPTIONS: dict[str, list[str]] = {
     ],
     # expert labels taken to the grid by area (each label's mask resized, arg-max) instead of nearest neighbour
     "plus_label_area": _sets("preprocess.label_resize=area"),
+    # the same, but a pixel the area vote makes background keeps the organ at its centre (thin organs kept)
+    "plus_label_area_keep": _sets("preprocess.label_resize=area_keep"),
     # with every labelled case in training there is no validation split to add: measured on the half split
     "plus_students_all": _sets("pipeline.train_fraction=0.5", "pipeline.student_labelled=all"),
     "plus_z_smoothing": _sets("inference.z_smoothing=0.25"),

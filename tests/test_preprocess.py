@@ -120,7 +120,8 @@ def test_area_label_resize_is_the_one_hot_arg_max(monkeypatch):
 
 def test_area_label_resize_takes_the_label_covering_most_of_a_pixel(tiny_dataset, tmp_path):
     """An organ covering three quarters of every 4x4 block, all but the column a nearest sample falls on: nearest
-    sees none of it, area all of it; the cache follows `preprocess.label_resize`."""
+    sees none of it, area (and area_keep) all of it; organs one pixel wide: area loses them, area_keep keeps them
+    where nearest does; the cache follows `preprocess.label_resize`."""
     import torch
 
     labels = torch.full((2, 64, 64), 7, dtype=torch.uint8)
@@ -128,6 +129,12 @@ def test_area_label_resize_takes_the_label_covering_most_of_a_pixel(tiny_dataset
     assert (resize_labels(labels, 16, "nearest") == 0).all()
     assert (resize_labels(labels, 16, "area") == 7).all()
     assert torch.equal(resize_labels(labels, 64, "area"), labels)  # at its own grid nothing changes
+    assert (resize_labels(labels, 16, "area_keep") == 7).all()
+    thin = torch.zeros((2, 64, 64), dtype=torch.uint8)
+    thin[:, 8:56, 2::4] = 9  # organs one pixel wide, through the centres of the nearest samples
+    thin[:, 30, :] = 0
+    assert not (resize_labels(thin, 16, "area") == 9).any()  # under half of every pixel: area loses them
+    assert torch.equal(resize_labels(thin, 16, "area_keep"), resize_labels(thin, 16, "nearest"))
 
     cases = load_dataset(tiny_dataset).training
     for mode in ("nearest", "area"):

@@ -53,7 +53,8 @@ class PreprocessConfig:
         centre, as the paper's code resizes them) or ``"area"`` (each pixel takes the label covering most of it:
         every label's mask resized as the image is, antialiased, then the arg-max, as nnU-Net resamples
         segmentations; thin and small organs are not aliased, and the cache's labels are those whose upsampling a
-        prediction is compared with).
+        prediction is compared with); ``"area_keep"``: ``area``, but a pixel that ``area`` makes background keeps
+        the organ at its centre (organs thinner than half a pixel, which ``area`` loses, are kept).
     """
 
     normalization: Literal["percentile_zscore", "hu_window", "ct_foreground"] = "percentile_zscore"
@@ -67,7 +68,7 @@ class PreprocessConfig:
     box_size: Literal["body", "planned"] = "body"
     box_mm: float = 0.0
     image_size: int = 224
-    label_resize: Literal["nearest", "area"] = "nearest"
+    label_resize: Literal["nearest", "area", "area_keep"] = "nearest"
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,21 @@ def resize_labels(labels: torch.Tensor, size: int, mode: str = "nearest") -> tor
 
     ``nearest``: each pixel takes the label at its centre. ``area``: the arg-max of every label's mask resized as
     `resize_slices` resizes images (so a pixel takes the label covering most of it), the same as resizing a one-hot
-    map, one label at a time so that memory stays at one float mask of `_LABEL_CHUNK` slices.
+    map, one label at a time so that memory stays at one float mask of `_LABEL_CHUNK` slices. ``area_keep``: ``area``,
+    except that a pixel it makes background keeps the organ at its centre (organs thinner than half a pixel are
+    not lost).
     """
-    if mode == "nearest":
-        return resize_slices(labels[:, None].float(), size, label=True)[:, 0].to(torch.uint8)
-    if tuple(labels.shape[-2:]) == (size, size):
-        return labels.to(torch.uint8)
+    nearest = resize_slices(labels[:, None].float(), size, label=True)[:, 0].to(torch.uint8)
+    if mode == "nearest" or tuple(labels.shape[-2:]) == (size, size):
+        return nearest
+    out = _area_labels(labels, size)
+    if mode == "area_keep":
+        lost = out == 0
+        out[lost] = nearest[lost]
+    return out
+
+
+def _area_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
     out = torch.empty((len(labels), size, size), dtype=torch.uint8)
     for start in range(0, len(labels), _LABEL_CHUNK):
         part = labels[start : start + _LABEL_CHUNK]
