@@ -132,7 +132,6 @@ def test_area_label_resize_takes_the_label_covering_most_of_a_pixel(tiny_dataset
     assert (resize_labels(labels, 16, "area_keep") == 7).all()
     thin = torch.zeros((2, 64, 64), dtype=torch.uint8)
     thin[:, 8:56, 2::4] = 9  # organs one pixel wide, through the centres of the nearest samples
-    thin[:, 30, :] = 0
     assert not (resize_labels(thin, 16, "area") == 9).any()  # under half of every pixel: area loses them
     assert torch.equal(resize_labels(thin, 16, "area_keep"), resize_labels(thin, 16, "nearest"))
 

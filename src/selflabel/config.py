@@ -52,9 +52,10 @@ class PreprocessConfig:
     label_resize: how expert labels reach the cache's grid: ``"nearest"`` (each pixel takes the label at its
         centre, as the paper's code resizes them) or ``"area"`` (each pixel takes the label covering most of it:
         every label's mask resized as the image is, antialiased, then the arg-max, as nnU-Net resamples
-        segmentations; thin and small organs are not aliased, and the cache's labels are those whose upsampling a
-        prediction is compared with); ``"area_keep"``: ``area``, but a pixel that ``area`` makes background keeps
-        the organ at its centre (organs thinner than half a pixel, which ``area`` loses, are kept).
+        segmentations: borders are not aliased, but an organ under half a pixel wide is lost) or ``"area_keep"``
+        (``area``, but a pixel that ``area`` makes background keeps the organ at its centre, so thin organs stay).
+        The CPU preset keeps ``nearest``: ``area`` cost a patient of another scanner (benchmarks/RESULTS.md,
+        session 2026-12-06 (h)).
     """
 
     normalization: Literal["percentile_zscore", "hu_window", "ct_foreground"] = "percentile_zscore"
