@@ -18,8 +18,8 @@ from selflabel.preprocess import (
     prepare_image,
     preprocess_cases,
     preprocess_dataset,
+    resize_labels,
 )
-from selflabel.preprocess.resample import resize_labels
 from tests.conftest import run_cli
 
 

@@ -17,7 +17,7 @@ import torch
 
 from selflabel.data.augment import IntensityScale
 from selflabel.errors import InputError
-from selflabel.preprocess import CacheEntry, resize_slices
+from selflabel.preprocess import CacheEntry, resize_labels, resize_slices
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class SliceDataset(torch.utils.data.Dataset):
         w = torch.ones(y.shape) if weight is None else torch.from_numpy(np.array(weight[z], dtype=np.float32))
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             x = resize_slices(x[None], self.image_size)[0]
-            y = resize_slices(y[None, None].float(), self.image_size, label=True)[0, 0].to(torch.uint8)
+            y = resize_labels(y[None], self.image_size)[0]
             w = resize_slices(w[None, None], self.image_size)[0, 0]
         return x, y, w
 

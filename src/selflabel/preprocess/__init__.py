@@ -14,7 +14,7 @@ from selflabel.preprocess.cache import (
 from selflabel.preprocess.crop import CropBox
 from selflabel.preprocess.intensity import foreground_intensity, normalize_intensity
 from selflabel.preprocess.planning import plan
-from selflabel.preprocess.resample import resize_slices
+from selflabel.preprocess.resample import resize_labels, resize_slices
 from selflabel.preprocess.volume import prepare_image, prepare_label
 
 __all__ = [
@@ -33,5 +33,6 @@ __all__ = [
     "prepare_label",
     "preprocess_cases",
     "preprocess_dataset",
+    "resize_labels",
     "resize_slices",
 ]
