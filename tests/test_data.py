@@ -496,6 +496,31 @@ def test_copy_paste_moves_a_box_of_image_and_label_of_the_other_kind(organ_cache
     assert SliceDataset(sources[:1], SIZE, copy_paste=1.0).copy_paste == 0.0  # one kind only: nothing to mix
 
 
+def test_teacher_copy_paste_moves_a_box_of_another_labelled_slice(organ_cache):
+    """Expert-labelled slices only: `copy_paste_within` pastes a box of another of them, image and label together."""
+    sources = [Source(organ_cache, ("big", "small"))]
+    plain = SliceDataset(sources, SIZE)
+    assert SliceDataset(sources, SIZE, copy_paste=1.0).copy_paste == 0.0  # the students' copy-paste needs two kinds
+    mixed = SliceDataset(sources, SIZE, copy_paste_within=1.0)
+    originals = [plain[(j, -1)] for j in range(len(plain))]
+    pasted = 0
+    for index in range(len(plain)):
+        for seed in range(3):
+            x, y, _ = mixed[(index, seed)]
+            changed = (x[0] != originals[index][0][0]) | (y != originals[index][1])
+            if not changed.any():
+                continue
+            pasted += 1
+            rows, cols = np.nonzero(changed.numpy())
+            box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+            sources_of_box = [
+                j for j, (xj, yj, _) in enumerate(originals)
+                if torch.equal(x[0][box], xj[0][box]) and torch.equal(y[box], yj[box])
+            ]  # fmt: skip
+            assert sources_of_box and index not in sources_of_box  # another slice's box, image and label aligned
+    assert pasted > len(plain)
+
+
 def test_the_strong_set_changes_intensities_but_not_labels():
     from selflabel.data import build_intensity_augmentation
 

@@ -138,6 +138,8 @@ class AugmentConfig:
     copy_paste: probability that a training slice gets a random box (a side of 30-60 % of the slice) of a slice of
         the other kind pasted in, labels with it: a labelled box into a pseudo-labelled slice and the reverse
         (bidirectional copy-paste); only when a model trains on both kinds.
+    teacher_copy_paste: the same for the teacher, whose slices are all expert-labelled: a box of another labelled
+        slice, labels with it (new combinations of one few patients' anatomy); 0 = off. Not for the fine-tuning.
     """
 
     rot90_flip_prob: float = 0.5
@@ -163,6 +165,7 @@ class AugmentConfig:
     distension_max: float = 2.0
     contents_prob: float = 0.0
     copy_paste: float = 0.0
+    teacher_copy_paste: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -588,7 +591,7 @@ def _validate_inference(config: Config) -> None:
 def _validate_augment(config: Config) -> None:
     """The augment settings."""
     a = config.augment
-    for key in ("copy_paste", "strong_prob", "zoom_prob", "contents_prob", "distension_prob"):
+    for key in ("copy_paste", "teacher_copy_paste", "strong_prob", "zoom_prob", "contents_prob", "distension_prob"):
         if not 0 <= getattr(a, key) <= 1:
             raise ConfigError(f"augment.{key} must be in [0, 1], got {getattr(a, key)}")
     if not 1 <= a.distension_max <= 4:

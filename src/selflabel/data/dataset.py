@@ -52,7 +52,8 @@ class SliceDataset(torch.utils.data.Dataset):
     A key is ``(slice_index, sample_seed)``; the sample is ``(image (2k+1, S, S) float32, label (S, S) int64,
     voxel weights (S, S) float32)``. `foreground` marks the slices holding an organ, `organ_slices` maps each organ
     label to the slices holding it. `sample_seed` < 0 means no augmentation. `image_size` resizes (bilinear /
-    nearest) when the cache's grid differs. Augmentation: `copy_paste` (see `AugmentConfig`), then the `augment`
+    nearest) when the cache's grid differs. Augmentation: `copy_paste` (see `AugmentConfig`; with one kind of slice
+    only, `copy_paste_within`: a box of another slice of that kind), then the `augment`
     (spatial) transforms on image, label and weights, then the `organ_intensity` transforms (given the slice's HU
     scale: contrast phase, hollow organs' contents), then the `intensity` transforms.
     """
@@ -66,6 +67,7 @@ class SliceDataset(torch.utils.data.Dataset):
         *,
         intensity: Sequence | None = None,
         copy_paste: float = 0.0,
+        copy_paste_within: float = 0.0,
         organ_intensity: Sequence = (),
     ):
         self.sources = list(sources)
@@ -104,7 +106,8 @@ class SliceDataset(torch.utils.data.Dataset):
         self.scales = scales
         pseudo = np.array([self.sources[s].pseudo for s in self.slices[:, 0]], dtype=bool)
         self.kinds = [np.flatnonzero(~pseudo), np.flatnonzero(pseudo)]  # slices with expert, with pseudo labels
-        self.copy_paste = copy_paste if all(len(k) for k in self.kinds) else 0.0
+        mixed = all(len(k) for k in self.kinds)
+        self.copy_paste = copy_paste if mixed else copy_paste_within if len(self.slices) > 1 else 0.0
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -141,14 +144,22 @@ class SliceDataset(torch.utils.data.Dataset):
         if seed >= 0 and (self.augment or self.intensity or self.copy_paste or self.organ_intensity):
             rng = np.random.default_rng(seed)
             if self.copy_paste and rng.random() < self.copy_paste:
-                other = self.kinds[0 if self.sources[int(self.slices[index, 0])].pseudo else 1]
-                x, y, w = paste_box((x, y, w), self._slice(int(rng.choice(other))), rng)
+                x, y, w = paste_box((x, y, w), self._slice(self._paste_source(index, rng)), rng)
             x, y, w = self._spatial(x, y, w, rng)
             for transform in self.organ_intensity:
                 x = transform(x, y, rng, self.scales[index])
             for transform in self.intensity:
                 x = transform(x, y, rng)
         return x.contiguous(), y.long(), w.contiguous()
+
+    def _paste_source(self, index: int, rng: np.random.Generator) -> int:
+        """The slice whose box is pasted into slice `index`: one of the other kind, or with one kind only another
+        slice of it."""
+        pseudo = self.sources[int(self.slices[index, 0])].pseudo
+        if all(len(k) for k in self.kinds):
+            return int(rng.choice(self.kinds[0 if pseudo else 1]))
+        other = int(rng.integers(len(self.slices) - 1))
+        return other + (other >= index)
 
     def _spatial(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, rng: np.random.Generator):
         """The spatial transforms on image and label, and on the voxel weights (as an extra channel) if any."""

@@ -171,9 +171,9 @@ class Pipeline:
 
     def _student_config(self, overrides: dict[str, Any] | None = None) -> Config:
         """A student's settings: its own network, grid, strong augmentation, learning rate and batch (as
-        configured), then `overrides`."""
+        configured), no teacher copy-paste, then `overrides`."""
         p = self.cfg.pipeline
-        settings: dict[str, Any] = {"preprocess.image_size": self.student_size}
+        settings: dict[str, Any] = {"preprocess.image_size": self.student_size, "augment.teacher_copy_paste": 0.0}
         if p.student_model == "own":
             settings["model"] = config_to_dict(self.cfg)["student"]
         if p.student_augment == "strong":

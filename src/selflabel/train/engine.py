@@ -173,6 +173,7 @@ class _Trainer:
         dataset = SliceDataset(
             sources, cfg.preprocess.image_size, cfg.model.context, build_augmentation(cfg.augment),
             intensity=build_intensity_augmentation(cfg.augment), copy_paste=cfg.augment.copy_paste,
+            copy_paste_within=cfg.augment.teacher_copy_paste,
             organ_intensity=build_organ_intensity_augmentation(cfg.augment),
         )  # fmt: skip
         self.voxel_weights = dataset.has_voxel_weights
