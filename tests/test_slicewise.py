@@ -164,15 +164,45 @@ def _disk(side: int, radius: float) -> torch.Tensor:
 def test_a_zoomed_view_is_mapped_back_onto_the_unzoomed_slice(factor):
     """A zoom-equivariant model's zoomed prediction, mapped back, is the unzoomed one (a wrong direction would
     scale the disk by factor squared), and a zoom in leaves the border unseen (coverage 0)."""
-    from selflabel.slicewise import _zoomed_probabilities
+    from selflabel.slicewise import _view_probabilities
 
     disk = _disk(64, 12)[None, None]
-    probs, coverage = _zoomed_probabilities(Threshold(), disk, factor)
+    probs, coverage = _view_probabilities(Threshold(), disk, factor)
     organ = probs[0, 1] > 0.5 * coverage[0, 0]
     truth = disk[0, 0] > 0
     assert (organ ^ truth).sum() <= 0.05 * truth.sum()
     assert coverage.min() == (0.0 if factor > 1 else pytest.approx(1.0))
     assert torch.allclose(probs.sum(1, keepdim=True), coverage, atol=1e-5)
+
+
+@pytest.mark.parametrize("degrees", [-30.0, 25.0])
+def test_a_turned_view_is_mapped_back_onto_the_slice(degrees):
+    """An off-centre disk seen turned comes back where it was (the turn undone, not doubled); the corners that the
+    turned view did not show have coverage 0, the centre 1."""
+    from selflabel.slicewise import _view_probabilities
+
+    yy, xx = torch.meshgrid(torch.arange(64) - 31.5, torch.arange(64) - 31.5, indexing="ij")
+    disk = torch.where((yy - 14) ** 2 + xx**2 < 8**2, 1.0, -1.0)[None, None]
+    probs, coverage = _view_probabilities(Threshold(), disk, degrees=degrees)
+    organ = probs[0, 1] > 0.5 * coverage[0, 0]
+    truth = disk[0, 0] > 0
+    assert (organ ^ truth).sum() <= 0.1 * truth.sum()
+    assert coverage[0, 0, 0, 0] == 0.0 and coverage[0, 0, 32, 32] == pytest.approx(1.0)
+    assert torch.allclose(probs.sum(1, keepdim=True), coverage, atol=1e-5)
+
+
+def test_rotation_tta_averages_the_turned_views():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 3, 5, padding=2).eval()  # not rotation-equivariant
+    volume = torch.randn(3, 32, 32)
+    plain = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=2)])
+    tta = torch.cat([p for _, p in slice_probabilities(model, volume, batch_size=2, tta_rotate=(-10.0, 10.0))])
+    assert torch.allclose(tta.sum(1), torch.ones(3, 32, 32), atol=1e-5)
+    assert not torch.allclose(tta, plain, atol=1e-2)
+    disk = _disk(48, 10)[None].expand(2, 48, 48)
+    plain_labels = predict_volume(Threshold(), disk, (48, 48)).labels
+    tta_labels = predict_volume(Threshold(), disk, (48, 48), tta_rotate=(-20.0, 20.0)).labels
+    assert plain_labels.sum() > 0 and (plain_labels != tta_labels).sum() <= 0.05 * plain_labels.sum()
 
 
 def test_zoom_tta_averages_every_view_by_how_much_of_it_the_model_saw():

@@ -211,6 +211,7 @@ class InferenceConfig:
 
     tta_zoom: in-plane zoom factors (e.g. ``[0.9, 1.1]``; > 1 shows the organs larger) whose probabilities, mapped
         back, are averaged with the unzoomed slice's (empty = off); each factor costs one more forward pass.
+    tta_rotate: in-plane angles in degrees (e.g. ``[-10, 10]``), the same for slices turned about their centre.
     largest_component: keep each organ's largest 3D connected component.
     min_component_fraction: keep each organ's largest 3D component and those at least this fraction of its size
         (a milder clean-up than `largest_component`: a false organ far away goes, a kidney's upper pole cut off
@@ -239,6 +240,7 @@ class InferenceConfig:
     batch_size: int = 32
     tta_flip: bool = False
     tta_zoom: tuple[float, ...] = ()
+    tta_rotate: tuple[float, ...] = ()
     largest_component: bool = False
     min_component_fraction: float = 0.0
     z_range: Literal["all", "main_slab"] = "all"
@@ -586,6 +588,8 @@ def _validate_inference(config: Config) -> None:
         raise ConfigError(f"inference.adapt_bn_weight must be in (0, 1], got {i.adapt_bn_weight}")
     if any(not 0.5 <= f <= 2 for f in i.tta_zoom):
         raise ConfigError(f"inference.tta_zoom factors must be in [0.5, 2], got {list(i.tta_zoom)}")
+    if any(not -45 <= a <= 45 for a in i.tta_rotate):
+        raise ConfigError(f"inference.tta_rotate angles must be in [-45, 45] degrees, got {list(i.tta_rotate)}")
 
 
 def _validate_augment(config: Config) -> None:

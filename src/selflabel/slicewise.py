@@ -33,23 +33,28 @@ def _flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return torch.flip(x, dims) if dims else x
 
 
-def _zoom_grid(factor: float, batch: int, side: int, device: torch.device) -> torch.Tensor:
-    """The `grid_sample` grid that zooms (B, C, side, side) slices about their centre by `factor` (> 1 enlarges)."""
-    theta = torch.tensor([[1 / factor, 0, 0], [0, 1 / factor, 0]], dtype=torch.float32, device=device)
+def _view_grid(factor: float, degrees: float, batch: int, side: int, device: torch.device) -> torch.Tensor:
+    """The `grid_sample` grid that zooms (B, C, side, side) slices about their centre by `factor` (> 1 enlarges)
+    and turns them by `degrees`; (1 / factor, -degrees) undoes it (square slices: a rotation stays one)."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    theta = torch.tensor([[c, s, 0], [-s, c, 0]], dtype=torch.float32, device=device) / factor
     return torch.nn.functional.affine_grid(theta.expand(batch, 2, 3), [batch, 1, side, side], align_corners=False)
 
 
-def _zoomed_probabilities(model: torch.nn.Module, x: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax of `x` zoomed by `factor`, mapped back to `x`'s frame: (probabilities, coverage (B, 1, S, S)).
+def _view_probabilities(
+    model: torch.nn.Module, x: torch.Tensor, factor: float = 1.0, degrees: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax of `x` zoomed by `factor` and turned by `degrees`, mapped back to `x`'s frame: (probabilities,
+    coverage (B, 1, S, S)).
 
-    The input is padded with its edge (air, in a body box); where a zoom > 1 left the view, the probabilities and
-    the coverage are 0, so that a weighted mean uses only what the model saw.
+    The input is padded with its edge (air, in a body box); where a zoom > 1 or a turn left the view, the
+    probabilities and the coverage are 0, so that a weighted mean uses only what the model saw.
     """
     batch, side = x.shape[0], x.shape[-1]
     sample = torch.nn.functional.grid_sample
-    zoomed = sample(x, _zoom_grid(factor, batch, side, x.device), padding_mode="border", align_corners=False)
-    p = torch.softmax(model(zoomed).float(), dim=1)
-    back = _zoom_grid(1 / factor, batch, side, x.device)
+    view = sample(x, _view_grid(factor, degrees, batch, side, x.device), padding_mode="border", align_corners=False)
+    p = torch.softmax(model(view).float(), dim=1)
+    back = _view_grid(1 / factor, -degrees, batch, side, x.device)
     coverage = sample(torch.ones_like(p[:, :1]), back, padding_mode="zeros", align_corners=False)
     return sample(p, back, padding_mode="zeros", align_corners=False), coverage
 
@@ -63,12 +68,13 @@ def slice_probabilities(
     amp: str = "auto",
     tta_flip: bool = False,
     tta_zoom: tuple[float, ...] = (),
+    tta_rotate: tuple[float, ...] = (),
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(first_slice, softmax probabilities (B, C, S, S) float32)`` batch by batch, on the model's device.
 
     With `tta_flip`, the probabilities are averaged over the identity and the two in-plane flips; with `tta_zoom`,
-    also over the slices zoomed about their centre by each factor (each view weighted by how much of a pixel it
-    saw).
+    also over the slices zoomed about their centre by each factor, and with `tta_rotate` turned by each angle in
+    degrees (each view weighted by how much of a pixel it saw).
     """
     device = next(model.parameters()).device
     dtype = amp_dtype(amp, device)
@@ -84,8 +90,9 @@ def slice_probabilities(
             for dims in flips:
                 xi = _flip(x, dims)
                 probs, weight = probs + _flip(torch.softmax(model(xi).float(), dim=1), dims), weight + 1.0
-                for factor in tta_zoom:  # a zoomed view counts where it saw the slice: a per-pixel weight
-                    p, seen = _zoomed_probabilities(model, xi, factor)
+                views = [(f, 0.0) for f in tta_zoom] + [(1.0, a) for a in tta_rotate]
+                for factor, degrees in views:  # a view counts where it saw the slice: a per-pixel weight
+                    p, seen = _view_probabilities(model, xi, factor, degrees)
                     probs, weight = probs + _flip(p, dims), weight + _flip(seen, dims)
         yield start, probs / weight
 
@@ -232,6 +239,7 @@ def predict_volume(
     amp: str = "auto",
     tta_flip: bool = False,
     tta_zoom: tuple[float, ...] = (),
+    tta_rotate: tuple[float, ...] = (),
     z_smoothing: float = 0.0,
     with_confidence: bool = False,
     lowres_size: int | None = None,
@@ -249,9 +257,8 @@ def predict_volume(
          np.empty((depth, side, side), np.float16))
         if with_confidence else None
     )  # fmt: skip
-    batches = slice_probabilities(
-        model, volume, context=context, batch_size=batch_size, amp=amp, tta_flip=tta_flip, tta_zoom=tta_zoom
-    )
+    tta = {"tta_flip": tta_flip, "tta_zoom": tta_zoom, "tta_rotate": tta_rotate}
+    batches = slice_probabilities(model, volume, context=context, batch_size=batch_size, amp=amp, **tta)
     for start, probs in z_smoothed(batches, z_smoothing) if z_smoothing else batches:
         stop = start + probs.shape[0]
         # Classes innermost: the resize keeps that layout, and the reductions over classes below read contiguous

@@ -101,7 +101,7 @@ class Predictor(LoadedModel):
         z_smoothing = s.z_smoothing or z_weight(slice_mm, s.z_smoothing_mm)
         with statistics:
             pred = predict_in_box(
-                self.model, volume, box, **network, tta_flip=s.tta_flip, tta_zoom=s.tta_zoom,
+                self.model, volume, box, **network, tta_flip=s.tta_flip, tta_zoom=s.tta_zoom, tta_rotate=s.tta_rotate,
                 z_smoothing=z_smoothing, with_confidence=with_confidence, lowres_size=lowres_size,
             )  # fmt: skip
         if s.largest_component or s.min_component_fraction:
