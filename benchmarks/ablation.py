@@ -170,6 +170,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_teacher_copy_paste": _sets("augment.teacher_copy_paste=0.5"),
     # half the rotation range (the scans lie supine; a model that underfits may spend less on angles no scan shows)
     "plus_rotate10": _sets("augment.rotate_degrees=10"),
+    "plus_rotate30": _sets("augment.rotate_degrees=30"),  # the other way: does a wider range carry the patient further?
     "plus_small_student": _sets(
         "pipeline.student_model=own", "pipeline.student_init=scratch", "student.unet_channels=[8,16,32,64]"
     ),

@@ -139,7 +139,7 @@ class AugmentConfig:
         the other kind pasted in, labels with it: a labelled box into a pseudo-labelled slice and the reverse
         (bidirectional copy-paste); only when a model trains on both kinds.
     teacher_copy_paste: the same for the teacher, whose slices are all expert-labelled: a box of another labelled
-        slice, labels with it (new combinations of one few patients' anatomy); 0 = off. Not for the fine-tuning.
+        slice, labels with it (new combinations of a few patients' anatomy); 0 = off. Not for students or fine-tuning.
     """
 
     rot90_flip_prob: float = 0.5
