@@ -106,8 +106,8 @@ class SliceDataset(torch.utils.data.Dataset):
         self.scales = scales
         pseudo = np.array([self.sources[s].pseudo for s in self.slices[:, 0]], dtype=bool)
         self.kinds = [np.flatnonzero(~pseudo), np.flatnonzero(pseudo)]  # slices with expert, with pseudo labels
-        mixed = all(len(k) for k in self.kinds)
-        self.copy_paste = copy_paste if mixed else copy_paste_within if len(self.slices) > 1 else 0.0
+        self.mixed = all(len(k) for k in self.kinds)
+        self.copy_paste = copy_paste if self.mixed else copy_paste_within if len(self.slices) > 1 else 0.0
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -155,8 +155,8 @@ class SliceDataset(torch.utils.data.Dataset):
     def _paste_source(self, index: int, rng: np.random.Generator) -> int:
         """The slice whose box is pasted into slice `index`: one of the other kind, or with one kind only another
         slice of it."""
-        pseudo = self.sources[int(self.slices[index, 0])].pseudo
-        if all(len(k) for k in self.kinds):
+        if self.mixed:
+            pseudo = self.sources[int(self.slices[index, 0])].pseudo
             return int(rng.choice(self.kinds[0 if pseudo else 1]))
         other = int(rng.integers(len(self.slices) - 1))
         return other + (other >= index)

@@ -29,14 +29,17 @@ def resize_labels(labels: torch.Tensor, size: int, mode: str = "nearest") -> tor
     except that a pixel it makes background keeps the organ at its centre (organs thinner than half a pixel are
     not lost).
     """
-    nearest = resize_slices(labels[:, None].float(), size, label=True)[:, 0].to(torch.uint8)
     if mode == "nearest" or tuple(labels.shape[-2:]) == (size, size):
-        return nearest
+        return _nearest_labels(labels, size)
     out = _area_labels(labels, size)
     if mode == "area_keep":
         lost = out == 0
-        out[lost] = nearest[lost]
+        out[lost] = _nearest_labels(labels, size)[lost]
     return out
+
+
+def _nearest_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
+    return resize_slices(labels[:, None].float(), size, label=True)[:, 0].to(torch.uint8)
 
 
 def _area_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
