@@ -109,6 +109,8 @@ OPTIONS: dict[str, list[str]] = {
     "plus_student_lr": _sets("pipeline.student_lr=0.001"),
     "plus_lr6e3": _sets("train.lr=0.006"),
     "plus_batch4_its340": _sets("train.batch_size=4", "train.iterations_per_epoch=340"),
+    # the teacher alone at half the batch and twice the epochs (the same slices); students keep batch 8
+    "plus_teacher_b4": _sets("train.batch_size=4", "train.epochs=12", "pipeline.student_batch_size=8"),
     "plus_drop_confident": _sets("pseudolabel.drop_least_confident=0.25"),
     "plus_finetune2": ["--finetune-epochs", "2"],
     "one_round_80": _sets(

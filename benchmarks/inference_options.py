@@ -51,6 +51,8 @@ VARIANTS: dict[str, list[str]] = {
     "adapt_bn_zmm25": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.z_smoothing_mm=2.5"],
     "adapt_bn_zmm3": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.z_smoothing_mm=3"],
     "adapt_bn_rotate10": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.tta_rotate=[-10,10]"],
+    "adapt_bn_slices16": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.adapt_bn_slices=16"],
+    "adapt_bn_slices32": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.adapt_bn_slices=32"],
 }
 DEFAULT_VARIANTS = ("plain", "lcc", "tta", "tta_lcc")
 MODELS = ("teacher", "final")

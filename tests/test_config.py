@@ -65,6 +65,7 @@ def test_saved_config_reloads_equal(tmp_path):
         ({"augment.shift": 0.7}, "augment.shift must be in"),
         ({"augment.phase_jitter": -0.1}, "augment.phase_jitter must be >= 0"),
         ({"inference.adapt_bn_weight": 0}, "inference.adapt_bn_weight must be in"),
+        ({"inference.adapt_bn_slices": 1}, "inference.adapt_bn_slices must be >= 2"),
         ({"inference.z_smoothing": 0.6}, "inference.z_smoothing must be in"),
         ({"inference.z_smoothing": -0.1}, "inference.z_smoothing must be in"),
         ({"inference.z_smoothing_mm": -1}, "inference.z_smoothing_mm must be >= 0"),

@@ -195,23 +195,26 @@ def test_the_pseudo_labelling_teacher_adapts_batchnorm_only_as_pseudolabel_adapt
 
 
 def test_predict_adapt_bn_flag_adapts_every_scan(finished, cohort, tmp_path, capsys, monkeypatch):
-    """`selflabel predict --adapt-bn` estimates the statistics once per scan, at the weight set; `--no-adapt-bn`
-    never."""
+    """`selflabel predict --adapt-bn` estimates the statistics once per scan, at the weight and on the number of
+    slices set (not the prediction's batch size); `--no-adapt-bn` never."""
     import selflabel.inference.predictor as predictor_module
 
     calls = []
     real = predictor_module.batchnorm_adapted
 
     def spy(model, volume, **options):
-        calls.append(options["weight"])
+        calls.append((options["weight"], options["slices"]))
         return real(model, volume, **options)
 
     monkeypatch.setattr(predictor_module, "batchnorm_adapted", spy)
     _, work = finished
     scans = len(list((cohort / "imagesTs").glob("*.nii.gz")))
     base = ["predict", "-m", work / "models" / "student", "-i", cohort / "imagesTs", "--device", "cpu", "--quiet"]
-    half = ["--adapt-bn", "--set", "inference.adapt_bn_weight=0.5"]
-    for name, flags, expected in (("on", ["--adapt-bn"], [1.0]), ("half", half, [0.5]), ("off", ["--no-adapt-bn"], [])):
+    half = ["--adapt-bn", "--set", "inference.adapt_bn_weight=0.5", "--set", "inference.batch_size=4"]
+    few = ["--adapt-bn", "--set", "inference.adapt_bn_slices=8"]
+    cases = (("on", ["--adapt-bn"], [(1.0, 64)]), ("half", half, [(0.5, 64)]), ("few", few, [(1.0, 8)]),
+             ("off", ["--no-adapt-bn"], []))  # fmt: skip
+    for name, flags, expected in cases:
         calls.clear()
         code, out, err = run_cli([*base, "-o", tmp_path / name, *flags], capsys)
         assert code == 0, err

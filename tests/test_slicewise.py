@@ -64,7 +64,7 @@ def test_adapted_batchnorm_normalises_each_volume_by_its_own_statistics_then_res
     assert not torch.allclose(probabilities(volume), probabilities(other), atol=1e-2)
     adapted = []
     for v in (volume, other):
-        with batchnorm_adapted(model, v, batch_size=16):
+        with batchnorm_adapted(model, v, slices=16):
             assert not model.training
             adapted.append(probabilities(v))
     assert torch.allclose(adapted[0], adapted[1], atol=1e-4)
@@ -75,19 +75,19 @@ def test_adapted_batchnorm_normalises_each_volume_by_its_own_statistics_then_res
 
     assert restored() and not model.training
     long = torch.randn(9, 8, 8) + torch.arange(9.0)[:, None, None]  # slices of other levels
-    with batchnorm_adapted(model, long, batch_size=3):  # at most one batch: slices 0, 4 and 8
+    with batchnorm_adapted(model, long, slices=3):  # at most one batch: slices 0, 4 and 8
         expected = model.conv(long[[0, 4, 8], None]).mean((0, 2, 3))
         assert torch.allclose(model.norm.running_mean, expected, atol=1e-5)
-    with batchnorm_adapted(model, long, weight=0.25, batch_size=3):  # a quarter the slices', the rest as trained
+    with batchnorm_adapted(model, long, weight=0.25, slices=3):  # a quarter the slices', the rest as trained
         blend = 0.75 * trained["norm.running_mean"] + 0.25 * expected
         assert torch.allclose(model.norm.running_mean, blend, atol=1e-5)
     wide = PointwiseNorm()
     wide.conv = torch.nn.Conv2d(3, 6, 1, bias=False)  # 2.5D: a slice and its neighbours as channels
     wide.eval()
-    with batchnorm_adapted(wide, long, context=1, batch_size=3):  # slices 0, 4, 8 with neighbours, edges repeated
+    with batchnorm_adapted(wide, long, context=1, slices=3):  # slices 0, 4, 8 with neighbours, edges repeated
         stack = long[torch.tensor([[0, 0, 1], [3, 4, 5], [7, 8, 8]])]
         assert torch.allclose(wide.norm.running_mean, wide.conv(stack).mean((0, 2, 3)), atol=1e-5)
-    with pytest.raises(RuntimeError, match="stop"), batchnorm_adapted(model, other, batch_size=4):
+    with pytest.raises(RuntimeError, match="stop"), batchnorm_adapted(model, other, slices=4):
         raise RuntimeError("stop")
     assert restored() and not model.training
 

@@ -222,8 +222,9 @@ class InferenceConfig:
     adapt_bn: before predicting a volume, every BatchNorm layer's statistics are estimated anew on that volume's
         slices (AdaBN: Li et al., "Revisiting Batch Normalization For Practical Domain Adaptation", 2016), then the
         trained ones come back: a scan of another scanner, phase or noise level is normalised by its own
-        statistics. One more forward pass per volume, of up to `batch_size` slices spread through it; no effect on
-        networks without BatchNorm (Swin-Unet).
+        statistics. One more forward pass per volume, of up to `adapt_bn_slices` slices spread evenly through it;
+        no effect on networks without BatchNorm (Swin-Unet).
+    adapt_bn_slices: how many slices that pass sees (all of a shorter volume); one batch, whatever `batch_size`.
     adapt_bn_weight: with `adapt_bn`, the scan's share of the statistics, the trained ones the rest (1 = the scan's
         own; 0.5 was a little better on scans like the training data and worse on a patient of another scanner,
         benchmarks/RESULTS.md, session 2026-12-05).
@@ -247,6 +248,7 @@ class InferenceConfig:
     z_gap_mm: float = 30.0
     adapt_bn: bool = False
     adapt_bn_weight: float = 1.0
+    adapt_bn_slices: int = 64
     z_smoothing: float = 0.0
     z_smoothing_mm: float = 0.0
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
@@ -586,6 +588,8 @@ def _validate_inference(config: Config) -> None:
             raise ConfigError(f"{key}.z_smoothing_mm and inference.z_smoothing are two ways to one mixing: set one")
     if not 0 < i.adapt_bn_weight <= 1:
         raise ConfigError(f"inference.adapt_bn_weight must be in (0, 1], got {i.adapt_bn_weight}")
+    if i.adapt_bn_slices < 2:
+        raise ConfigError(f"inference.adapt_bn_slices must be >= 2 (statistics need a spread), got {i.adapt_bn_slices}")
     if any(not 0.5 <= f <= 2 for f in i.tta_zoom):
         raise ConfigError(f"inference.tta_zoom factors must be in [0.5, 2], got {list(i.tta_zoom)}")
     if any(not -45 <= a <= 45 for a in i.tta_rotate):

@@ -131,13 +131,13 @@ def batchnorm_adapted(
     volume: torch.Tensor,
     *,
     weight: float = 1.0,
+    slices: int = 64,
     context: int = 0,
-    batch_size: int = 32,
     amp: str = "auto",
 ) -> Iterator[None]:
     """Within the block, `model`'s BatchNorm layers normalise with statistics of `volume`'s slices (AdaBN).
 
-    One forward pass, in training mode, of up to `batch_size` slices spread evenly through the preprocessed
+    One forward pass, in training mode, of up to `slices` slices spread evenly through the preprocessed
     (Z, S, S) volume sets every layer's running mean and variance to ``weight`` times that batch's plus ``1 -
     weight`` times the trained ones (1: the volume's own); the model is in eval mode inside the block, and the
     trained statistics and momentum come back after it. A network without BatchNorm is left as it is.
@@ -150,8 +150,8 @@ def batchnorm_adapted(
             layer.train()
         if layers:
             depth, device = volume.shape[0], next(model.parameters()).device
-            slices = torch.linspace(0, depth - 1, min(depth, batch_size)).round().long()
-            x = context_stack(volume, slices, context).to(device, torch.float32)
+            chosen = torch.linspace(0, depth - 1, min(depth, slices)).round().long()
+            x = context_stack(volume, chosen, context).to(device, torch.float32)
             with torch.inference_mode(), autocast(device, amp_dtype(amp, device)):
                 model(x.contiguous(memory_format=torch.channels_last))
         for layer in layers:
