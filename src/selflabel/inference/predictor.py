@@ -95,14 +95,8 @@ class Predictor(LoadedModel):
         s = self.settings
         box = box if isinstance(box, CropBox) else CropBox.full(*box)
         network = {"context": self.spec.context, "batch_size": s.batch_size, "amp": s.amp}
-        statistics = (
-            batchnorm_adapted(
-                self.model, volume, weight=s.adapt_bn_weight, slices=s.adapt_bn_slices, context=self.spec.context,
-                amp=s.amp,
-            )
-            if s.adapt_bn
-            else nullcontext()
-        )
+        adapt = {"weight": s.adapt_bn_weight, "slices": s.adapt_bn_slices, "context": self.spec.context, "amp": s.amp}
+        statistics = batchnorm_adapted(self.model, volume, **adapt) if s.adapt_bn else nullcontext()
         z_smoothing = s.z_smoothing or z_weight(slice_mm, s.z_smoothing_mm)
         with statistics:
             pred = predict_in_box(
