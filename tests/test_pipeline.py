@@ -212,7 +212,7 @@ def test_predict_adapt_bn_flag_adapts_every_scan(finished, cohort, tmp_path, cap
     base = ["predict", "-m", work / "models" / "student", "-i", cohort / "imagesTs", "--device", "cpu", "--quiet"]
     half = ["--adapt-bn", "--set", "inference.adapt_bn_weight=0.5", "--set", "inference.batch_size=4"]
     few = ["--adapt-bn", "--set", "inference.adapt_bn_slices=8"]
-    cases = (("on", ["--adapt-bn"], [(1.0, 64)]), ("half", half, [(0.5, 64)]), ("few", few, [(1.0, 8)]),
+    cases = (("on", ["--adapt-bn"], [(1.0, 32)]), ("half", half, [(0.5, 32)]), ("few", few, [(1.0, 8)]),
              ("off", ["--no-adapt-bn"], []))  # fmt: skip
     for name, flags, expected in cases:
         calls.clear()

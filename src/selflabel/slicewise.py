@@ -131,7 +131,7 @@ def batchnorm_adapted(
     volume: torch.Tensor,
     *,
     weight: float = 1.0,
-    slices: int = 64,
+    slices: int = 32,
     context: int = 0,
     amp: str = "auto",
 ) -> Iterator[None]:
