@@ -225,7 +225,7 @@ class InferenceConfig:
         statistics. One more forward pass per volume, of up to `adapt_bn_slices` slices spread evenly through it;
         no effect on networks without BatchNorm (Swin-Unet).
     adapt_bn_slices: how many slices that pass sees (all of a shorter volume); one batch, whatever `batch_size`.
-        32 scores as 64 did (within 0.001 DSC), `selflabel predict` in 0.82x the time (RESULTS.md, session 2026-12-07).
+        32 scores as 64 did (within 0.001 DSC), `selflabel predict` in 0.85x the time (RESULTS.md, session 2026-12-07).
     adapt_bn_weight: with `adapt_bn`, the scan's share of the statistics, the trained ones the rest (1 = the scan's
         own; 0.5 was a little better on scans like the training data and worse on a patient of another scanner,
         benchmarks/RESULTS.md, session 2026-12-05).
