@@ -111,7 +111,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_batch4_its340": _sets("train.batch_size=4", "train.iterations_per_epoch=340"),
     # the teacher alone at half the batch and twice the epochs (the same slices); students keep batch 8
     "plus_teacher_b4": _sets("train.batch_size=4", "train.epochs=12", "pipeline.student_batch_size=8"),
-    # the same at about the preset's teacher time: a batch-4 step costs 0.65 of a batch-8 one (2 threads)
+    # the same at about the preset's teacher time: a batch-4 step costs 0.62 of a batch-8 one (2 threads)
     "plus_teacher_b4_e9": _sets("train.batch_size=4", "train.epochs=9", "pipeline.student_batch_size=8"),
     "plus_drop_confident": _sets("pseudolabel.drop_least_confident=0.25"),
     "plus_finetune2": ["--finetune-epochs", "2"],

@@ -79,6 +79,7 @@ def slice_probabilities(
     device = next(model.parameters()).device
     dtype = amp_dtype(amp, device)
     flips = [(), (-1,), (-2,)] if tta_flip else [()]
+    views = [(f, 0.0) for f in tta_zoom] + [(1.0, a) for a in tta_rotate]  # (zoom, degrees) beside the plain one
     for start in range(0, volume.shape[0], batch_size):
         stop = min(start + batch_size, volume.shape[0])
         x = context_stack(volume, torch.arange(start, stop), context).to(device, torch.float32, non_blocking=True)
@@ -90,7 +91,6 @@ def slice_probabilities(
             for dims in flips:
                 xi = _flip(x, dims)
                 probs, weight = probs + _flip(torch.softmax(model(xi).float(), dim=1), dims), weight + 1.0
-                views = [(f, 0.0) for f in tta_zoom] + [(1.0, a) for a in tta_rotate]
                 for factor, degrees in views:  # a view counts where it saw the slice: a per-pixel weight
                     p, seen = _view_probabilities(model, xi, factor, degrees)
                     probs, weight = probs + _flip(p, dims), weight + _flip(seen, dims)

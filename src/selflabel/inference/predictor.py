@@ -94,14 +94,15 @@ class Predictor(LoadedModel):
         """
         s = self.settings
         box = box if isinstance(box, CropBox) else CropBox.full(*box)
-        network = {"context": self.spec.context, "batch_size": s.batch_size, "amp": s.amp}
-        adapt = {"weight": s.adapt_bn_weight, "slices": s.adapt_bn_slices, "context": self.spec.context, "amp": s.amp}
-        statistics = batchnorm_adapted(self.model, volume, **adapt) if s.adapt_bn else nullcontext()
+        network = {"context": self.spec.context, "amp": s.amp}
+        adapt = {"weight": s.adapt_bn_weight, "slices": s.adapt_bn_slices}
+        statistics = batchnorm_adapted(self.model, volume, **adapt, **network) if s.adapt_bn else nullcontext()
         z_smoothing = s.z_smoothing or z_weight(slice_mm, s.z_smoothing_mm)
         with statistics:
             pred = predict_in_box(
-                self.model, volume, box, **network, tta_flip=s.tta_flip, tta_zoom=s.tta_zoom, tta_rotate=s.tta_rotate,
-                z_smoothing=z_smoothing, with_confidence=with_confidence, lowres_size=lowres_size,
+                self.model, volume, box, **network, batch_size=s.batch_size, tta_flip=s.tta_flip,
+                tta_zoom=s.tta_zoom, tta_rotate=s.tta_rotate, z_smoothing=z_smoothing,
+                with_confidence=with_confidence, lowres_size=lowres_size,
             )  # fmt: skip
         if s.largest_component or s.min_component_fraction:
             fraction = 1.0 if s.largest_component else s.min_component_fraction
