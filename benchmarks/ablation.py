@@ -178,7 +178,12 @@ OPTIONS: dict[str, list[str]] = {
     "plus_small_student": _sets(
         "pipeline.student_model=own", "pipeline.student_init=scratch", "student.unet_channels=[8,16,32,64]"
     ),
+    "oracle_pseudo": [],  # the preset with true labels in place of the pseudo-labels (RUNNERS): the upper bound
+    "oracle_pseudo_w1": _sets("train.pseudo_weight=1"),  # ... drawn as often as the expert-labelled cases
 }
+#: Options run by another script than `selflabel run` (same arguments): option -> the command before them.
+_ORACLE = [sys.executable, str(HERE / "oracle_pseudo.py")]
+RUNNERS: dict[str, list[str]] = {"oracle_pseudo": _ORACLE, "oracle_pseudo_w1": _ORACLE}
 #: Appended with --short: half the cpu preset's schedule (3 teacher epochs instead of 6, students of 2 instead of 3).
 SHORT: list[str] = ["--set", "train.epochs=3", "--set", "pipeline.student_epochs=2"]
 #: Every run: the CPU preset, one data-loading process, quiet.
@@ -298,7 +303,8 @@ def run_job(out: Path, job: Job) -> dict[str, Any]:
     """Run one `selflabel run`; return its row (status ok or failed, with the error)."""
     work = out / "runs" / job.name
     log = out / "logs" / f"{job.name}.log"
-    command = [sys.executable, "-m", "selflabel.cli", "run", str(cohort_dir(out, job.cohort, job.seed)),
+    runner = RUNNERS.get(job.option, [sys.executable, "-m", "selflabel.cli", "run"])
+    command = [*runner, str(cohort_dir(out, job.cohort, job.seed)),
                "--out", str(work), *COMMON, "--set", f"seed={job.seed}", *job.args]  # fmt: skip
     row: dict[str, Any] = {"cohort": job.cohort, "seed": job.seed, "option": job.option, "args": list(job.args)}
     stamp = work.with_name(work.name + ".args.json")  # what the work folder was started with
