@@ -180,10 +180,11 @@ OPTIONS: dict[str, list[str]] = {
     ),
     "oracle_pseudo": [],  # the preset with true labels in place of the pseudo-labels (RUNNERS): the upper bound
     "oracle_pseudo_w1": _sets("train.pseudo_weight=1"),  # ... drawn as often as the expert-labelled cases
+    "oracle_pseudo_w1_e6": _sets("train.pseudo_weight=1", "pipeline.student_epochs=6"),  # ... and twice the training
 }
 #: Options run by another script than `selflabel run` (same arguments): option -> the command before them.
 _ORACLE = [sys.executable, str(HERE / "oracle_pseudo.py")]
-RUNNERS: dict[str, list[str]] = {"oracle_pseudo": _ORACLE, "oracle_pseudo_w1": _ORACLE}
+RUNNERS: dict[str, list[str]] = {name: _ORACLE for name in ("oracle_pseudo", "oracle_pseudo_w1", "oracle_pseudo_w1_e6")}
 #: Appended with --short: half the cpu preset's schedule (3 teacher epochs instead of 6, students of 2 instead of 3).
 SHORT: list[str] = ["--set", "train.epochs=3", "--set", "pipeline.student_epochs=2"]
 #: Every run: the CPU preset, one data-loading process, quiet.
