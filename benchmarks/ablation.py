@@ -163,6 +163,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_students_all": _sets("pipeline.train_fraction=0.5", "pipeline.student_labelled=all"),
     "plus_z_smoothing": _sets("inference.z_smoothing=0.25"),
     "plus_tau09": _sets("pseudolabel.confidence_tau=0.9"),
+    "plus_bg_tau09": _sets("pseudolabel.confidence_tau=0.9", "pseudolabel.confidence_scope=background"),
     "plus_drop_changed": _sets("pseudolabel.drop_most_changed=0.25"),
     # a fifth level (a 5x5 bottleneck at 80 px, as nnU-Net plans poolings down to a few pixels): the preset's cost,
     # +23 % per step, and at about the preset's cost (fewer iterations per epoch and in the fine-tuning)

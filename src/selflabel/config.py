@@ -261,6 +261,8 @@ class PseudoLabelConfig:
     """Pseudo-label quality control (all off by default, as in the paper).
 
     confidence_tau: voxels whose maximum probability is below it become 255 (ignored by the loss); 0 = off.
+    confidence_scope: which voxels `confidence_tau` may ignore: ``"all"``, or ``"background"`` only (where the
+        teacher said background but gave an organ some of its probability; its organ voxels all stay).
     low_confidence_tau: threshold used only for the per-case "fraction of uncertain foreground" statistic.
     drop_least_confident: fraction of cases with the lowest mean confidence left out of student training.
     drop_most_changed: fraction of cases whose labels changed most between rounds left out (rounds >= 2).
@@ -280,6 +282,7 @@ class PseudoLabelConfig:
     """
 
     confidence_tau: float = 0.0
+    confidence_scope: Literal["all", "background"] = "all"
     low_confidence_tau: float = 0.9
     drop_least_confident: float = 0.0
     drop_most_changed: float = 0.0

@@ -72,11 +72,13 @@ def changed_fraction(current: np.ndarray, previous: np.ndarray) -> float:
     return float((current[fg] != previous[fg]).mean())
 
 
-def filter_by_confidence(labels: np.ndarray, confidence: np.ndarray, tau: float) -> np.ndarray:
-    """Labels with voxels whose confidence is below `tau` set to the ignore value 255 (a copy; tau 0 = unchanged)."""
+def filter_by_confidence(labels: np.ndarray, confidence: np.ndarray, tau: float, scope: str = "all") -> np.ndarray:
+    """Labels with voxels whose confidence is below `tau` set to the ignore value 255 (a copy; tau 0 = unchanged);
+    `scope` ``"background"``: only voxels labelled background."""
     out = labels.copy()
     if tau > 0:
-        out[confidence < tau] = IGNORE_INDEX
+        doubtful = confidence < tau
+        out[doubtful & (labels == 0) if scope == "background" else doubtful] = IGNORE_INDEX
     return out
 
 
@@ -134,7 +136,11 @@ class PseudoLabeller:
         same_previous = (stats.get("changed") is not None) == (self.previous_dir is not None)
         same_weights = stats.get("soft_weights", False) == self.cfg.soft_weights
         same_grid = stats.get("train_size", self.predictor.config.preprocess.image_size) == self.train_size
-        return stats.get("confidence_tau") == self.cfg.confidence_tau and same_previous and same_weights and same_grid
+        same_filter = (stats.get("confidence_tau"), stats.get("confidence_scope", "all")) == (
+            self.cfg.confidence_tau,
+            self.cfg.confidence_scope,
+        )
+        return same_filter and same_previous and same_weights and same_grid
 
     def label(self, case: Case) -> None:
         """Predict one cached case and write its NIfTI, training labels and statistics (the JSON last)."""
@@ -149,7 +155,9 @@ class PseudoLabeller:
         header = read_header(case.image)  # a NIfTI file's own header, or a DICOM series' geometry
         labels = np.asfortranarray(from_canonical(pred.labels, affine))  # NIfTI's voxel order: no transposing copy
         write_nifti(self.out_dir / output_name(case), labels, reference=Volume(labels, affine, header))
-        train_labels = filter_by_confidence(pred.lowres_labels, pred.lowres_confidence, self.cfg.confidence_tau)
+        train_labels = filter_by_confidence(
+            pred.lowres_labels, pred.lowres_confidence, self.cfg.confidence_tau, self.cfg.confidence_scope
+        )
         target = CacheEntry(self.train_dir, case.name)
         with atomic_path(target.seg) as tmp:
             np.save(tmp, train_labels)
@@ -167,6 +175,7 @@ class PseudoLabeller:
             "foreground_slices": foreground_slices(train_labels),
             "organ_slices": organ_slices(train_labels),
             "confidence_tau": self.cfg.confidence_tau,
+            "confidence_scope": self.cfg.confidence_scope,
             "soft_weights": self.cfg.soft_weights,
             "train_size": self.train_size,
         }
