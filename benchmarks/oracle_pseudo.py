@@ -41,7 +41,8 @@ def _generated_cases(cohort: Path, record: dict):
     """(name, image, label, affine) of every unlabelled case, made again by the cohort's generator."""
     params = record["params"]
     if record.get("generator") == "realct_cohort":
-        sys.path.insert(0, str(HERE))
+        if str(HERE) not in sys.path:
+            sys.path.insert(0, str(HERE))
         import realct_cohort as realct
 
         source = realct.load_source(record["source"])
