@@ -23,6 +23,10 @@ _BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _module(name: str):
+    """The benchmark script `name`, loaded once (another test module's copy is reused: its worker processes
+    pickle functions by their module's name)."""
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, _BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses need the module registered
