@@ -128,7 +128,7 @@ class PseudoLabeller:
         self.train_dir.mkdir(parents=True, exist_ok=True)
 
     def is_done(self, case: Case) -> bool:
-        """Labelled already, with the same confidence threshold, weights, grid and previous round (or none)."""
+        """Labelled already, with the same confidence filter, weights, grid and previous round (or none)."""
         meta = CacheEntry(self.train_dir, case.name).meta
         if not meta.is_file():
             return False
@@ -136,11 +136,9 @@ class PseudoLabeller:
         same_previous = (stats.get("changed") is not None) == (self.previous_dir is not None)
         same_weights = stats.get("soft_weights", False) == self.cfg.soft_weights
         same_grid = stats.get("train_size", self.predictor.config.preprocess.image_size) == self.train_size
-        same_filter = (stats.get("confidence_tau"), stats.get("confidence_scope", "all")) == (
-            self.cfg.confidence_tau,
-            self.cfg.confidence_scope,
-        )
-        return same_filter and same_previous and same_weights and same_grid
+        same_tau = stats.get("confidence_tau") == self.cfg.confidence_tau
+        same_scope = stats.get("confidence_scope", "all") == self.cfg.confidence_scope  # older runs: "all"
+        return same_tau and same_scope and same_previous and same_weights and same_grid
 
     def label(self, case: Case) -> None:
         """Predict one cached case and write its NIfTI, training labels and statistics (the JSON last)."""
