@@ -291,14 +291,14 @@ def test_soft_weights_are_the_teachers_confidence_and_an_ensemble_averages_check
         assert torch.allclose(torch.softmax(ensemble.model(x), 1), mean, atol=1e-6)
 
 
-def test_background_scope_ignores_only_doubtful_background_and_relabels_a_changed_scope(tiny_run, tmp_path):
-    """``pseudolabel.confidence_scope background``: the training labels are the plain ones with background voxels
-    under tau ignored, every organ voxel kept; a run with the other scope is not taken as done and relabels."""
-    scans = write_scans(tmp_path / "in", 2)
+def test_background_scope_ignores_only_doubtful_background_and_relabels_a_changed_scope(tiny_run, tmp_path, capsys):
+    """``pseudolabel --set pseudolabel.confidence_scope=background``: the training labels are the plain ones with
+    background voxels under tau ignored, every organ voxel kept; a rerun with the other scope is not taken as done
+    and relabels."""
+    write_scans(tmp_path / "in", 2)
     cases = list_cases(tmp_path / "in")
     plain = Predictor.from_run(tiny_run, overrides={"inference.device": "cpu"})
-    base = pseudolabel_cases(plain, cases, cache_dir=tmp_path / "cache", out_dir=tmp_path / "r0", progress=False)
-    assert len(base[0].written) == len(scans)
+    pseudolabel_cases(plain, cases, cache_dir=tmp_path / "cache", out_dir=tmp_path / "r0", progress=False)
     seg0 = {c.name: np.load(tmp_path / "r0" / "train" / f"{c.name}_seg.npy") for c in cases}
     conf = {}
     for case in cases:
@@ -306,17 +306,17 @@ def test_background_scope_ignores_only_doubtful_background_and_relabels_a_change
         volume = torch.from_numpy(np.load(tmp_path / "cache" / f"{case.name}.npy").astype(np.float32))
         conf[case.name] = plain.predict_prepared(volume, tuple(meta["canonical_shape"][1:]), with_confidence=True)
     tau = float(np.float16(np.median(np.concatenate([p.lowres_confidence.ravel() for p in conf.values()]))))
-    out = tmp_path / "r1"
+    base = ["pseudolabel", "-m", tiny_run, "-i", tmp_path / "in", "--cache", tmp_path / "cache", "-o", tmp_path / "r1",
+            "--device", "cpu", "--quiet", "--tau", tau]  # fmt: skip
     for scope in ("background", "all"):
-        settings = {"pseudolabel.confidence_tau": tau, "pseudolabel.confidence_scope": scope}
-        report, _ = pseudolabel_cases(
-            plain.with_overrides(settings), cases, cache_dir=tmp_path / "cache", out_dir=out, progress=False
-        )
-        assert sorted(report.written) == sorted(c.name for c in cases)  # the other scope's labels are not reused
+        code, out, err = run_cli([*base, "--set", f"pseudolabel.confidence_scope={scope}"], capsys)
+        assert code == 0, err
+        assert "2 written, 0 skipped" in out  # the other scope's labels are not reused
         for case in cases:
-            seg, low = np.load(out / "train" / f"{case.name}_seg.npy"), conf[case.name].lowres_confidence < tau
+            seg = np.load(tmp_path / "r1" / "train" / f"{case.name}_seg.npy")
+            low = conf[case.name].lowres_confidence < tau
             doubtful = low & (seg0[case.name] == 0) if scope == "background" else low
             assert np.array_equal(seg, np.where(doubtful, 255, seg0[case.name]))
             assert 0 < np.count_nonzero(doubtful)
-            stats = json.loads((out / "train" / f"{case.name}.json").read_text())
+            stats = json.loads((tmp_path / "r1" / "train" / f"{case.name}.json").read_text())
             assert stats["confidence_scope"] == scope

@@ -279,12 +279,13 @@ def pseudolabel(
     batch_size: BatchOption = None,
     tta: TtaOption = None,
     device: DeviceOption = None,
+    sets: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Pseudo-label unlabelled scans with a trained model; confidence table and case selection included."""
     from selflabel.pseudolabel import pseudolabel_folder
 
-    overrides = _given(
+    overrides = parse_sets(sets) | _given(
         {"pseudolabel.confidence_tau": tau, "pseudolabel.drop_least_confident": drop_least_confident,
          "pseudolabel.drop_most_changed": drop_most_changed, "inference.batch_size": batch_size,
          "inference.tta_flip": tta, "inference.device": device}
