@@ -47,8 +47,7 @@ def _generated_cases(cohort: Path, record: dict):
 
         source = realct.load_source(record["source"])
         for index in range(1, params["unlabeled"] + 1):
-            rng = realct.case_rng(params["seed"], "unlabeled", index)
-            image, label, affine = realct.make_case(source, realct.draw_params(rng, source), rng)
+            _, image, label, affine = realct.generate_case(source, params["seed"], "unlabeled", index)
             yield case_files(cohort, "unlabeled", index)[0], image, label, affine
     elif record.get("generator") == "selflabel.phantom":
         from selflabel.phantom.case import make_case

@@ -334,14 +334,19 @@ def _worker_init(source_dir: str) -> None:
     _SOURCE = load_source(source_dir)
 
 
+def generate_case(source: Source, seed: int, split: str, index: int) -> tuple[CaseParams, np.ndarray, ...]:
+    """Case `index` of `split` in the cohort of `seed`: its parameters, image, label and affine (as `make_case`)."""
+    rng = case_rng(seed, split, index)
+    params = draw_params(rng, source)
+    return params, *make_case(source, params, rng)
+
+
 def _make_and_write(job: tuple[str, int, int, str]) -> dict[str, Any]:
     """Worker: make case `index` of `split` and write it atomically; return its cohort.json entry."""
     split, index, seed, out = job
     assert _SOURCE is not None  # set by _worker_init
     start = time.process_time()
-    rng = case_rng(seed, split, index)
-    params = draw_params(rng, _SOURCE)
-    image, label, affine = make_case(_SOURCE, params, rng)
+    params, image, label, affine = generate_case(_SOURCE, seed, split, index)
     name, image_path, label_path = case_files(Path(out), split, index)
     write_nifti(image_path, image, affine=affine)
     if label_path is not None:

@@ -3,6 +3,7 @@ trained run, the CLI in-process and under torchrun. Test modules import from her
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -149,6 +150,18 @@ def write_scans(folder: Path, n: int, seed: int = 0) -> list[Path]:
         image, _ = blob_case(rng)
         paths.append(write_nifti(folder / f"Case_{i:05d}_0000.nii.gz", image, affine=np.diag([1.5, 1.5, 3.0, 1.0])))
     return paths
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module, loaded once and registered by its name (dataclasses need
+    that, and worker processes pickle its functions by it)."""
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def reorient(img: nib.Nifti1Image, codes: tuple[str, str, str]) -> nib.Nifti1Image:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,25 +14,10 @@ from selflabel.phantom import write_cohort
 from selflabel.preprocess.cache import CacheEntry, organ_slices
 from selflabel.preprocess.crop import CropBox
 from selflabel.preprocess.volume import prepare_label
-from tests.conftest import cli_sets
+from tests.conftest import cli_sets, load_benchmark
 from tests.test_pipeline import MICRO
 
-_BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _module(name: str):
-    """The benchmark script `name`, loaded once (another test module's copy is reused: its worker processes
-    pickle functions by their module's name)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
-
-
-oracle = _module("oracle_pseudo")
+oracle = load_benchmark("oracle_pseudo")
 
 
 def test_every_round_s_students_train_on_the_true_labels(tmp_path: Path) -> None:
@@ -81,7 +64,7 @@ def test_truth_matches_the_cohort_s_images_or_stops(tmp_path: Path) -> None:
 
 
 def test_realct_cohort_truth_is_regenerated(real_ct, tmp_path: Path) -> None:
-    realct = _module("realct_cohort")
+    realct = load_benchmark("realct_cohort")
     cohort = tmp_path / "realct"
     realct.write_cohort(cohort, 1, 1, 0, seed=4, source_dir=real_ct["image"].parents[1], workers=1)
     (name,) = oracle.write_truth(cohort, tmp_path / "truth")

@@ -175,6 +175,18 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
+def _model_grid_predictions(predictor: Predictor, cache: Path, names: list[str]):
+    """Each cached case's labels and confidences at the model grid, and their median confidence as a tau (a float16
+    number, as confidences are stored)."""
+    labels, conf = {}, {}
+    for name in names:
+        meta = json.loads((cache / f"{name}.json").read_text())
+        volume = torch.from_numpy(np.load(cache / f"{name}.npy").astype(np.float32))
+        pred = predictor.predict_prepared(volume, tuple(meta["canonical_shape"][1:]), with_confidence=True)
+        labels[name], conf[name] = pred.lowres_labels, pred.lowres_confidence
+    return labels, conf, float(np.float16(np.median(np.concatenate([c.ravel() for c in conf.values()]))))
+
+
 def test_pseudolabel_command_end_to_end(tiny_run, tmp_path, capsys):
     """Rounds of the trained TINY model on three scans: without tau, with tau, and with --previous."""
     inputs = tmp_path / "in"
@@ -187,14 +199,9 @@ def test_pseudolabel_command_end_to_end(tiny_run, tmp_path, capsys):
     # Voxel confidences at the model grid, to choose a tau that splits them (a float16 number, as they are stored).
     predictor = Predictor.from_run(tiny_run, overrides={"inference.device": "cpu"})
     names = [p.name.removesuffix("_0000.nii.gz") for p in scans]
-    plain, conf = {}, {}
+    plain, conf, tau = _model_grid_predictions(predictor, tmp_path / "cache", names)
     for name in names:
-        meta = json.loads((tmp_path / "cache" / f"{name}.json").read_text())
-        volume = torch.from_numpy(np.load(tmp_path / "cache" / f"{name}.npy").astype(np.float32))
-        pred = predictor.predict_prepared(volume, tuple(meta["canonical_shape"][1:]), with_confidence=True)
-        plain[name], conf[name] = pred.lowres_labels, pred.lowres_confidence
         assert np.array_equal(np.load(tmp_path / "r0" / "train" / f"{name}_seg.npy"), plain[name])
-    tau = float(np.float16(np.median(np.concatenate([c.ravel() for c in conf.values()]))))
 
     code, out, err = run_cli([*base, "-o", tmp_path / "r1", "--tau", tau, "--drop-least-confident", 0.34], capsys)
     assert code == 0, err
@@ -300,12 +307,7 @@ def test_background_scope_ignores_only_doubtful_background_and_relabels_a_change
     plain = Predictor.from_run(tiny_run, overrides={"inference.device": "cpu"})
     pseudolabel_cases(plain, cases, cache_dir=tmp_path / "cache", out_dir=tmp_path / "r0", progress=False)
     seg0 = {c.name: np.load(tmp_path / "r0" / "train" / f"{c.name}_seg.npy") for c in cases}
-    conf = {}
-    for case in cases:
-        meta = json.loads((tmp_path / "cache" / f"{case.name}.json").read_text())
-        volume = torch.from_numpy(np.load(tmp_path / "cache" / f"{case.name}.npy").astype(np.float32))
-        conf[case.name] = plain.predict_prepared(volume, tuple(meta["canonical_shape"][1:]), with_confidence=True)
-    tau = float(np.float16(np.median(np.concatenate([p.lowres_confidence.ravel() for p in conf.values()]))))
+    _, conf, tau = _model_grid_predictions(plain, tmp_path / "cache", [c.name for c in cases])
     base = ["pseudolabel", "-m", tiny_run, "-i", tmp_path / "in", "--cache", tmp_path / "cache", "-o", tmp_path / "r1",
             "--device", "cpu", "--quiet", "--tau", tau]  # fmt: skip
     for scope in ("background", "all"):
@@ -314,7 +316,7 @@ def test_background_scope_ignores_only_doubtful_background_and_relabels_a_change
         assert "2 written, 0 skipped" in out  # the other scope's labels are not reused
         for case in cases:
             seg = np.load(tmp_path / "r1" / "train" / f"{case.name}_seg.npy")
-            low = conf[case.name].lowres_confidence < tau
+            low = conf[case.name] < tau
             doubtful = low & (seg0[case.name] == 0) if scope == "background" else low
             assert np.array_equal(seg, np.where(doubtful, 255, seg0[case.name]))
             assert 0 < np.count_nonzero(doubtful)

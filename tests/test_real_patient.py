@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from selflabel.labels import BY_INDEX
+from tests.conftest import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "real_patient.py"
-_spec = importlib.util.spec_from_file_location("real_patient", _PATH)
-real_patient = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(real_patient)
+real_patient = load_benchmark("real_patient")
 
 
 def test_totalsegmentator_classes_become_flare_organs_and_the_rest_background():

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from selflabel.io.dicom import read_series
+from tests.conftest import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "real_patient_reference.py"
-_spec = importlib.util.spec_from_file_location("real_patient_reference", _PATH)
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+ref = load_benchmark("real_patient_reference")
 
 
 @pytest.fixture(scope="module")

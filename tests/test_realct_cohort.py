@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +12,9 @@ import pytest
 from selflabel.errors import InputError
 from selflabel.io import load_dataset, read_case
 from selflabel.labels import FLARE22_LABELS
+from tests.conftest import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "realct_cohort.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("realct_cohort", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["realct_cohort"] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
-
-
-rc = _module()
+rc = load_benchmark("realct_cohort")
 
 
 @pytest.fixture(scope="module")

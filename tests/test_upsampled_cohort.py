@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from selflabel.io import read_image, read_label, write_nifti
+from tests.conftest import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "upsampled_cohort.py"
-_SPEC = importlib.util.spec_from_file_location("upsampled_cohort", _PATH)
-uc = importlib.util.module_from_spec(_SPEC)
-sys.modules["upsampled_cohort"] = uc  # its worker processes import it by name
-_SPEC.loader.exec_module(uc)
+uc = load_benchmark("upsampled_cohort")  # its worker processes import it by name
 
 #: An LPS-stored grid (x and y axes flipped) of 3 x 2.5 x 4 mm voxels, origin away from zero.
 AFFINE = np.array([[-3.0, 0, 0, 90.0], [0, -2.5, 0, 40.0], [0, 0, 4.0, -200.0], [0, 0, 0, 1]])
