@@ -10,7 +10,7 @@ import pytest
 
 from selflabel.io import load_dataset, write_nifti
 from selflabel.labels import FLARE22_LABELS
-from tests.conftest import blob_case, run_cli
+from tests.conftest import blob_case, cli_sets, run_cli
 
 
 def _image(ds, name="FLARE22_Tr_0001"):
@@ -221,3 +221,36 @@ def test_dataset_folder_given_as_input_says_which_subfolder(tiny_dataset, tmp_pa
     assert code == 2
     assert _lines(err, "error")[0].endswith("this is an nnU-Net dataset: give its imagesTs/ or unlabeledTr/"), err
     assert not _lines(err, "warning")
+
+
+def test_a_label_map_of_other_organs_is_trained_and_scored_as_its_own(tiny_dataset, tmp_path, capsys, one_thread):
+    """A hospital's label map (liver 1, "kidney" 2, spleen 3; the blobs are labels 1 and 3): one warning line naming
+    dataset.json and "kidney"; every score, table and curve holds those three organs under their names, not FLARE22's
+    13 (10 of which would be "both empty = 1.0" and lift every mean), and the CPU preset's contrast phases move the
+    liver and spleen by their own enhancement."""
+    labels = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3}
+    meta = json.loads((tiny_dataset / "dataset.json").read_text())
+    (tiny_dataset / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+    work = tmp_path / "work"
+    micro = {"preprocess.image_size": 32, "model.unet_channels": [8, 16], "train.epochs": 1,
+             "train.iterations_per_epoch": 2, "train.batch_size": 4, "pipeline.student_epochs": 1,
+             "pipeline.rounds": 1, "pipeline.finetune_epochs": 0, "pipeline.student_image_size": 0,
+             "pipeline.train_fraction": 0.5, "train.device": "cpu", "inference.device": "cpu"}  # fmt: skip
+    args = ["run", tiny_dataset, "--out", work, "--preset", "cpu", "--quiet", *cli_sets(micro)]
+    code, _out, err = run_cli(args, capsys)
+    assert code == 0, err
+    warnings = [line for line in _lines(err, "warning") if "FLARE22's organ names" in line]
+    assert len(warnings) == 1, err
+    assert f"{tiny_dataset / 'dataset.json'}: " in warnings[0] and "'kidney' (2) as its own organ" in warnings[0]
+    organs = ["Liver", "kidney", "Spleen"]
+    summary = json.loads((work / "report" / "summary.json").read_text())
+    for model in summary["models"].values():
+        for split in ("validation", "test"):
+            scores = model["splits"][split]
+            assert list(scores["organs"]) == organs
+            assert scores["mean_dsc"] == pytest.approx(np.mean([scores["organs"][o]["dsc"] for o in organs]))
+    header = (work / "eval" / "teacher" / "test" / "metrics.csv").read_text().splitlines()[0]
+    assert header == "Name," + ",".join(f"{o}_{m}" for m in ("DSC", "NSD") for o in organs)
+    assert "| Model | Liver | kidney | Spleen | Mean |" in (work / "report" / "report.md").read_text()
+    epochs = (work / "models" / "teacher" / "log_epochs.jsonl").read_text().splitlines()
+    assert [list(json.loads(line)["organs"]) for line in epochs] == [organs]  # the validation's

@@ -667,3 +667,30 @@ def test_new_contents_fill_the_hollow_organs_only_with_gas_on_the_anterior_side(
     assert 3 <= gas_seen <= 13  # a gas pocket in about half of the slices
     assert torch.equal(RandomContents(prob=0.0)(image, label, np.random.default_rng(0), scale), image)
     assert build_organ_intensity_augmentation(AugmentConfig(contents_prob=0.4)) == [RandomContents(0.4)]
+
+
+def test_organ_transforms_follow_the_dataset_s_label_map():
+    """A dataset whose label 1 is the spleen and 2 the stomach (`organs_for`): the phase moves label 1 by the
+    spleen's enhancement, the contents go into label 2, the distension grows label 2; label 3 (not a FLARE22
+    organ) is left alone."""
+    from selflabel.data import IntensityScale, RandomContents, RandomPhase, build_organ_intensity_augmentation
+    from selflabel.labels import BY_INDEX, organs_for
+
+    organs = organs_for({"background": 0, "spleen": 1, "stomach": 2, "tumour": 3})
+    label = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
+    label[2:6, 2:6], label[8:14, 8:14], label[0:2, 10:14] = 1, 2, 3
+    image = torch.zeros(1, SIZE, SIZE)
+    scale = IntensityScale(units_per_hu=0.01, hu_at_zero=0.0, low=-10.0, high=10.0)
+    phase = RandomPhase(prob=1.0, amount=1.0, organs=organs)(image, label, np.random.default_rng(3), scale)
+    spleen = float(phase[0, 3, 3])
+    factor = spleen / (0.01 * BY_INDEX[3].enhancement_hu)  # FLARE22's spleen is 3; here it is 1
+    assert 0 < abs(factor) <= 1 and torch.all(phase[:, label == 1] == spleen)
+    assert torch.allclose(phase[:, label == 2], torch.tensor(factor * 0.01 * BY_INDEX[11].enhancement_hu))
+    assert not phase[:, (label == 0) | (label == 3)].any()
+    contents = RandomContents(prob=1.0, organs=organs)(image, label, np.random.default_rng(0), scale)
+    assert contents[0, 10:12, 10:12].ne(0).all() and not contents[:, label != 2].any()
+    x, y = RandomDistension(prob=1.0, max_factor=2.0, organs=organs)(image, label, np.random.default_rng(1))
+    assert int((y == 2).sum()) > int((label == 2).sum())
+    build = build_organ_intensity_augmentation(AugmentConfig(phase_shift=1.0, contents_prob=0.5), organs)
+    assert [t.organs for t in build] == [organs, organs]
+    assert build_augmentation(AugmentConfig(distension_prob=0.5), organs)[-1].organs == organs

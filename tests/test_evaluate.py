@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from selflabel.errors import InputError
-from selflabel.evaluate import CSV_COLUMNS, evaluate_folders, summary_path
+from selflabel.evaluate import csv_columns, evaluate_folders, summary_path
 from selflabel.io import write_nifti
 from selflabel.metrics import score_case
 from tests.conftest import run_cli
@@ -54,12 +54,12 @@ def test_evaluate_command_writes_flare_csv(folders, tmp_path, capsys, caplog):
         )
     assert code == 0, err
     rows = read_csv(out)
-    assert tuple(rows[0]) == CSV_COLUMNS
+    assert tuple(rows[0]) == csv_columns()
     assert rows[0][:3] == ["Name", "Liver_DSC", "RK_DSC"] and rows[0][14] == "Liver_NSD" and len(rows[0]) == 27
     table = {row[0]: dict(zip(rows[0], row, strict=True)) for row in rows[1:]}
     # FLARE's Name column is the ground truth's file name, one row per ground truth, sorted.
     assert list(table) == ["FLARE22_Tr_0001.nii.gz", "FLARE22_Tr_0002.nii.gz", "FLARE22_Tr_0003.nii.gz"]
-    assert all(table["FLARE22_Tr_0001.nii.gz"][c] == "1.0" for c in CSV_COLUMNS[1:])
+    assert all(table["FLARE22_Tr_0001.nii.gz"][c] == "1.0" for c in csv_columns()[1:])
     # Liver shifted by 2 of its 6 voxels: DSC 2*4/12 = 0.666666... written rounded to 4 decimals.
     case2 = table["FLARE22_Tr_0002.nii.gz"]
     assert case2["Liver_DSC"] == "0.6667"
@@ -68,7 +68,7 @@ def test_evaluate_command_writes_flare_csv(folders, tmp_path, capsys, caplog):
     assert 0 < float(case2["Liver_NSD"]) < 1
     assert case2["Spleen_DSC"] == "1.0" and case2["RK_DSC"] == "1.0"  # both absent -> 1
     # Missing prediction: zeros and a warning; extra prediction: reported, not scored.
-    assert all(table["FLARE22_Tr_0003.nii.gz"][c] == "0.0" for c in CSV_COLUMNS[1:])
+    assert all(table["FLARE22_Tr_0003.nii.gz"][c] == "0.0" for c in csv_columns()[1:])
     assert any("no prediction for FLARE22_Tr_0003.nii.gz" in r.getMessage() for r in caplog.records)
     assert any("FLARE22_Tr_0009.nii.gz" in r.getMessage() for r in caplog.records)
     assert "Liver" in printed and "±" in printed
@@ -128,3 +128,25 @@ def test_empty_ground_truth_folder(tmp_path):
         evaluate_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "m.csv")
     with pytest.raises(InputError, match="prediction folder not found"):
         evaluate_folders(tmp_path / "nope", tmp_path / "gt", tmp_path / "m.csv")
+
+
+def test_evaluate_scores_the_organs_of_a_given_label_map(folders, tmp_path, capsys):
+    """`--labels dataset.json`: the CSV and the summary hold that map's organs (here the liver, a "vessel" at index 2
+    and the spleen; the files' aorta, 5, is outside it), FLARE22's facts for FLARE22's organs, the mean over three."""
+    pred_dir, gt_dir = folders
+    label_map = {"background": 0, "liver": 1, "vessel": 2, "spleen": 3}
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": label_map}))
+    out = tmp_path / "metrics.csv"
+    args = ["evaluate", "--pred", pred_dir, "--gt", gt_dir, "--out", out, "--workers", 1, "--labels", tmp_path]
+    code, printed, err = run_cli(args, capsys)
+    assert code == 0, err
+    rows = read_csv(out)
+    assert rows[0] == ["Name", "Liver_DSC", "vessel_DSC", "Spleen_DSC", "Liver_NSD", "vessel_NSD", "Spleen_NSD"]
+    summary = json.loads(summary_path(out).read_text())
+    assert list(summary["organs"]) == ["Liver", "vessel", "Spleen"]
+    shifted = score_case(labels(shift=2), labels(), SPACING)  # FLARE22's own scoring of the liver and spleen
+    table = {row[0]: dict(zip(rows[0], row, strict=True)) for row in rows[1:]}
+    assert float(table["FLARE22_Tr_0002.nii.gz"]["Liver_NSD"]) == pytest.approx(shifted.nsd["Liver"], abs=1e-4)
+    assert float(table["FLARE22_Tr_0002.nii.gz"]["vessel_DSC"]) == 1.0  # in neither file
+    means = [summary["organs"][o]["DSC_mean"] for o in ("Liver", "vessel", "Spleen")]
+    assert summary["mean_DSC"] == pytest.approx(np.mean(means)) and "vessel" in printed

@@ -311,11 +311,18 @@ def evaluate(
     nsd_min_dice: Annotated[
         float, typer.Option(help="NSD is 0 below this DSC (FLARE's later rule); 0 reproduces FLARE22's own script.")
     ] = 0.2,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="dataset.json (or its folder) whose label map names the organs (default FLARE22's 13)."),
+    ] = None,
 ) -> None:
     """Score predictions against ground truth with FLARE22's DSC and NSD; one CSV row per case and a summary."""
     from selflabel.evaluate import evaluate_folders, format_summary
+    from selflabel.io import read_label_map
+    from selflabel.labels import FLARE22_LABELS, organs_for
 
-    result = evaluate_folders(pred, gt, out, workers=workers, nsd_min_dice=nsd_min_dice)
+    organs = organs_for(FLARE22_LABELS if labels is None else read_label_map(labels))
+    result = evaluate_folders(pred, gt, out, workers=workers, nsd_min_dice=nsd_min_dice, organs=organs)
     typer.echo(format_summary(result))
 
 

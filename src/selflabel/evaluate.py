@@ -26,11 +26,12 @@ from pathlib import Path
 from selflabel.atomic import atomic_write_csv, atomic_write_text
 from selflabel.errors import InputError, SelflabelError
 from selflabel.io import case_name, check_same_grid, read_label, single_files
-from selflabel.labels import FLARE22_ORGANS
+from selflabel.labels import FLARE22_ORGANS, Organ
 from selflabel.metrics import NSD_MIN_DICE, CaseScores, ScoreSummary, score_case, summarize
 
 __all__ = [
     "CaseResult",
+    "csv_columns",
     "EvaluationSummary",
     "evaluate_folders",
     "format_summary",
@@ -40,11 +41,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CSV_COLUMNS: tuple[str, ...] = (
-    "Name",
-    *(f"{o.short}_DSC" for o in FLARE22_ORGANS),
-    *(f"{o.short}_NSD" for o in FLARE22_ORGANS),
-)
+
+def csv_columns(organs: Sequence[Organ] = FLARE22_ORGANS) -> tuple[str, ...]:
+    """FLARE's CSV header: the case name, then ``<Organ>_DSC`` for every organ, then ``<Organ>_NSD``."""
+    return ("Name", *(f"{o.short}_DSC" for o in organs), *(f"{o.short}_NSD" for o in organs))
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,13 @@ def summary_path(out_csv: str | Path) -> Path:
     return out_csv.with_name(out_csv.name.removesuffix(".csv") + "_summary.json")
 
 
-def score_files(pred_path: str | Path, gt_path: str | Path, nsd_min_dice: float = NSD_MIN_DICE) -> CaseScores:
-    """FLARE22 scores (unrounded) of one prediction file against its ground-truth file.
+def score_files(
+    pred_path: str | Path,
+    gt_path: str | Path,
+    nsd_min_dice: float = NSD_MIN_DICE,
+    organs: Sequence[Organ] = FLARE22_ORGANS,
+) -> CaseScores:
+    """FLARE22 scores (unrounded) of one prediction file against its ground-truth file, for each of `organs`.
 
     Raises:
         InputError: a file is unreadable or not a label map, or the two differ in shape or affine.
@@ -83,25 +88,27 @@ def score_files(pred_path: str | Path, gt_path: str | Path, nsd_min_dice: float 
     gt = read_label(gt_path)
     pred = read_label(pred_path)
     check_same_grid(gt, pred, "the ground truth's")
-    return score_case(pred.array, gt.array, gt.spacing, axial_axis=gt.axial_axis, nsd_min_dice=nsd_min_dice)
+    return score_case(
+        pred.array, gt.array, gt.spacing, axial_axis=gt.axial_axis, organs=organs, nsd_min_dice=nsd_min_dice
+    )
 
 
-def _score_job(job: tuple[Path, Path, float]) -> tuple[str, object]:
+def _score_job(job: tuple[Path, Path, float, Sequence[Organ]]) -> tuple[str, object]:
     """Worker: ("ok", scores) or ("error", (path, problem)); InputError does not survive pickling as itself."""
-    pred_path, gt_path, nsd_min_dice = job
     try:
-        return "ok", score_files(pred_path, gt_path, nsd_min_dice)
+        return "ok", score_files(*job)
     except InputError as exc:
         return "error", (str(exc.path), exc.problem)
 
 
-def _write_csv(path: Path, cases: Sequence[CaseResult]) -> None:
-    rows = ([case.name, *(repr(float(case.scores.row()[c])) for c in CSV_COLUMNS[1:])] for case in cases)
-    atomic_write_csv(path, CSV_COLUMNS, rows)
+def _write_csv(path: Path, cases: Sequence[CaseResult], organs: Sequence[Organ]) -> None:
+    columns = csv_columns(organs)
+    rows = ([case.name, *(repr(float(case.scores.row()[c])) for c in columns[1:])] for case in cases)
+    atomic_write_csv(path, columns, rows)
 
 
-def _score_jobs(jobs: list[tuple[Path, Path, float]], workers: int, file_ending: str) -> dict[str, CaseScores]:
-    """Scores per case name of (prediction, ground truth, nsd_min_dice) jobs, in `workers` processes.
+def _score_jobs(jobs: list[tuple], workers: int, file_ending: str) -> dict[str, CaseScores]:
+    """Scores per case name of (prediction, ground truth, nsd_min_dice, organs) jobs, in `workers` processes.
 
     Raises InputError for the first job whose files could not be scored.
     """
@@ -113,7 +120,7 @@ def _score_jobs(jobs: list[tuple[Path, Path, float]], workers: int, file_ending:
     else:
         outcomes = [_score_job(job) for job in jobs]
     scored: dict[str, CaseScores] = {}
-    for (pred_path, _gt_path, _), (status, value) in zip(jobs, outcomes, strict=True):
+    for (pred_path, *_), (status, value) in zip(jobs, outcomes, strict=True):
         if status == "error":
             raise InputError(*value)
         scored[case_name(pred_path, file_ending)] = value
@@ -127,6 +134,7 @@ def evaluate_folders(
     workers: int | None = None,
     file_ending: str = ".nii.gz",
     nsd_min_dice: float = NSD_MIN_DICE,
+    organs: Sequence[Organ] = FLARE22_ORGANS,
 ) -> EvaluationSummary:
     """Score every ground-truth case against its prediction; write FLARE's CSV and a JSON summary (atomically).
 
@@ -137,6 +145,7 @@ def evaluate_folders(
         workers: processes scoring cases in parallel (default: CPU count, at most 4); 1 scores in this process.
         file_ending: label file ending.
         nsd_min_dice: NSD is 0 below this DSC (0.2; 0 reproduces FLARE22's script, see selflabel.metrics).
+        organs: the organs scored (a dataset's own: `selflabel.labels.organs_for`).
 
     Raises:
         InputError: a folder is missing or has no ground truth, two files map to one case, a file is unreadable,
@@ -159,17 +168,17 @@ def evaluate_folders(
     for path in extra:
         logger.warning("prediction %s has no ground truth in %s: not scored", path, gt_dir)
 
-    jobs = [(preds[name], gts[name], nsd_min_dice) for name in gts if name in preds]
+    jobs = [(preds[name], gts[name], nsd_min_dice, tuple(organs)) for name in gts if name in preds]
     scored = _score_jobs(jobs, workers, file_ending)
     cases = [
         CaseResult(path.name, scored[name].rounded(), preds[name])
         if name in scored
-        else CaseResult(path.name, CaseScores.zeros(), None)
+        else CaseResult(path.name, CaseScores.zeros(organs), None)
         for name, path in gts.items()
     ]
     summary = summarize([case.scores for case in cases])
     json_path = summary_path(out_csv)
-    _write_csv(out_csv, cases)
+    _write_csv(out_csv, cases, organs)
     record = {
         **summary.to_dict(),
         "missing_predictions": [gts[name].name for name in missing],

@@ -2,12 +2,15 @@
 
 Every other module takes organ facts from here: the label map of a dataset.json (`FLARE22_LABELS`), FLARE's CSV
 columns (`Organ.short`), the paper's table columns (`Organ.paper`), and the scoring rules (tolerance, z-range).
-Tolerances and the z-range rule are those of FLARE22's evaluation script (FLARE22_DSC_NSD_Eval.py).
+Tolerances and the z-range rule are those of FLARE22's evaluation script (FLARE22_DSC_NSD_Eval.py). A dataset with
+another label map is scored, and its organs simulated, by the table `organs_for` makes from it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 #: Label value of voxels the loss ignores (pseudo-label voxels under the confidence threshold).
 IGNORE_INDEX = 255
@@ -56,3 +59,51 @@ FLARE22_LABELS: dict[str, int] = {"background": 0, **{o.name: o.index for o in F
 
 #: Organ by label value.
 BY_INDEX: dict[int, Organ] = {o.index: o for o in FLARE22_ORGANS}
+
+#: NSD tolerance of an organ FLARE22 does not score: the median of FLARE22's tolerances.
+OTHER_TOLERANCE_MM = 3.0
+
+#: Other public datasets' names for FLARE22's organs (AMOS, TotalSegmentator, BTCV), as `_key` writes them.
+_SYNONYMS: dict[str, int] = {
+    "postcava": 6, "venacavainferior": 6, "kidneyright": 2, "kidneyleft": 13, "adrenalglandright": 7,
+    "adrenalglandleft": 8, "rightadrenal": 7, "leftadrenal": 8, "gallbladder": 9, "oesophagus": 10,
+}  # fmt: skip
+
+
+def _key(name: str) -> str:
+    """A name without case, spaces or punctuation: "Right Kidney", "right_kidney" and "right-kidney" are one."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+_BY_KEY: dict[str, Organ] = {
+    **{_key(k): BY_INDEX[i] for k, i in _SYNONYMS.items()},
+    **{_key(n): o for o in FLARE22_ORGANS for n in (o.name, o.short, o.paper)},
+}
+
+
+def flare_organ(name: str) -> Organ | None:
+    """FLARE22's organ of this label name (its name, short name, paper column or a common synonym), or None."""
+    return _BY_KEY.get(_key(name))
+
+
+def organs_for(labels: Mapping[str, int]) -> tuple[Organ, ...]:
+    """The organs a dataset's label map (name -> index, background 0) scores, in index order, at its indices.
+
+    A FLARE22 organ found by name keeps its facts (tolerance, z-range, contrast) at the dataset's index. A name
+    FLARE22 does not know is scored as FLARE22's organ of that index when the map has FLARE22's 13 indices (its own
+    spelling of the same table), and otherwise as an organ of its own: NSD tolerance `OTHER_TOLERANCE_MM`, no
+    contrast-phase facts. FLARE22's own map gives `FLARE22_ORGANS`.
+    """
+    entries = sorted((index, name) for name, index in labels.items() if index != 0)
+    full_flare = [index for index, _ in entries] == [o.index for o in FLARE22_ORGANS]
+    found = {index: flare_organ(name) for index, name in entries}
+    taken = {o.name for o in found.values() if o is not None}
+    organs = []
+    for index, name in entries:
+        organ = found[index]
+        if organ is None and full_flare and BY_INDEX[index].name not in taken:
+            organ = BY_INDEX[index]
+        if organ is None or sum(o is organ for o in found.values()) > 1:  # a second name for one organ: its own
+            organ = Organ(index, name, name, name, OTHER_TOLERANCE_MM)
+        organs.append(replace(organ, index=index))
+    return tuple(organs)

@@ -128,15 +128,25 @@ def build_summary(results: Sequence[ModelResult], pseudo_dirs: Sequence[Path], c
 # ---- tables ----
 
 
+def _columns(summary: Mapping[str, Any], split: str) -> dict[str, str]:
+    """Organ (summary key) -> column name, in the summary's order: the paper's names for FLARE22's organs."""
+    for model in summary["models"].values():
+        if split in model["splits"]:
+            return {organ: PAPER_COLUMNS.get(organ, organ) for organ in model["splits"][split]["organs"]}
+    return dict(PAPER_COLUMNS)
+
+
 def paper_table(summary: Mapping[str, Any], split: str, metric: str) -> str:
-    """Markdown table, one row per model, the paper's organ columns then Mean; values in percent."""
-    header = ["Model", *PAPER_COLUMNS.values(), "Mean"]
+    """Markdown table, one row per model, the paper's organ columns (or the label map's organs) then Mean; values
+    in percent."""
+    columns = _columns(summary, split)
+    header = ["Model", *columns.values(), "Mean"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, model in summary["models"].items():
         if split not in model["splits"]:
             continue
         scores = model["splits"][split]
-        values = [scores["organs"][organ][metric] for organ in PAPER_COLUMNS]
+        values = [scores["organs"][organ][metric] for organ in columns]
         row = [name, *[f"{100 * v:.1f}" for v in values], f"{100 * scores[f'mean_{metric}']:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -266,14 +276,15 @@ def plot_scores(summary: Mapping[str, Any], split: str, path: Path) -> None:
     """Grouped bars: per organ (paper order) and mean, one bar per model; DSC above, NSD below."""
     plt = _pyplot()
     names = [n for n, m in summary["models"].items() if split in m["splits"]]
-    columns = [*PAPER_COLUMNS.values(), "Mean"]
+    organs = _columns(summary, split)
+    columns = [*organs.values(), "Mean"]
     fig, axes = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
     width = 0.8 / max(len(names), 1)
     x = np.arange(len(columns))
     for ax, metric in zip(axes, ("dsc", "nsd"), strict=True):
         for i, name in enumerate(names):
             scores = summary["models"][name]["splits"][split]
-            values = [scores["organs"][o][metric] for o in PAPER_COLUMNS] + [scores[f"mean_{metric}"]]
+            values = [scores["organs"][o][metric] for o in organs] + [scores[f"mean_{metric}"]]
             ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name)
         ax.set_ylabel(metric.upper())
         ax.set_ylim(0, 1)

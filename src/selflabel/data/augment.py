@@ -8,7 +8,7 @@ extra image channel). Intensity transforms map ``(image, label, rng)`` to a new 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from selflabel.config import AugmentConfig
-from selflabel.labels import FLARE22_ORGANS
+from selflabel.labels import FLARE22_ORGANS, Organ
 
 # ---- spatial ----
 
@@ -138,11 +138,12 @@ class RandomDistension:
 
     prob: float = 0.3
     max_factor: float = 2.0
+    organs: tuple[Organ, ...] = field(default=FLARE22_ORGANS, repr=False)  # the label map's (`organs_for`)
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator):
         if rng.random() >= self.prob or self.max_factor <= 1:
             return image, label
-        present = [index for index in _DISTENDING if int((label == index).sum()) >= 4]
+        present = [index for index in _indices(self.organs, _DISTENDING) if int((label == index).sum()) >= 4]
         if not present:
             return image, label
         where = torch.nonzero(label == present[int(rng.integers(len(present)))]).float()
@@ -275,29 +276,36 @@ class RandomPhase:
     amount: float = 1.0
     mode: Literal["shift", "target"] = "shift"
     jitter: float = 0.0
+    organs: tuple[Organ, ...] = field(default=FLARE22_ORGANS, repr=False)  # the label map's (`organs_for`)
 
     def __call__(
         self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator, scale: IntensityScale
     ) -> torch.Tensor:
         if rng.random() >= self.prob or self.amount <= 0:
             return image
+        solid = tuple(o for o in self.organs if o.plain_hu is not None)
         if self.mode == "target":
-            return self._to_target(image, label, self._phases(rng), scale)
+            return self._to_target(image, label, solid, self._phases(rng, len(solid)), scale)
         factor = float(rng.uniform(-self.amount, self.amount))
-        return image + (factor * scale.units_per_hu) * _ENHANCEMENT[label.long()][None].to(image.dtype)
+        enhancement = torch.zeros(256)
+        for organ in self.organs:
+            enhancement[organ.index] = organ.enhancement_hu
+        return image + (factor * scale.units_per_hu) * enhancement[label.long()][None].to(image.dtype)
 
-    def _phases(self, rng: np.random.Generator) -> np.ndarray:
-        """One t per solid organ (`_SOLID`'s order): the slice's t, each moved by the jitter within [0, amount]."""
+    def _phases(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """One t per solid organ: the slice's t, each moved by the jitter within [0, amount]."""
         t = float(rng.uniform(0.0, self.amount))
         if self.jitter <= 0:
-            return np.full(len(_SOLID), t)
-        return np.clip(t + rng.normal(0.0, self.jitter, len(_SOLID)), 0.0, self.amount)
+            return np.full(count, t)
+        return np.clip(t + rng.normal(0.0, self.jitter, count), 0.0, self.amount)
 
     @staticmethod
-    def _to_target(image: torch.Tensor, label: torch.Tensor, ts: np.ndarray, scale: IntensityScale) -> torch.Tensor:
+    def _to_target(
+        image: torch.Tensor, label: torch.Tensor, solid: tuple[Organ, ...], ts: np.ndarray, scale: IntensityScale
+    ) -> torch.Tensor:
         centre = image[image.shape[0] // 2]
         shift = torch.zeros(label.shape, dtype=image.dtype)
-        for organ, t in zip(_SOLID, ts, strict=True):
+        for organ, t in zip(solid, ts, strict=True):
             inside = label == organ.index
             if inside.any():
                 target = (organ.plain_hu + float(t) * organ.enhancement_hu - scale.hu_at_zero) * scale.units_per_hu
@@ -320,6 +328,7 @@ class RandomContents:
     level_hu: tuple[float, float] = (-100.0, 60.0)
     texture_hu: float = 40.0
     max_gas: float = 0.4
+    organs: tuple[Organ, ...] = field(default=FLARE22_ORGANS, repr=False)  # the label map's (`organs_for`)
 
     def __call__(
         self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator, scale: IntensityScale
@@ -327,7 +336,7 @@ class RandomContents:
         if rng.random() >= self.prob:
             return image
         out = image
-        for index in _HOLLOW:
+        for index in _indices(self.organs, _HOLLOW):
             inside = -F.max_pool2d(-(label == index).float()[None], 3, stride=1, padding=1)[0] > 0  # the wall off
             if int(inside.sum()) < 4:
                 continue
@@ -343,26 +352,28 @@ class RandomContents:
         return out
 
 
-_HOLLOW = (11, 12)  # stomach, duodenum
-_DISTENDING = (11, 12, 9)  # stomach, duodenum, gallbladder
-_ENHANCEMENT = torch.zeros(256)
-for _organ in FLARE22_ORGANS:
-    _ENHANCEMENT[_organ.index] = _organ.enhancement_hu
-_SOLID = tuple(o for o in FLARE22_ORGANS if o.plain_hu is not None)
+_HOLLOW = ("stomach", "duodenum")
+_DISTENDING = ("stomach", "duodenum", "gallbladder")
+
+
+def _indices(organs: tuple[Organ, ...], names: tuple[str, ...]) -> list[int]:
+    """The label values of the named FLARE22 organs in a label map's organ table, in `names`' order."""
+    by_name = {o.name: o.index for o in organs}
+    return [by_name[name] for name in names if name in by_name]
 
 
 # ---- the sets ----
 
 
-def build_augmentation(cfg: AugmentConfig) -> list:
+def build_augmentation(cfg: AugmentConfig, organs: tuple[Organ, ...] = FLARE22_ORGANS) -> list:
     """The spatial transforms, applied in order: the paper's rotation and flip, the elastic deformation when
     `elastic_prob` > 0, the hollow organs' distension when `distension_prob` > 0, the zoom when `strong` or
-    `zoom_prob` > 0."""
+    `zoom_prob` > 0. `organs`: the label map's organ table (`selflabel.labels.organs_for`)."""
     transforms: list = [RandomRot90Flip(cfg.rot90_flip_prob), RandomRotate(cfg.rotate_prob, cfg.rotate_degrees)]
     if cfg.elastic_prob > 0:
         transforms.append(RandomElastic(cfg.elastic_prob, cfg.elastic_magnitude))
     if cfg.distension_prob > 0:
-        transforms.append(RandomDistension(cfg.distension_prob, cfg.distension_max))
+        transforms.append(RandomDistension(cfg.distension_prob, cfg.distension_max, organs))
     zoom_prob = max(cfg.zoom_prob, cfg.strong_prob if cfg.strong else 0.0)
     if zoom_prob > 0:
         transforms.append(RandomScale(zoom_prob, cfg.scale, cfg.shift))
@@ -383,12 +394,12 @@ def build_intensity_augmentation(cfg: AugmentConfig) -> list:
     return transforms
 
 
-def build_organ_intensity_augmentation(cfg: AugmentConfig) -> list:
+def build_organ_intensity_augmentation(cfg: AugmentConfig, organs: tuple[Organ, ...] = FLARE22_ORGANS) -> list:
     """The transforms that need each slice's HU scale: the contrast phase when `phase_shift` > 0, then the hollow
-    organs' contents when `contents_prob` > 0."""
+    organs' contents when `contents_prob` > 0. `organs`: the label map's organ table (`labels.organs_for`)."""
     transforms: list = []
     if cfg.phase_shift > 0:
-        transforms.append(RandomPhase(cfg.phase_shift_prob, cfg.phase_shift, cfg.phase_mode, cfg.phase_jitter))
+        transforms.append(RandomPhase(cfg.phase_shift_prob, cfg.phase_shift, cfg.phase_mode, cfg.phase_jitter, organs))
     if cfg.contents_prob > 0:
-        transforms.append(RandomContents(cfg.contents_prob))
+        transforms.append(RandomContents(cfg.contents_prob, organs=organs))
     return transforms

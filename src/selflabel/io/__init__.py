@@ -11,6 +11,7 @@ from selflabel.io.dataset import (
     list_scans,
     load_dataset,
     read_case,
+    read_label_map,
     single_files,
     write_dataset_json,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "read_header",
     "read_image",
     "read_label",
+    "read_label_map",
     "single_files",
     "source_stamp",
     "to_canonical",

@@ -13,6 +13,7 @@ from selflabel.atomic import atomic_write_json
 from selflabel.errors import InputError
 from selflabel.io.nifti import read_image, read_label
 from selflabel.io.volume import Volume, check_same_grid
+from selflabel.labels import OTHER_TOLERANCE_MM, flare_organ, organs_for
 from selflabel.progress import warn_input
 
 CHANNEL_SUFFIX = "_0000"
@@ -256,16 +257,8 @@ def _parse_labels(path: Path, raw: object) -> tuple[dict[str, int], bool]:
     return labels, inverted
 
 
-def load_dataset(root: str | Path) -> Dataset:
-    """Discover an nnU-Net raw dataset: dataset.json, imagesTr/labelsTr, imagesTs[/labelsTs], unlabeledTr.
-
-    nnU-Net v1's dataset.json ("modality", labels index -> name, no "file_ending") is read as v2 with one warning
-    line naming the file and what was converted.
-    """
-    root = Path(root)
-    meta_path = root / "dataset.json"
-    if not root.is_dir():
-        raise InputError(root, "dataset folder not found")
+def _read_meta(meta_path: Path) -> dict:
+    """dataset.json as a dict with a 'labels' entry."""
     if not meta_path.is_file():
         raise InputError(meta_path, "missing; an nnU-Net raw dataset needs it, with 'labels' and 'file_ending'")
     try:
@@ -274,7 +267,45 @@ def load_dataset(root: str | Path) -> Dataset:
         raise InputError(meta_path, f"not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or "labels" not in meta:
         raise InputError(meta_path, "has no 'labels' mapping")
+    return meta
+
+
+def _warn_other_organs(meta_path: Path, labels: dict[str, int]) -> None:
+    """One warning line when a label is not found among FLARE22's organs by name: say how it will be scored."""
+    organs = {o.index: o for o in organs_for(labels)}
+    other = [(name, organs[index]) for name, index in labels.items() if index and flare_organ(name) is None]
+    if not other:
+        return
+    said = "; ".join(
+        f"{name!r} ({o.index}) as FLARE22's {o.name}" if o.name != name else f"{name!r} ({o.index}) as its own organ"
+        for name, o in other
+    )
+    warn_input(
+        meta_path, f"labels not among FLARE22's organ names are scored {said} (an own organ: NSD tolerance "
+        f"{OTHER_TOLERANCE_MM:g} mm, no contrast-phase simulation)"
+    )  # fmt: skip
+
+
+def read_label_map(path: str | Path) -> dict[str, int]:
+    """The label map (name -> index) of a dataset.json, or of the dataset.json in a dataset folder."""
+    path = Path(path)
+    meta_path = path / "dataset.json" if path.is_dir() else path
+    return _parse_labels(meta_path, _read_meta(meta_path)["labels"])[0]
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Discover an nnU-Net raw dataset: dataset.json, imagesTr/labelsTr, imagesTs[/labelsTs], unlabeledTr.
+
+    nnU-Net v1's dataset.json ("modality", labels index -> name, no "file_ending") is read as v2 with one warning
+    line naming the file and what was converted.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "dataset folder not found")
+    meta_path = root / "dataset.json"
+    meta = _read_meta(meta_path)
     labels, inverted = _parse_labels(meta_path, meta["labels"])
+    _warn_other_organs(meta_path, labels)
     converted = []
     if "channel_names" in meta:
         channels = meta["channel_names"]

@@ -11,10 +11,12 @@ from selflabel.efficiency import Profiler
 from selflabel.evaluate import evaluate_folders
 from selflabel.inference import Predictor, output_name
 from selflabel.io import Case, read_image, write_nifti
+from selflabel.labels import organs_for
 
 
 def evaluate_model(predictor: Predictor, cases: Sequence[Case], out_dir: Path, progress: bool = True) -> dict:
-    """Predict `cases` from their NIfTI files (FLARE-style, one profiled case at a time) and score them.
+    """Predict `cases` from their NIfTI files (FLARE-style, one profiled case at a time) and score them (the organs
+    of the run's label map).
 
     Writes ``pred/<case>.nii.gz``, ``gt/`` (links to the labels), ``metrics.csv`` (+ summary JSON) and
     ``efficiency.json`` (per-case time, CPU/GPU-memory AUCs). Cases already predicted are skipped.
@@ -36,5 +38,6 @@ def evaluate_model(predictor: Predictor, cases: Sequence[Case], out_dir: Path, p
             write_nifti(target, predictor.predict(image), reference=image)
         efficiency[case.name] = profiler.result().summary()
         atomic_write_json(efficiency_path, efficiency)
-    result = evaluate_folders(pred_dir, gt_dir, out_dir / "metrics.csv", workers=1)
+    organs = organs_for(predictor.labels)
+    result = evaluate_folders(pred_dir, gt_dir, out_dir / "metrics.csv", workers=1, organs=organs)
     return {"mean_dsc": result.summary.mean_dsc, "mean_nsd": result.summary.mean_nsd}

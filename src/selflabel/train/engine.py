@@ -33,6 +33,7 @@ from selflabel.data import (
     split_record,
 )
 from selflabel.distributed import barrier
+from selflabel.labels import organs_for
 from selflabel.losses import DeepSupervisionLoss, DiceCELoss
 from selflabel.progress import Progress, show_progress
 from selflabel.report import plot_training
@@ -169,12 +170,12 @@ class _Trainer:
         )
 
     def _build_loader(self, sources: Sequence[Source]) -> None:
-        cfg, t = self.cfg, self.cfg.train
+        cfg, t, organs = self.cfg, self.cfg.train, organs_for(self.labels)
         dataset = SliceDataset(
-            sources, cfg.preprocess.image_size, cfg.model.context, build_augmentation(cfg.augment),
+            sources, cfg.preprocess.image_size, cfg.model.context, build_augmentation(cfg.augment, organs),
             intensity=build_intensity_augmentation(cfg.augment), copy_paste=cfg.augment.copy_paste,
             copy_paste_within=cfg.augment.teacher_copy_paste,
-            organ_intensity=build_organ_intensity_augmentation(cfg.augment),
+            organ_intensity=build_organ_intensity_augmentation(cfg.augment, organs),
         )  # fmt: skip
         self.voxel_weights = dataset.has_voxel_weights
         self.batches = t.iterations_per_epoch or max(1, math.ceil(len(dataset) / t.batch_size))
@@ -312,8 +313,9 @@ class _Trainer:
         last = self.epoch + 1 == t.epochs
         if self.val_cases and ((self.epoch + 1) % t.val_every == 0 or last):
             results = validate_cases(
-                self.eval_model, self.val_cache, self.val_cases, spec=self.spec, cfg=self.cfg, info=self.info
-            )
+                self.eval_model, self.val_cache, self.val_cases, spec=self.spec, cfg=self.cfg,
+                organs=organs_for(self.labels), info=self.info,
+            )  # fmt: skip
             summary = summarize_validation(results)
             score = selection_score(summary["mean_dsc"], summary["mean_nsd"])
             improved = is_improvement(score, self.best)

@@ -12,6 +12,7 @@ import torch
 from selflabel.checkpoints import ModelSpec
 from selflabel.config import Config
 from selflabel.distributed import DistInfo, gather_objects
+from selflabel.labels import FLARE22_ORGANS, Organ
 from selflabel.metrics import CaseScores, score_case, summarize
 from selflabel.preprocess import CacheEntry, CropBox
 from selflabel.slicewise import predict_in_box
@@ -34,9 +35,11 @@ def validate_cases(
     *,
     spec: ModelSpec,
     cfg: Config,
+    organs: Sequence[Organ] = FLARE22_ORGANS,
     info: DistInfo | None = None,
 ) -> list[tuple[str, CaseScores]]:
-    """Score whole validation volumes (at their original grid) with FLARE22's DSC and NSD; ranks share the cases."""
+    """Score whole validation volumes (at their original grid) with FLARE22's DSC and NSD of `organs` (the run's
+    label map's: `selflabel.labels.organs_for`); ranks share the cases."""
     info = info or DistInfo()
     model.eval()
     results = []
@@ -49,7 +52,8 @@ def validate_cases(
         pred = predict_in_box(
             model, volume, box, context=spec.context, batch_size=cfg.inference.batch_size, amp=cfg.train.amp
         ).labels
-        results.append((name, score_case(pred, gt, tuple(meta["canonical_spacing"]), axial_axis=0)))
+        spacing = tuple(meta["canonical_spacing"])
+        results.append((name, score_case(pred, gt, spacing, axial_axis=0, organs=organs)))
     gathered = gather_objects(results, info)
     return sorted((r for part in gathered for r in part), key=lambda r: r[0])
 
