@@ -1,5 +1,5 @@
 """Imports go one way: io -> preprocess -> data -> models -> slicewise/checkpoints -> train -> inference ->
-pseudolabel -> pipeline -> cli.
+pseudolabel (with anatomy) -> pipeline -> cli.
 
 `metrics`, `evaluate`, `efficiency`, `training_log` and `report` sit beside the chain: anything may use them, and
 they use only the foundation (errors, atomic, labels, config, distributed, runtime, progress, io, batch) and each other.
@@ -21,7 +21,7 @@ CHAIN = [
     {"slicewise", "checkpoints"},
     {"train"},
     {"inference"},
-    {"pseudolabel"},
+    {"pseudolabel", "anatomy"},
     {"pipeline"},
     {"cli"},
 ]

@@ -276,6 +276,9 @@ class PseudoLabelConfig:
     z_smoothing_mm: the teacher's slices mixed with their neighbours' by spacing (`inference.z_smoothing_mm`, which
         applies to predictions and evaluation only; students learnt less from smoothed pseudo-labels,
         benchmarks/RESULTS.md, session 2026-12-06).
+    companion_rate: anatomical check (`selflabel.anatomy`): a pseudo-label slice holding an organ without an organ
+        that at least this share of the teacher's labelled slices holding it also hold (the aorta beside the liver) is
+        ignored whole (255); e.g. 0.99, 0 = off. Catches organs a teacher misses on a scanner it has not learnt.
 
     The teacher predicts with the `inference` settings (flip TTA, largest component), as every prediction does,
     except for the BatchNorm adaptation and the spacing-scaled smoothing, which `adapt_bn` and `z_smoothing_mm` set.
@@ -290,6 +293,7 @@ class PseudoLabelConfig:
     checkpoints: Literal["best", "best_and_latest"] = "best"
     adapt_bn: bool = False
     z_smoothing_mm: float = 0.0
+    companion_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -654,6 +658,9 @@ def _validate_pipeline(config: Config) -> None:
     for name in ("drop_least_confident", "drop_most_changed"):
         if not 0 <= getattr(config.pseudolabel, name) < 1:
             raise ConfigError(f"pseudolabel.{name} must be in [0, 1)")
+    rate = config.pseudolabel.companion_rate
+    if not 0 <= rate <= 1:
+        raise ConfigError(f"pseudolabel.companion_rate must be in [0, 1] (0 = off), got {rate}")
 
 
 def load_config(

@@ -8,7 +8,9 @@ grid, where the confidence is), the foreground's share of the scan and organ vol
 when a previous round exists, the fraction of foreground voxels whose label changed (voxels that round
 ignored left out). ``pseudolabels.csv`` gathers them. Case selection (the FLARE22 winners' quality control) drops
 the least confident fraction of cases and/or those that changed most between rounds; ``selected.json`` lists the
-kept cases and why others were dropped.
+kept cases and why others were dropped. With ``pseudolabel.companion_rate``, slices missing an organ that the
+labelled slices always show beside another one are ignored whole (`selflabel.anatomy`; ``companions.json`` records
+the rule and each case its ``doubtful_fraction``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from selflabel.anatomy import Companions
 from selflabel.atomic import atomic_path, atomic_write_csv, atomic_write_json
 from selflabel.batch import BatchReport, gather_report, resolve_parts, run_cases, shard
 from selflabel.config import PseudoLabelConfig, save_config
@@ -32,7 +35,10 @@ from selflabel.io import Case, Volume, from_canonical, list_scans, read_header, 
 from selflabel.labels import IGNORE_INDEX
 from selflabel.preprocess import CacheEntry, CropBox, foreground_slices, organ_slices, preprocess_cases
 
-STAT_FIELDS = ["case", "mean_confidence", "mean_entropy", "uncertain_fraction", "foreground_fraction", "changed"]
+STAT_FIELDS = [
+    "case", "mean_confidence", "mean_entropy", "uncertain_fraction", "foreground_fraction", "changed",
+    "doubtful_fraction",
+]  # fmt: skip
 
 
 def confidence_stats(
@@ -107,7 +113,7 @@ def select_cases(stats: Sequence[dict[str, Any]], cfg: PseudoLabelConfig) -> Sel
 
 class PseudoLabeller:
     """Writes pseudo-labels of cached cases with `predictor` into `out_dir`; training labels at `train_size`
-    (the student's grid; None = the predictor's own)."""
+    (the student's grid; None = the predictor's own), slices that break `companions` ignored."""
 
     def __init__(
         self,
@@ -116,8 +122,10 @@ class PseudoLabeller:
         out_dir: Path,
         previous_dir: Path | None = None,
         train_size: int | None = None,
+        companions: Companions | None = None,
     ):
         self.predictor = predictor
+        self.companions = companions
         self.train_size = train_size or predictor.config.preprocess.image_size
         self.cache_dir = Path(cache_dir)
         self.out_dir = Path(out_dir)
@@ -138,7 +146,8 @@ class PseudoLabeller:
         same_grid = stats.get("train_size", self.predictor.config.preprocess.image_size) == self.train_size
         same_tau = stats.get("confidence_tau") == self.cfg.confidence_tau
         same_scope = stats.get("confidence_scope", "all") == self.cfg.confidence_scope  # older runs: "all"
-        return same_tau and same_scope and same_previous and same_weights and same_grid
+        same_check = stats.get("companion_rate", 0.0) == self.cfg.companion_rate
+        return same_tau and same_scope and same_check and same_previous and same_weights and same_grid
 
     def label(self, case: Case) -> None:
         """Predict one cached case and write its NIfTI, training labels and statistics (the JSON last)."""
@@ -156,6 +165,8 @@ class PseudoLabeller:
         train_labels = filter_by_confidence(
             pred.lowres_labels, pred.lowres_confidence, self.cfg.confidence_tau, self.cfg.confidence_scope
         )
+        doubtful = self.companions.doubtful(pred.lowres_labels) if self.companions else []
+        train_labels[doubtful] = IGNORE_INDEX
         target = CacheEntry(self.train_dir, case.name)
         with atomic_path(target.seg) as tmp:
             np.save(tmp, train_labels)
@@ -169,11 +180,13 @@ class PseudoLabeller:
             ),
             "foreground_fraction": float(np.count_nonzero(pred.labels) / pred.labels.size),
             "changed": self._changed(case.name, pred.lowres_labels),
+            "doubtful_fraction": len(doubtful) / len(train_labels) if self.companions else None,
             "volumes_ml": organ_volumes_ml(pred.labels, meta["canonical_spacing"], self.names),
             "foreground_slices": foreground_slices(train_labels),
             "organ_slices": organ_slices(train_labels),
             "confidence_tau": self.cfg.confidence_tau,
             "confidence_scope": self.cfg.confidence_scope,
+            "companion_rate": self.cfg.companion_rate,
             "soft_weights": self.cfg.soft_weights,
             "train_size": self.train_size,
         }
@@ -221,6 +234,28 @@ def _fmt(value: Any) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
+def learn_companions(labelled: Sequence[tuple[str | Path, Sequence[str]]], rate: float) -> Companions | None:
+    """The organs expert-labelled cases show together at `rate` (`Companions.learn`), from (cache folder, cases)
+    pairs; None when `rate` is 0."""
+    if rate <= 0:
+        return None
+    segs = []
+    for cache_dir, cases in labelled:
+        for name in cases:
+            path = CacheEntry(Path(cache_dir), name).seg
+            if not path.is_file():
+                raise InputError(path, "labels of a training case are missing (pseudolabel.companion_rate needs them)")
+            segs.append(np.load(path))
+    return Companions.learn(segs, rate)
+
+
+def run_companions(run_dir: str | Path, rate: float) -> Companions | None:
+    """`learn_companions` of the expert-labelled sources a run trained on (its ``split.json``)."""
+    record = json.loads((Path(run_dir) / "split.json").read_text())
+    expert = [(s["cache_dir"], s["cases"]) for s in record["sources"] if s["label_dir"] == s["cache_dir"]]
+    return learn_companions(expert, rate)  # pseudo-labels live apart from their cache: not expert's
+
+
 def load_teacher(run_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> Predictor:
     """The run's model that makes pseudo-labels: its best checkpoint, or the ensemble ``pseudolabel.checkpoints``
     names (`overrides` change the run's settings first), adapting its BatchNorm to each scan and mixing its slices
@@ -247,21 +282,27 @@ def pseudolabel_cases(
     part_id: int | None = None,
     progress: bool = True,
     train_size: int | None = None,
+    companions: Companions | None = None,
 ) -> tuple[BatchReport, Selection | None]:
     """Cache (if needed) and pseudo-label `cases`; rank 0 then writes the table, the selection and config.yaml.
 
     Sharded by `num_parts`/`part_id` or by torchrun rank; finished cases are skipped unless `overwrite`.
     `train_size`: the in-plane side of the training labels (a student's grid; None = the predictor's).
+    `companions`: the labelled slices' rule (`learn_companions`), needed with ``pseudolabel.companion_rate``.
     """
+    if predictor.config.pseudolabel.companion_rate > 0 and companions is None:
+        raise SelflabelError("pseudolabel.companion_rate needs the labelled cases' companions (learn_companions)")
     info = dist_info()
     init_distributed(info, next(predictor.model.parameters()).device)
     parts, part = resolve_parts(num_parts, part_id, info)
     mine = shard(cases, parts, part)
     cached = preprocess_cases(mine, cache_dir, predictor.config.preprocess, progress=progress)
     previous = Path(previous_dir) if previous_dir else None
-    labeller = PseudoLabeller(predictor, Path(cache_dir), Path(out_dir), previous, train_size)
+    labeller = PseudoLabeller(predictor, Path(cache_dir), Path(out_dir), previous, train_size, companions)
     if info.is_main:
         save_config(predictor.config, Path(out_dir) / "config.yaml")
+        if companions is not None:
+            atomic_write_json(Path(out_dir) / "companions.json", companions.to_json())
 
     def done(case: Case) -> bool:
         return not overwrite and labeller.is_done(case)
@@ -296,7 +337,8 @@ def pseudolabel_folder(
     scans = list_scans(input_dir)  # before the model loads: a wrong folder is told at once
     predictor = load_teacher(run_dir, overrides)
     cache = Path(cache_dir) if cache_dir else Path(out_dir) / "cache"
+    companions = run_companions(run_dir, predictor.config.pseudolabel.companion_rate)
     return pseudolabel_cases(
         predictor, scans, cache_dir=cache, out_dir=out_dir, previous_dir=previous_dir,
-        overwrite=overwrite, num_parts=num_parts, part_id=part_id, progress=progress,
+        overwrite=overwrite, num_parts=num_parts, part_id=part_id, progress=progress, companions=companions,
     )  # fmt: skip

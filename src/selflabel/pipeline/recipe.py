@@ -34,7 +34,7 @@ from selflabel.io import Case, Dataset, load_dataset
 from selflabel.pipeline.evaluation import evaluate_model
 from selflabel.pipeline.stages import Stage, StageRunner, say
 from selflabel.preprocess import plan, preprocess_cases
-from selflabel.pseudolabel import load_teacher, pseudolabel_cases
+from selflabel.pseudolabel import learn_companions, load_teacher, pseudolabel_cases
 from selflabel.report import ModelResult, write_report
 from selflabel.runtime import join_group
 from selflabel.train import train_model
@@ -160,10 +160,11 @@ class Pipeline:
     def _pseudolabel(self, round_: int) -> None:
         teacher = load_teacher(self.run_dir(self.models[round_ - 1]), self._settings_for_prediction())
         previous = self.pseudo_dir(round_ - 1) if round_ > 1 else None
+        companions = learn_companions([(self.student_cache, self.split["train"])], self.cfg.pseudolabel.companion_rate)
         report, selection = pseudolabel_cases(
             teacher, self.dataset.unlabeled, cache_dir=self.cache if round_ == 1 else self.student_cache,
             out_dir=self.pseudo_dir(round_), previous_dir=previous, progress=self.progress,
-            train_size=self.student_size,
+            train_size=self.student_size, companions=companions,
         )  # fmt: skip
         report.raise_if_failed()
         if selection is not None:  # rank 0's
