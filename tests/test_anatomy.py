@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from selflabel.anatomy import Companions
+from selflabel.errors import InputError
 from selflabel.inference import Predictor
 from selflabel.io import list_cases, read_label, to_canonical
 from selflabel.labels import FLARE22_LABELS, IGNORE_INDEX
@@ -119,3 +120,9 @@ def test_the_command_learns_the_rule_from_the_run(tiny_run, tmp_path, capsys):
     assert code == 0, err
     learnt = run_companions(tiny_run, 0.99)
     assert json.loads((tmp_path / "out" / "companions.json").read_text()) == learnt.to_json()
+
+
+def test_a_run_without_its_split_is_one_line_naming_it_and_needs_nothing_when_off(tmp_path):
+    assert run_companions(tmp_path, 0.0) is None  # off: the folder is not read
+    with pytest.raises(InputError, match=r"split.json: missing: pseudolabel.companion_rate learns"):
+        run_companions(tmp_path, 0.99)

@@ -431,6 +431,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.foreground_sampling": "per_organ",
         # a pseudo-labelled case drawn a quarter as often as a labelled one (RESULTS.md, session 2026-12-06 (d))
         "train.pseudo_weight": 0.25,
+        # pseudo-label slices missing an organ that the labelled slices always show beside another are ignored
+        # (selflabel.anatomy): even on both cohorts (phantom +0.001, realct +0.000, three seeds); with a second
+        # patient's scans among the unlabelled, that patient +0.21 (3 of 3; RESULTS.md, session 2026-12-07 (c))
+        "pseudolabel.companion_rate": 0.99,
         "train.num_workers": 0,
         "train.amp": "none",
         "inference.batch_size": 64,

@@ -251,7 +251,13 @@ def learn_companions(labelled: Sequence[tuple[str | Path, Sequence[str]]], rate:
 
 def run_companions(run_dir: str | Path, rate: float) -> Companions | None:
     """`learn_companions` of the expert-labelled sources a run trained on (its ``split.json``)."""
-    record = json.loads((Path(run_dir) / "split.json").read_text())
+    path = Path(run_dir) / "split.json"
+    if rate <= 0:
+        return None
+    if not path.is_file():
+        raise InputError(path, "missing: pseudolabel.companion_rate learns from the run's labelled cases "
+                         "(--set pseudolabel.companion_rate=0 to pseudo-label without the check)")  # fmt: skip
+    record = json.loads(path.read_text())
     expert = [(s["cache_dir"], s["cases"]) for s in record["sources"] if s["label_dir"] == s["cache_dir"]]
     return learn_companions(expert, rate)  # pseudo-labels live apart from their cache: not expert's
 
