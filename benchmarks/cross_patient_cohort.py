@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))
 from real_patient import flare_from_totalsegmentator  # noqa: E402
 from realct_cohort import Source, case_rng, draw_params, make_case  # noqa: E402
 
+from selflabel.atomic import atomic_write_json  # noqa: E402
 from selflabel.io import write_nifti  # noqa: E402
 
 #: Case indices of B's scans start here, so that their generators differ from every A case's.
@@ -78,8 +79,7 @@ def write(out: Path, base: Path, patient: Source, count: int, seed: int) -> None
         if not target.exists():
             image, _label, affine = patient_case(patient, seed, index)
             write_nifti(target, image, affine=affine)  # atomic: a temporary file, then a rename
-    meta = json.loads((base / "dataset.json").read_text())
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(out / "dataset.json", json.loads((base / "dataset.json").read_text()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -254,3 +254,17 @@ def test_a_label_map_of_other_organs_is_trained_and_scored_as_its_own(tiny_datas
     assert "| Model | Liver | kidney | Spleen | Mean |" in (work / "report" / "report.md").read_text()
     epochs = (work / "models" / "teacher" / "log_epochs.jsonl").read_text().splitlines()
     assert [list(json.loads(line)["organs"]) for line in epochs] == [organs]  # the validation's
+
+
+def test_two_names_for_one_organ_are_named_in_the_warning(tiny_dataset):
+    """`kidney_right` and `right kidney` both name FLARE22's right kidney: neither is scored as it, and the warning
+    says so (which one would be the kidney is a guess)."""
+    meta = json.loads((tiny_dataset / "dataset.json").read_text())
+    labels = {"background": 0, "kidney_right": 1, "liver": 2, "right kidney": 3}
+    (tiny_dataset / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+    with pytest.warns(UserWarning) as caught:
+        load_dataset(tiny_dataset)
+    said = [str(w.message) for w in caught if "FLARE22's organ names" in str(w.message)]
+    assert len(said) == 1
+    assert "'kidney_right' (1) as its own organ" in said[0] and "'right kidney' (3) as its own organ" in said[0]
+    assert "'liver'" not in said[0]

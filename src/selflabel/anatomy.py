@@ -17,21 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from selflabel.labels import IGNORE_INDEX
+from selflabel.preprocess import organs_present
 
 #: An organ seen in fewer labelled slices than this gets no companions (too few to tell a rule from chance).
 MIN_SLICES = 10
-
-
-def _present(labels: np.ndarray, num_labels: int) -> np.ndarray:
-    """(Z, num_labels) bool: which label values each axial slice of a (Z, H, W) volume holds."""
-    flat = labels.reshape(len(labels), -1).astype(np.int64)
-    flat = np.where(flat == IGNORE_INDEX, 0, flat)
-    present = np.zeros((len(labels), num_labels), dtype=bool)
-    for z, row in enumerate(flat):
-        present[z, np.unique(row[row < num_labels])] = True
-    present[:, 0] = False
-    return present
 
 
 @dataclass(frozen=True)
@@ -43,7 +32,7 @@ class Companions:
     @classmethod
     def learn(cls, volumes: Iterable[np.ndarray], rate: float, min_slices: int = MIN_SLICES) -> Companions:
         """From expert label volumes (Z, H, W): each organ's companions, present in >= `rate` of its slices."""
-        present = np.concatenate([_present(v, 256) for v in volumes])
+        present = np.concatenate([organs_present(v) for v in volumes])
         counts = present.sum(axis=0)
         together = present.T.astype(np.int64) @ present.astype(np.int64)  # [a, b]: slices holding both
         required = {}
@@ -56,13 +45,12 @@ class Companions:
 
     def doubtful(self, labels: np.ndarray) -> list[int]:
         """Axial slices of a (Z, H, W) label volume holding an organ without one of its companions."""
-        present = _present(labels, 256)
-        out = []
-        for z, row in enumerate(present):
-            needed = {b for a in np.flatnonzero(row) for b in self.required.get(int(a), ())}
-            if any(not row[b] for b in needed):
-                out.append(z)
-        return out
+        rule = np.zeros((256, 256), dtype=bool)  # [a, b]: organ a needs organ b
+        for organ, others in self.required.items():
+            rule[organ, list(others)] = True
+        present = organs_present(labels)
+        needed = (present.astype(np.int64) @ rule.astype(np.int64)) > 0
+        return np.flatnonzero((needed & ~present).any(axis=1)).tolist()
 
     def to_json(self) -> dict[str, list[int]]:
         return {str(a): list(b) for a, b in self.required.items()}

@@ -7,6 +7,7 @@ extra image channel). Intensity transforms map ``(image, label, rng)`` to a new 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -283,14 +284,11 @@ class RandomPhase:
     ) -> torch.Tensor:
         if rng.random() >= self.prob or self.amount <= 0:
             return image
-        solid = tuple(o for o in self.organs if o.plain_hu is not None)
         if self.mode == "target":
+            solid = _solid(self.organs)
             return self._to_target(image, label, solid, self._phases(rng, len(solid)), scale)
         factor = float(rng.uniform(-self.amount, self.amount))
-        enhancement = torch.zeros(256)
-        for organ in self.organs:
-            enhancement[organ.index] = organ.enhancement_hu
-        return image + (factor * scale.units_per_hu) * enhancement[label.long()][None].to(image.dtype)
+        return image + (factor * scale.units_per_hu) * _enhancement(self.organs)[label.long()][None].to(image.dtype)
 
     def _phases(self, rng: np.random.Generator, count: int) -> np.ndarray:
         """One t per solid organ: the slice's t, each moved by the jitter within [0, amount]."""
@@ -356,10 +354,27 @@ _HOLLOW = ("stomach", "duodenum")
 _DISTENDING = ("stomach", "duodenum", "gallbladder")
 
 
-def _indices(organs: tuple[Organ, ...], names: tuple[str, ...]) -> list[int]:
+# A transform's organ table is fixed: its lookups are made once per table, not once per slice.
+@functools.cache
+def _indices(organs: tuple[Organ, ...], names: tuple[str, ...]) -> tuple[int, ...]:
     """The label values of the named FLARE22 organs in a label map's organ table, in `names`' order."""
     by_name = {o.name: o.index for o in organs}
-    return [by_name[name] for name in names if name in by_name]
+    return tuple(by_name[name] for name in names if name in by_name)
+
+
+@functools.cache
+def _enhancement(organs: tuple[Organ, ...]) -> torch.Tensor:
+    """Label value -> the organ's typical enhancement in HU (0 for background and organs without one)."""
+    table = torch.zeros(256)
+    for organ in organs:
+        table[organ.index] = organ.enhancement_hu
+    return table
+
+
+@functools.cache
+def _solid(organs: tuple[Organ, ...]) -> tuple[Organ, ...]:
+    """The solid organs and vessels of a table (those with a plain HU), in its order."""
+    return tuple(o for o in organs if o.plain_hu is not None)
 
 
 # ---- the sets ----

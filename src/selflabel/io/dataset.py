@@ -271,9 +271,13 @@ def _read_meta(meta_path: Path) -> dict:
 
 
 def _warn_other_organs(meta_path: Path, labels: dict[str, int]) -> None:
-    """One warning line when a label is not found among FLARE22's organs by name: say how it will be scored."""
+    """One warning line when a label is not scored as the FLARE22 organ its name names (an unknown name, or a second
+    name for one organ): say how it will be scored."""
     organs = {o.index: o for o in organs_for(labels)}
-    other = [(name, organs[index]) for name, index in labels.items() if index and flare_organ(name) is None]
+    other = [
+        (name, organs[index]) for name, index in labels.items()
+        if index and (flare_organ(name) is None or flare_organ(name).name != organs[index].name)
+    ]  # fmt: skip
     if not other:
         return
     said = "; ".join(

@@ -8,6 +8,7 @@ from selflabel.preprocess.cache import (
     foreground_slices,
     is_cached,
     organ_slices,
+    organs_present,
     preprocess_cases,
     preprocess_dataset,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "foreground_slices",
     "is_cached",
     "organ_slices",
+    "organs_present",
     "foreground_intensity",
     "normalize_intensity",
     "plan",

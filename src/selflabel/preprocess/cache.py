@@ -100,15 +100,19 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-def organ_slices(seg: np.ndarray) -> dict[str, list[int]]:
-    """Axial slices holding each organ of a (Z, S, S) label volume: ``{"1": [z, ...], ...}`` (JSON keys).
-
-    Background (0) and ignored voxels (`IGNORE_INDEX`) are not organs.
-    """
-    present = np.zeros((seg.shape[0], 256), dtype=bool)
-    for z in range(seg.shape[0]):
-        present[z, np.unique(seg[z])] = True
+def organs_present(seg: np.ndarray) -> np.ndarray:
+    """(Z, 256) bool: the organs each axial slice of a (Z, S, S) uint8 label volume holds (background 0 and ignored
+    voxels, `IGNORE_INDEX`, are not organs)."""
+    slices = len(seg)
+    keys = seg.reshape(slices, -1).astype(np.int32) + 256 * np.arange(slices, dtype=np.int32)[:, None]
+    present = np.bincount(keys.ravel(), minlength=slices * 256).reshape(slices, 256) > 0  # one pass, no sorting
     present[:, [0, IGNORE_INDEX]] = False
+    return present
+
+
+def organ_slices(seg: np.ndarray) -> dict[str, list[int]]:
+    """Axial slices holding each organ of a (Z, S, S) label volume: ``{"1": [z, ...], ...}`` (JSON keys)."""
+    present = organs_present(seg)
     return {str(label): np.flatnonzero(present[:, label]).tolist() for label in np.flatnonzero(present.any(axis=0))}
 
 
