@@ -206,8 +206,14 @@ def _realct(out: Path, seed: int) -> list[str]:
             "--test", "8", "--seed", str(seed), "--workers", "2"]  # fmt: skip
 
 
+def _realct_wide(out: Path, seed: int) -> list[str]:
+    return [*_realct(out, seed), "--anatomy", "2"]  # rotation, scale and displacement ranges twice realct's
+
+
 #: Cohort name -> the command that builds it (reusing a complete one) in a folder for a seed.
-COHORTS: dict[str, Callable[[Path, int], list[str]]] = {"phantom": _phantom, "realct": _realct}
+COHORTS: dict[str, Callable[[Path, int], list[str]]] = {
+    "phantom": _phantom, "realct": _realct, "realct_wide": _realct_wide,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

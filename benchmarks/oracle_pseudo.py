@@ -47,7 +47,9 @@ def _generated_cases(cohort: Path, record: dict):
 
         source = realct.load_source(record["source"])
         for index in range(1, params["unlabeled"] + 1):
-            _, image, label, affine = realct.generate_case(source, params["seed"], "unlabeled", index)
+            _, image, label, affine = realct.generate_case(
+                source, params["seed"], "unlabeled", index, params.get("anatomy", 1.0)
+            )
             yield case_files(cohort, "unlabeled", index)[0], image, label, affine
     elif record.get("generator") == "selflabel.phantom":
         from selflabel.phantom.case import make_case

@@ -14,7 +14,8 @@ and made in this order:
 2. **Grid**: in-plane voxels of 2.2-3.4 mm and slices of 2.5-4 mm; the affine keeps the source's orientation and
    puts the origin where the new first voxel's centre lies in the world.
 3. **Anatomy**: an in-plane rotation (+-8 deg) and scale (+-10 %) about the field's centre, plus a smooth random
-   3D displacement (Gaussian-weighted sum over a coarse 5x5x4 control grid, peak 3-12 mm). Image linear, labels
+   3D displacement (Gaussian-weighted sum over a coarse 5x5x4 control grid, peak 3-12 mm); `--anatomy F` widens
+   all three ranges F-fold (F = 2: +-16 deg, +-20 %, 6-24 mm), for cohorts of more varied build. Image linear, labels
    nearest neighbour, both through the same source coordinates (`scipy.ndimage.map_coordinates`); outside the
    scan in-plane is air, beyond its first/last slice the edge slice repeats.
 4. **Contrast phase** (non-contrast, arterial, portal-venous, delayed): per-organ HU offsets inside the deformed
@@ -169,8 +170,11 @@ def case_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS.index(split), int(index), 0x5EA1]))
 
 
-def draw_params(rng: np.random.Generator, source: Source) -> CaseParams:
-    """Draw one case's parameters (the draw order is part of what a seed means: append, never reorder)."""
+def draw_params(rng: np.random.Generator, source: Source, anatomy: float = 1.0) -> CaseParams:
+    """Draw one case's parameters (the draw order is part of what a seed means: append, never reorder).
+
+    anatomy: widens the ranges of rotation, scale and displacement by this factor (1: the cohort of VERSION 1).
+    """
     nx, ny, nz = source.image.shape
     # z-crop: 55-100 % of the slices, at a position keeping >= 85 % of the organs' axial extent
     keep = int(round(rng.uniform(0.55, 1.0) * nz))
@@ -191,9 +195,12 @@ def draw_params(rng: np.random.Generator, source: Source) -> CaseParams:
             boxes.append((int(rng.integers(0, b_lo + 1)), n - int(rng.integers(0, n - b_hi + 1))))
     spacing_xy = float(rng.uniform(2.2, 3.4))
     spacing = (round(spacing_xy, 3), round(spacing_xy, 3), round(float(rng.uniform(2.5, 4.0)), 3))
-    angle, scale = float(rng.uniform(-8, 8)), float(rng.uniform(0.9, 1.1))
+    angle, scale = (
+        float(rng.uniform(-8 * anatomy, 8 * anatomy)),
+        float(rng.uniform(1 - 0.1 * anatomy, 1 + 0.1 * anatomy)),
+    )
     control = rng.normal(size=(3, *CONTROL_GRID))
-    control *= rng.uniform(3.0, 12.0) / np.sqrt((control**2).sum(axis=0)).max()
+    control *= rng.uniform(3.0 * anatomy, 12.0 * anatomy) / np.sqrt((control**2).sum(axis=0)).max()
     phase = PHASES[int(rng.integers(len(PHASES)))]
     factor = float(rng.uniform(0.8, 1.2))
     ranges = PHASE_OFFSETS[phase]
@@ -334,19 +341,22 @@ def _worker_init(source_dir: str) -> None:
     _SOURCE = load_source(source_dir)
 
 
-def generate_case(source: Source, seed: int, split: str, index: int) -> tuple[CaseParams, np.ndarray, ...]:
-    """Case `index` of `split` in the cohort of `seed`: its parameters, image, label and affine (as `make_case`)."""
+def generate_case(
+    source: Source, seed: int, split: str, index: int, anatomy: float = 1.0
+) -> tuple[CaseParams, np.ndarray, ...]:
+    """Case `index` of `split` in the cohort of `seed` (and `anatomy`, see `draw_params`): its parameters, image,
+    label and affine (as `make_case`)."""
     rng = case_rng(seed, split, index)
-    params = draw_params(rng, source)
+    params = draw_params(rng, source, anatomy)
     return params, *make_case(source, params, rng)
 
 
-def _make_and_write(job: tuple[str, int, int, str]) -> dict[str, Any]:
+def _make_and_write(job: tuple[str, int, int, str, float]) -> dict[str, Any]:
     """Worker: make case `index` of `split` and write it atomically; return its cohort.json entry."""
-    split, index, seed, out = job
+    split, index, seed, out, anatomy = job
     assert _SOURCE is not None  # set by _worker_init
     start = time.process_time()
-    params, image, label, affine = generate_case(_SOURCE, seed, split, index)
+    params, image, label, affine = generate_case(_SOURCE, seed, split, index, anatomy)
     name, image_path, label_path = case_files(Path(out), split, index)
     write_nifti(image_path, image, affine=affine)
     if label_path is not None:
@@ -390,11 +400,12 @@ def write_cohort(
     seed: int = 0,
     source_dir: str | Path = DEFAULT_SOURCE,
     workers: int = 2,
+    anatomy: float = 1.0,
 ) -> CohortSummary:
     """Write the semi-synthetic cohort in the nnU-Net v2 raw layout (see the module docstring).
 
     Raises:
-        SelflabelError: bad counts. InputError: missing source, or `out_dir` holds data not made here.
+        SelflabelError: bad counts or anatomy factor. InputError: missing source, or `out_dir` holds data not made here.
     """
     from selflabel.atomic import atomic_write_json
 
@@ -403,11 +414,13 @@ def write_cohort(
     counts = {"labeled": labeled, "unlabeled": unlabeled, "test": test}
     if min(counts.values()) < 0 or sum(counts.values()) == 0:
         raise SelflabelError(f"--labeled/--unlabeled/--test must be >= 0 and not all 0, got {counts}")
+    if not 0 < anatomy <= 3:
+        raise SelflabelError(f"--anatomy must be in (0, 3], got {anatomy}")
     source_dir = Path(source_dir)
     for path in (source_dir / IMAGE_FILE, source_dir / LABEL_FILE):
         if not path.is_file():
             raise InputError(path, "not found (the real CT example of ../shared/data)")
-    params = {"version": VERSION, "seed": seed, **counts}
+    params = {"version": VERSION, "seed": seed, **counts, **({"anatomy": anatomy} if anatomy != 1.0 else {})}
     record = out / COHORT_FILE
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder")
@@ -428,7 +441,7 @@ def write_cohort(
     header = {"generator": "realct_cohort", "params": params, "source": str(source_dir)}
     atomic_write_json(record, {**header, "complete": False, "cases": []})
     write_dataset_json(out, dict(FLARE22_LABELS), labeled, name="semi-synthetic cohort from one real CT")
-    jobs = [(s, i, seed, str(out)) for s in SPLITS for i in range(1, counts[s] + 1)]
+    jobs = [(s, i, seed, str(out), anatomy) for s in SPLITS for i in range(1, counts[s] + 1)]
     workers = max(1, min(workers, len(jobs)))
     if workers > 1:
         with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(str(source_dir),)) as pool:
@@ -487,11 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="totalsegmentator_example folder")
     parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    parser.add_argument("--anatomy", type=float, default=1.0, help="widen rotation, scale and displacement F-fold")
     parser.add_argument("--preview", type=Path, help="also save a PNG of 4 labelled cases with label overlay")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
-        summary = write_cohort(args.out, args.labeled, args.unlabeled, args.test, args.seed, args.source, args.workers)
+        summary = write_cohort(
+            args.out, args.labeled, args.unlabeled, args.test, args.seed, args.source, args.workers, args.anatomy
+        )
         if args.preview:
             save_preview(args.out, args.preview)
     except SelflabelError as exc:

@@ -92,3 +92,21 @@ def test_tiny_cohort_is_reproducible_and_reused(real_ct, tmp_path) -> None:
     (tmp_path / "other" / "mine.txt").write_text("data")
     with pytest.raises(InputError, match="realct_cohort"):
         rc.write_cohort(tmp_path / "other", 1, 0, 0, source_dir=source_dir)
+
+
+def test_anatomy_factor_widens_the_build_and_keeps_factor_one(source, real_ct, tmp_path) -> None:
+    draws = [rc.draw_params(rc.case_rng(0, "labeled", i), source) for i in range(1, 9)]
+    same = [rc.draw_params(rc.case_rng(0, "labeled", i), source, 1.0) for i in range(1, 9)]
+    wide = [rc.draw_params(rc.case_rng(0, "labeled", i), source, 2.0) for i in range(1, 9)]
+    assert draws == same  # factor 1 is the cohort of VERSION 1, draw for draw
+    for a, b in zip(draws, wide, strict=True):  # the same random numbers on twice the ranges
+        assert b.angle_deg == pytest.approx(2 * a.angle_deg, abs=0.02)
+        assert b.scale - 1 == pytest.approx(2 * (a.scale - 1), abs=2e-4)
+        assert b.meta()["displacement_peak_mm"] == pytest.approx(2 * a.meta()["displacement_peak_mm"], abs=0.02)
+        assert (b.phase, b.spacing, b.z_keep) == (a.phase, a.spacing, a.z_keep)
+    source_dir = real_ct["image"].parents[1]
+    plain = rc.write_cohort(tmp_path / "c", 1, 0, 0, seed=2, source_dir=source_dir, workers=1)
+    widened = rc.write_cohort(tmp_path / "c", 1, 0, 0, seed=2, source_dir=source_dir, workers=1, anatomy=2.0)
+    assert not widened.reused and widened.cases[0]["scale"] != plain.cases[0]["scale"]  # another cohort: rewritten
+    with pytest.raises(rc.SelflabelError, match="anatomy"):
+        rc.write_cohort(tmp_path / "d", 1, 0, 0, source_dir=source_dir, anatomy=0.0)
