@@ -167,6 +167,7 @@ OPTIONS: dict[str, list[str]] = {
     "plus_drop_changed": _sets("pseudolabel.drop_most_changed=0.25"),
     # the preset without its anatomical check of pseudo-labels (measured as plus_companions before the preset took it)
     "no_companions": _sets("pseudolabel.companion_rate=0"),
+    "companions_095": _sets("pseudolabel.companion_rate=0.95"),  # a looser rule: more of the teacher's misses caught
     # a fifth level (a 5x5 bottleneck at 80 px, as nnU-Net plans poolings down to a few pixels): the preset's cost,
     # +23 % per step, and at about the preset's cost (fewer iterations per epoch and in the fine-tuning)
     "plus_unet5": _sets("model.unet_channels=[16,32,64,128,256]"),
