@@ -414,12 +414,13 @@ def write_cohort(
     counts = {"labeled": labeled, "unlabeled": unlabeled, "test": test}
     if min(counts.values()) < 0 or sum(counts.values()) == 0:
         raise SelflabelError(f"--labeled/--unlabeled/--test must be >= 0 and not all 0, got {counts}")
-    if not 0 < anatomy <= 3:
+    if not 0 < anatomy <= 3:  # at 3 the scale already spans 0.7-1.3 and the displacement 36 mm
         raise SelflabelError(f"--anatomy must be in (0, 3], got {anatomy}")
     source_dir = Path(source_dir)
     for path in (source_dir / IMAGE_FILE, source_dir / LABEL_FILE):
         if not path.is_file():
             raise InputError(path, "not found (the real CT example of ../shared/data)")
+    # a factor of 1 is left out, so that a realct cohort written before the factor existed is still reused
     params = {"version": VERSION, "seed": seed, **counts, **({"anatomy": anatomy} if anatomy != 1.0 else {})}
     record = out / COHORT_FILE
     if out.exists() and not out.is_dir():
