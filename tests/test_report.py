@@ -72,9 +72,9 @@ def write_pseudo(folder: Path) -> Path:
     folder.mkdir(parents=True)
     rows = [
         {"case": "Case_00001", "mean_confidence": 0.9, "mean_entropy": 0.2, "uncertain_fraction": 0.1,
-         "foreground_fraction": 0.2, "changed": "", "selected": "1"},
+         "foreground_fraction": 0.2, "changed": "", "doubtful_fraction": 0.05, "selected": "1"},
         {"case": "Case_00002", "mean_confidence": 0.7, "mean_entropy": 0.4, "uncertain_fraction": 0.3,
-         "foreground_fraction": 0.1, "changed": "", "selected": "0"},
+         "foreground_fraction": 0.1, "changed": "", "doubtful_fraction": 0.95, "selected": "0"},
     ]  # fmt: skip
     with open(folder / "pseudolabels.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -136,6 +136,7 @@ def test_summary_gathers_scores_training_timing_and_pseudolabels(folders):
     assert round1["cases"] == 2 and round1["kept"] == 1 and round1["dropped"] == {"Case_00002": "least confident"}
     assert round1["mean_confidence"] == pytest.approx(0.8) and round1["uncertain_fraction"] == pytest.approx(0.2)
     assert round1["changed"] is None  # a first round: nothing to compare with
+    assert round1["doubtful_fraction"] == pytest.approx(0.5)  # the slices the anatomical check kept out
     assert summary["config"] == {"seed": 0}
     assert summary["offered_student"] == "student"  # the one student, scored on validation
     assert build_summary(results[:1], pseudo, {})["offered_student"] is None  # a teacher alone offers none
@@ -205,7 +206,7 @@ def test_report_markdown_shows_the_inputs_numbers_and_the_figures_are_written(fo
     assert "pseudo-labels helped: mean DSC 76.0 (teacher) -> 81.0 (student)" in markdown
     assert "| teacher | " + " | ".join(f"{60 + i:.1f}" for i in range(13)) + " | 66.0 |" in markdown  # test DSC
     assert "| teacher | 2 | 6 | 1 | 0.6000 | 0.4500 |" in markdown  # training
-    assert "| 1 | 2 | 1 | 0.8000 | 0.3000 | 0.2000 | n/a |" in markdown  # pseudo-labels: mean entropy 0.3
+    assert "| 1 | 2 | 1 | 0.8000 | 0.3000 | 0.2000 | n/a | 0.5000 |" in markdown  # mean entropy 0.3, doubtful 0.5
     assert "| student | validation | 2 | 3.0 | 30.0 | n/a | n/a | 901 |" in markdown  # efficiency
     assert "| teacher | unet 8-16 at 64 px | 0.01 M | 66.0 | 61.0 | 1.00 |" in markdown  # accuracy beside time
     for split in ("Validation", "Test"):
@@ -237,6 +238,18 @@ def test_report_without_pseudolabels_or_test_split(folders, tmp_path):
     assert names == ["report.md", "scores_validation.png", "summary.json", "training_curves.png"]
     markdown = path.read_text()
     assert "## Pseudo-labels" not in markdown and "Test:" not in markdown
+
+
+def test_pseudolabels_without_the_anatomical_check_show_no_doubtful_share(folders, tmp_path):
+    results, (pseudo,), images = folders
+    table = (pseudo / "pseudolabels.csv").read_text().splitlines()
+    column = table[0].split(",").index("doubtful_fraction")  # a run before the check, or with it off: no column
+    (pseudo / "pseudolabels.csv").write_text(
+        "\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != column) for line in table) + "\n"
+    )
+    assert build_summary(results, [pseudo], {})["pseudolabels"][0]["doubtful_fraction"] is None
+    markdown = write_report(tmp_path / "report", results, [pseudo], images, FLARE22_LABELS, {}).read_text()
+    assert "| 1 | 2 | 1 | 0.8000 | 0.3000 | 0.2000 | n/a | n/a |" in markdown
 
 
 def test_a_report_with_nothing_scored_says_why_and_how_to_score(folders, tmp_path):

@@ -89,8 +89,8 @@ def _pseudo_stats(pseudo_dir: Path) -> dict[str, Any]:
         rows = list(csv.DictReader(fh))
     selected = json.loads((pseudo_dir / "selected.json").read_text())
 
-    def mean(key: str) -> float | None:
-        values = [float(r[key]) for r in rows if r[key] != ""]
+    def mean(key: str) -> float | None:  # None: no value (a first round's change, a check that was off)
+        values = [float(r[key]) for r in rows if r.get(key, "") != ""]
         return float(np.mean(values)) if values else None
 
     return {
@@ -102,6 +102,7 @@ def _pseudo_stats(pseudo_dir: Path) -> dict[str, Any]:
         "mean_entropy": mean("mean_entropy"),
         "uncertain_fraction": mean("uncertain_fraction"),
         "changed": mean("changed"),
+        "doubtful_fraction": mean("doubtful_fraction"),
         "per_case": rows,
     }
 
@@ -214,10 +215,11 @@ def _training_table(summary: Mapping[str, Any]) -> str:
 
 
 def _pseudo_table(summary: Mapping[str, Any]) -> str:
-    lines = ["| Round | Cases | Kept | Mean confidence | Mean entropy (nats) | Uncertain fraction | Changed |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| Round | Cases | Kept | Mean confidence | Mean entropy (nats) | Uncertain fraction | Changed "
+             "| Doubtful |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r, p in enumerate(summary["pseudolabels"], 1):
         cells = [p["mean_confidence"], p["mean_entropy"], p["uncertain_fraction"], p["changed"]]
+        cells.append(p.get("doubtful_fraction"))  # a summary.json written before the check: none
         text = ["n/a" if v is None else f"{v:.4f}" for v in cells]
         lines.append(f"| {r} | {p['cases']} | {p['kept']} | " + " | ".join(text) + " |")
     return "\n".join(lines)
@@ -459,7 +461,8 @@ def _markdown(summary: Mapping[str, Any], splits: Sequence[str], has_pseudo: boo
             "",
             "Confidence over each case's predicted organs: mean maximum softmax probability, mean entropy, and the",
             "fraction of organ voxels under the confidence threshold; *changed* is the share of foreground whose label",
-            "changed since the previous round.",
+            "changed since the previous round; *doubtful* is the share of slices that the anatomical check",
+            "(`pseudolabel.companion_rate`) kept out of training, each case's in `pseudolabels.csv`.",
             "",
             _pseudo_table(summary),
             "",
