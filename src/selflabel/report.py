@@ -218,8 +218,7 @@ def _pseudo_table(summary: Mapping[str, Any]) -> str:
     lines = ["| Round | Cases | Kept | Mean confidence | Mean entropy (nats) | Uncertain fraction | Changed "
              "| Doubtful |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r, p in enumerate(summary["pseudolabels"], 1):
-        cells = [p["mean_confidence"], p["mean_entropy"], p["uncertain_fraction"], p["changed"]]
-        cells.append(p.get("doubtful_fraction"))  # a summary.json written before the check: none
+        cells = [p["mean_confidence"], p["mean_entropy"], p["uncertain_fraction"], p["changed"], p["doubtful_fraction"]]
         text = ["n/a" if v is None else f"{v:.4f}" for v in cells]
         lines.append(f"| {r} | {p['cases']} | {p['kept']} | " + " | ".join(text) + " |")
     return "\n".join(lines)
