@@ -12,6 +12,7 @@ anatomy); it is a few array operations.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -43,13 +44,18 @@ class Companions:
                 required[int(organ)] = tuple(others)
         return cls(required)
 
+    @functools.cached_property
+    def _rule(self) -> np.ndarray:
+        """(256, 256) int64, [a, b] = 1 where organ a needs organ b: made once, used for every case."""
+        rule = np.zeros((256, 256), dtype=np.int64)
+        for organ, others in self.required.items():
+            rule[organ, list(others)] = 1
+        return rule
+
     def doubtful(self, labels: np.ndarray) -> list[int]:
         """Axial slices of a (Z, H, W) label volume holding an organ without one of its companions."""
-        rule = np.zeros((256, 256), dtype=bool)  # [a, b]: organ a needs organ b
-        for organ, others in self.required.items():
-            rule[organ, list(others)] = True
         present = organs_present(labels)
-        needed = (present.astype(np.int64) @ rule.astype(np.int64)) > 0
+        needed = (present.astype(np.int64) @ self._rule) > 0
         return np.flatnonzero((needed & ~present).any(axis=1)).tolist()
 
     def to_json(self) -> dict[str, list[int]]:

@@ -274,9 +274,9 @@ def _warn_other_organs(meta_path: Path, labels: dict[str, int]) -> None:
     """One warning line when a label is not scored as the FLARE22 organ its name names (an unknown name, or a second
     name for one organ): say how it will be scored."""
     organs = {o.index: o for o in organs_for(labels)}
-    other = [
+    other = [  # an unknown name has no FLARE22 organ (None), a second name is scored under another
         (name, organs[index]) for name, index in labels.items()
-        if index and (flare_organ(name) is None or flare_organ(name).name != organs[index].name)
+        if index and getattr(flare_organ(name), "name", None) != organs[index].name
     ]  # fmt: skip
     if not other:
         return
