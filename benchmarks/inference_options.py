@@ -4,6 +4,10 @@ For every finished run of one ablation option (default: the preset, `baseline`),
 final) predicts its cohort's test scans with and without in-plane flip TTA (`--tta`), zoom TTA
 (`inference.tta_zoom`) and per-organ largest-3D-component clean-up (`--lcc`), the variants of `--variants`; each
 is scored with FLARE22's DSC/NSD, and the tables give each variant's difference to `plain`, overall and per organ.
+`average_previous` (final model only) predicts with the final model's weights averaged half and half with the model
+trained before it (the fine-tuned student with the student it started from, as WiSE-FT averages a fine-tuned model
+with its start), `average_teacher` with the teacher's; BatchNorm statistics are re-estimated on each scan where the
+run's config adapts them.
 These are the options that change only prediction (issue 11, through-plane consistency and the teacher ensemble's
 cheapest form); when one helps on both cohorts it is worth a full ablation row, in which the pseudo-labels get it
 too.
@@ -28,11 +32,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from ablation import (  # the same rows format (this folder is on sys.path when run as a script)
     append_row,
     read_rows,
     single_thread_env,
 )
+
+from selflabel.checkpoints import load_checkpoint, save_checkpoint
 
 #: Variant name -> `selflabel predict` flags (`plain` is what every other variant is compared with).
 VARIANTS: dict[str, list[str]] = {
@@ -53,7 +60,12 @@ VARIANTS: dict[str, list[str]] = {
     "adapt_bn_rotate10": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.tta_rotate=[-10,10]"],
     "adapt_bn_slices16": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.adapt_bn_slices=16"],
     "adapt_bn_slices32": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.adapt_bn_slices=32"],
+    "average_previous": ["--no-tta", "--no-lcc"],
+    "average_teacher": ["--no-tta", "--no-lcc"],
 }
+#: Variants that predict with the final model's weights averaged with another model's: its position in the run's
+#: training order (final model only).
+AVERAGED = {"average_previous": -2, "average_teacher": 0}
 DEFAULT_VARIANTS = ("plain", "lcc", "tta", "tta_lcc")
 MODELS = ("teacher", "final")
 
@@ -68,9 +80,22 @@ def _run(command: list[str]) -> None:
         raise RuntimeError(f"{' '.join(command[3:5])}: exit {done.returncode}: {done.stderr.strip()[-400:]}")
 
 
-def _final_model(run: Path) -> str:
-    """The run's last model folder name (student, or round<k> after several rounds)."""
-    return list(json.loads((run / "report" / "summary.json").read_text())["models"])[-1]
+def _models(run: Path) -> list[str]:
+    """The run's model folder names in training order (teacher first, the final model last)."""
+    return list(json.loads((run / "report" / "summary.json").read_text())["models"])
+
+
+def averaged_model(first: Path, second: Path, out: Path, share: float = 0.5) -> Path:
+    """A model folder at `out`: `first`'s, its weights `share` its own and the rest `second`'s (two networks of
+    one architecture trained from the same start; integer buffers, e.g. BatchNorm's batch count, stay `first`'s)."""
+    shutil.copytree(first, out, ignore=shutil.ignore_patterns("*.pt"), dirs_exist_ok=True)
+    state = load_checkpoint(first / "best.pt")
+    other = load_checkpoint(second / "best.pt")["model"]
+    for key, value in state["model"].items():
+        if value.is_floating_point():
+            state["model"][key] = torch.lerp(other[key].float(), value.float(), share).to(value.dtype)
+    save_checkpoint(out / "best.pt", state)
+    return out
 
 
 def measure(ablation: Path, option: str, rows_path: Path, variants: list[str]) -> None:
@@ -79,16 +104,20 @@ def measure(ablation: Path, option: str, rows_path: Path, variants: list[str]) -
         if not (run / "report" / "summary.json").is_file():
             continue
         cohort = ablation / "cohorts" / run.name[: -len(option) - 1]
+        models = _models(run)
         for role in MODELS:
-            model = "teacher" if role == "teacher" else _final_model(run)
+            model = run / "models" / ("teacher" if role == "teacher" else models[-1])
             for variant in ["plain", *[v for v in variants if v != "plain"]]:
                 flags = VARIANTS[variant]
-                if (run.name, role, variant) in done:
+                if (run.name, role, variant) in done or (variant in AVERAGED and role == "teacher"):
                     continue
                 work = rows_path.parent / "inference_options" / run.name / role / variant
                 shutil.rmtree(work, ignore_errors=True)
+                used = model
+                if variant in AVERAGED:
+                    used = averaged_model(model, run / "models" / models[AVERAGED[variant]], work / "model")
                 start = time.perf_counter()
-                _run(_cli("predict", "-m", str(run / "models" / model), "-i", str(cohort / "imagesTs"),
+                _run(_cli("predict", "-m", str(used), "-i", str(cohort / "imagesTs"),
                           "-o", str(work / "pred"), *flags))  # fmt: skip
                 seconds = time.perf_counter() - start
                 _run(_cli("evaluate", "--pred", str(work / "pred"), "--gt", str(cohort / "labelsTs"),
