@@ -1,7 +1,7 @@
 """selflabel.io.dicom: the real CT series of ../shared/data/totalsegmentator_dicom read with the geometry an
 independent reader (SimpleITK's GDCM) and the DICOM tags give, voxel for voxel as the converters dcm2niix and
 dicom2nifti write it; predict and pseudolabel on series folders; broken series (mixed, missing slice, uneven spacing,
-not CT, duplicated slice) refused with a line naming them."""
+not CT, duplicated slice, a file cut off, headers that cannot place a slice, ...) refused with a line naming them."""
 
 from __future__ import annotations
 
@@ -325,7 +325,71 @@ def _other_orientation(folder: Path) -> str:
     return rf"{path.name}: orientation differs"
 
 
-BROKEN = [_mixed, _missing_slice, _uneven_spacing, _not_ct, _duplicated_slice, _other_orientation]
+def _no_orientation(folder: Path) -> str:
+    path = by_position(folder)[4]
+    ds = pydicom.dcmread(path)
+    del ds.ImageOrientationPatient
+    ds.save_as(path)
+    return rf"{path.name}: has no valid ImageOrientationPatient \(6 numbers\); cannot place the slice in space"
+
+
+def _other_pixel_spacing(folder: Path) -> str:
+    path = by_position(folder)[6]
+    edit(path, PixelSpacing=[0.5, 0.5])
+    return rf"{path.name}: pixel spacing differs from .*'s \[0\.\d+, 0\.\d+\] mm"
+
+
+def _other_size(folder: Path) -> str:
+    path = by_position(folder)[8]
+    edit(path, Rows=256)
+    return rf"{path.name}: size differs from .*'s 512x512 pixels"
+
+
+def _off_the_line(folder: Path) -> str:
+    path = by_position(folder)[9]
+    position = pydicom.dcmread(path).ImagePositionPatient
+    edit(path, ImagePositionPatient=[float(position[0]) + 5.0, position[1], position[2]])  # in-plane: same spacing
+    return rf"{path.name}: lies off the line through the other slices' positions"
+
+
+def _single_slice(folder: Path) -> str:
+    files = by_position(folder)
+    for path in files[1:]:
+        path.unlink()
+    return rf"holds a single slice \({files[0].name}\); a CT series needs at least 2"
+
+
+def _cut_off_file(folder: Path) -> str:
+    path = by_position(folder)[0]  # the end slice: skipped, it would leave a shorter series and no gap to report
+    path.write_bytes(path.read_bytes()[:3000])  # the header's start; pydicom reads it without an error
+    return rf"{path.name}: truncated or damaged: a CT Image Storage file without pixel data"
+
+
+def _colour(folder: Path) -> str:
+    path = by_position(folder)[11]
+    edit(path, SamplesPerPixel=3)
+    return rf"{path.name}: not a greyscale image"
+
+
+def _multi_frame(folder: Path) -> str:
+    path = by_position(folder)[12]
+    edit(path, NumberOfFrames=20)
+    return rf"{path.name}: a multi-frame \(enhanced\) DICOM of 20 frames; .*convert it first"
+
+
+def _no_pixels(folder: Path) -> str:
+    for path in folder.iterdir():  # a folder of structured reports
+        ds = pydicom.dcmread(path)
+        del ds.PixelData
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"  # Enhanced SR
+        ds.save_as(path)
+    return r"holds no DICOM images \(files with a 'DICM' marker and pixel data\)"
+
+
+BROKEN = [
+    _mixed, _missing_slice, _uneven_spacing, _not_ct, _duplicated_slice, _other_orientation, _no_orientation,
+    _other_pixel_spacing, _other_size, _off_the_line, _single_slice, _cut_off_file, _colour, _multi_frame, _no_pixels,
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("breakage", BROKEN, ids=[b.__name__.strip("_") for b in BROKEN])

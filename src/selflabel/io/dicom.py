@@ -89,11 +89,14 @@ def _read_headers(folder: Path) -> list[Slice]:
             ds = pydicom.dcmread(path, defer_size="1 KB")  # pixel data is read when it is decoded
         except Exception as exc:  # pydicom raises several types for a damaged file
             raise InputError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
-        sop_class = str(getattr(ds.get("file_meta", {}), "MediaStorageSOPClassUID", ""))
+        sop_class = str(getattr(ds.get("file_meta", {}), "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
         if sop_class == _DICOMDIR_CLASS:
             continue
         if "PixelData" not in ds:
-            skipped.append(path.name)
+            kind = pydicom.uid.UID(sop_class).name
+            if "Image Storage" in kind:  # pydicom reads a cut-off file without a word
+                raise InputError(path, f"truncated or damaged: a {kind} file without pixel data")
+            skipped.append(path.name)  # a report, a presentation state, ...
             continue
         slices.append(Slice(path, ds))
     if skipped:
