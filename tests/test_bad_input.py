@@ -92,6 +92,51 @@ def _training_image_of_channel_1_only(ds):
     return "FLARE22_Tr_0001_0001.nii.gz", "expected <case>_0000.nii.gz"
 
 
+def _fractional_labels(ds):
+    label = np.zeros((24, 20, 12), np.float32)
+    label[1, 1, 1] = 0.5  # a resampled label map, interpolated
+    write_nifti(_label(ds), label, affine=np.diag([1.5, 1.5, 3.0, 1.0]))
+    return "FLARE22_Tr_0001.nii.gz", "non-integer values"
+
+
+def _dataset_json_not_json(ds):
+    (ds / "dataset.json").write_text('{"labels": {"background": 0,}')
+    return "dataset.json", "not valid JSON"
+
+
+def _dataset_json_without_labels(ds):
+    (ds / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}))
+    return "dataset.json", "has no 'labels' mapping"
+
+
+def _dataset_json_with_regions(ds):
+    _set_labels(ds, {"background": 0, "liver": 1, "kidneys": [2, 13]})
+    return "dataset.json", "label 'kidneys' must map to one integer index, got [2, 13] (regions unsupported)"
+
+
+def _dataset_json_with_one_index_twice(ds):
+    _set_labels(ds, {"background": 0, "liver": 1, "spleen": 1})
+    return "dataset.json", "label indices must be distinct"
+
+
+def _dataset_json_with_two_channels(ds):
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "CT", "1": "PET"}
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    return "dataset.json", "single-channel CT; channel_names lists 2"
+
+
+def _imagestr_misspelt(ds):
+    (ds / "imagesTr").rename(ds / "ImagesTr")  # the labelled cases were dropped without a word
+    return "labelsTr", "holds labels, but imagesTr/ is missing beside it"
+
+
+def _set_labels(ds, labels):
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["labels"] = labels
+    (ds / "dataset.json").write_text(json.dumps(meta))
+
+
 CASES = [
     _missing_dataset_json,
     _image_without_label,
@@ -106,6 +151,13 @@ CASES = [
     _not_a_nifti,
     _bad_dataset_json,
     _training_image_of_channel_1_only,
+    _fractional_labels,
+    _dataset_json_not_json,
+    _dataset_json_without_labels,
+    _dataset_json_with_regions,
+    _dataset_json_with_one_index_twice,
+    _dataset_json_with_two_channels,
+    _imagestr_misspelt,
 ]
 
 

@@ -46,6 +46,21 @@ def test_round_trip_keeps_affine_header_and_voxels(tmp_path, affine):
     assert np.array_equal(np.asarray(back.dataobj), array % 3)
 
 
+def test_a_4d_file_of_one_volume_is_read_as_3d_and_its_prediction_written_3d(tmp_path):
+    """Some converters write (x, y, z, 1); it is one CT volume, and the segmentation of it is 3D on its grid."""
+    array = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    affine = _lps_affine()
+    src = write_nifti(tmp_path / "a.nii.gz", array[..., None], affine=affine)
+    assert nib.load(src).shape == (6, 5, 4, 1)
+    volume = read_image(src)
+    assert volume.array.shape == (6, 5, 4) and np.array_equal(volume.array, array)
+    labels = read_label(write_nifti(tmp_path / "l.nii.gz", (array[..., None] % 3).astype(np.uint8), affine=affine))
+    assert labels.array.shape == (6, 5, 4)
+    back = nib.load(write_nifti(tmp_path / "b.nii.gz", labels.array, reference=volume))
+    assert back.shape == (6, 5, 4) and back.header["dim"][0] == 3
+    assert np.allclose(back.affine, affine) and np.array_equal(np.asarray(back.dataobj), array % 3)
+
+
 def test_canonical_layout_is_orientation_independent():
     """The same anatomy stored RAS or LPS becomes the same canonical (z, y, x) array, and comes back exactly."""
     rng = np.random.default_rng(0)

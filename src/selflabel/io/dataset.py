@@ -334,6 +334,9 @@ def load_dataset(root: str | Path) -> Dataset:
         version = "nnU-Net v1 format" if "modality" in meta or inverted else "incomplete nnU-Net v2 format"
         warn_input(meta_path, f"{version}, read as v2: {'; '.join(converted)}; write it in v2 form to silence this")
     dataset = Dataset(root, labels, ending)
+    for images, label_dir in (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs")):
+        if (root / label_dir).is_dir() and not (root / images).is_dir():  # e.g. a misspelt folder: cases lost
+            raise InputError(root / label_dir, f"holds labels, but {images}/ is missing beside it")
     if (root / "imagesTr").is_dir():
         dataset.training = list_cases(root / "imagesTr", root / "labelsTr", ending, strict=True)
     if (root / "imagesTs").is_dir():
