@@ -171,3 +171,22 @@ def test_preprocess_command_reports_cache_size(tiny_dataset, tmp_path, capsys):
     assert code == 0 and "4 cached" in out and "MB" in out
     assert json.loads((tmp_path / "c" / "Case_00001.json").read_text())["settings"]["image_size"] == 32
     assert load_config().preprocess.image_size == PreprocessConfig().image_size  # --set changed no default
+
+
+@pytest.mark.parametrize("preset, warned", [("cpu", True), ("paper", False)])
+def test_a_scan_without_air_is_named_when_settings_read_hu(tiny_dataset, tmp_path, capsys, preset, warned):
+    """A scan stored without its rescale intercept (air at about 0, not -1000) is cached, with one warning line
+    naming it where the body crop and the CT normalisation read HU (the CPU preset); the paper's per-volume
+    percentile normalisation of the whole slice reads no HU, and says nothing."""
+    for scan in tiny_dataset.glob("*/*_0000.nii.gz"):  # CT-like: air along the in-plane edges
+        volume = read_image(scan)
+        volume.array[[0, -1]] = volume.array[:, [0, -1]] = -1000
+        write_nifti(scan, volume.array.astype(np.int16), reference=volume)
+    path = tiny_dataset / "imagesTs" / "FLARETs_0001_0000.nii.gz"
+    volume = read_image(path)
+    write_nifti(path, (volume.array + 1024).astype(np.uint16), reference=volume)
+    code, _, err = run_cli(["preprocess", tiny_dataset, tmp_path / "c", "--preset", preset, "--workers", "1"], capsys)
+    assert code == 0
+    warnings = [line for line in err.splitlines() if line.startswith("selflabel: warning:")]
+    expected = [f"selflabel: warning: {path}: no voxel below -500 (its lowest is 24): not in Hounsfield units?"]
+    assert [w[: len(expected[0])] for w in warnings] == (expected if warned else []), err

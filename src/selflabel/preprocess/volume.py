@@ -11,6 +11,7 @@ from selflabel.io import Volume, canonical_axes, to_canonical
 from selflabel.preprocess.crop import AIR_HU, CropBox, body_box, crop
 from selflabel.preprocess.intensity import normalize_intensity
 from selflabel.preprocess.resample import resize_labels, resize_slices
+from selflabel.progress import warn_input
 
 
 def crop_box(canonical: np.ndarray, spacing: tuple[float, float, float], cfg: PreprocessConfig) -> CropBox:
@@ -25,9 +26,25 @@ def crop_box(canonical: np.ndarray, spacing: tuple[float, float, float], cfg: Pr
     return box.about_centre(cfg.box_mm, spacing)
 
 
+def _check_hounsfield(volume: Volume, canonical: np.ndarray, cfg: PreprocessConfig) -> None:
+    """Warn, naming the scan, when settings that read HU get a scan without air: every CT shows some (around the
+    body, in the bowel or the lungs) at about -1000 HU, which a scan stored without its rescale intercept reads as
+    0, and a scan already normalised as 0 or so."""
+    if cfg.crop != "body" and cfg.normalization not in ("hu_window", "ct_foreground"):
+        return
+    lowest = float(canonical.min())
+    if lowest > cfg.body_threshold_hu:
+        warn_input(
+            volume.path or "scan", f"no voxel below {cfg.body_threshold_hu:g} (its lowest is {lowest:g}): not in "
+            "Hounsfield units? Air reads about -1000 HU in a CT; the body crop and the CT normalisation assume HU",
+            every_rank=True,
+        )  # fmt: skip
+
+
 def prepare_image(volume: Volume, cfg: PreprocessConfig) -> tuple[torch.Tensor, dict[str, float], CropBox]:
     """Image volume -> canonical, cropped, normalised, resized float32 tensor (Z, S, S), intensity statistics, box."""
     canonical = np.ascontiguousarray(to_canonical(volume.array, volume.affine))
+    _check_hounsfield(volume, canonical, cfg)
     box = crop_box(canonical, canonical_axes(volume.spacing, volume.affine), cfg)
     normalised, stats = normalize_intensity(crop(canonical, box, AIR_HU), cfg)
     resized = resize_slices(torch.from_numpy(normalised)[:, None], cfg.image_size)[:, 0]
