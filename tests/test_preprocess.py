@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from selflabel.config import PreprocessConfig, load_config
-from selflabel.io import load_dataset, read_image, write_nifti
+from selflabel.io import load_dataset, read_image, read_label, write_nifti
 from selflabel.preprocess import (
     CacheEntry,
     cache_size,
@@ -190,3 +190,16 @@ def test_a_scan_without_air_is_named_when_settings_read_hu(tiny_dataset, tmp_pat
     warnings = [line for line in err.splitlines() if line.startswith("selflabel: warning:")]
     expected = [f"selflabel: warning: {path}: no voxel below -500 (its lowest is 24): not in Hounsfield units?"]
     assert [w[: len(expected[0])] for w in warnings] == (expected if warned else []), err
+
+
+def test_a_label_map_of_background_only_is_named(tiny_dataset, tmp_path, capsys):
+    """An empty label file (an export of the wrong layer, say) is cached as labelled, with one warning naming it."""
+    path = tiny_dataset / "labelsTr" / "FLARE22_Tr_0002.nii.gz"
+    label = read_label(path)
+    write_nifti(path, np.zeros_like(label.array), reference=label)
+    code, _, err = run_cli(["preprocess", tiny_dataset, tmp_path / "c", "--workers", "1"], capsys)
+    assert code == 0
+    warnings = [line for line in err.splitlines() if line.startswith("selflabel: warning:")]
+    assert warnings == [f"selflabel: warning: {path}: holds background only: no organ labelled (the wrong file?); "
+                        "trained as such"], err  # fmt: skip
+    assert json.loads((tmp_path / "c" / "FLARE22_Tr_0002.json").read_text())["labelled"]

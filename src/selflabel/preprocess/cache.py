@@ -33,7 +33,7 @@ from selflabel.errors import InputError, SelflabelError
 from selflabel.io import Case, canonical_axes, load_dataset, read_case, source_stamp
 from selflabel.labels import IGNORE_INDEX
 from selflabel.preprocess.volume import prepare_image, prepare_label
-from selflabel.progress import Progress, show_progress
+from selflabel.progress import Progress, show_progress, warn_input
 
 CACHE_VERSION = 1
 
@@ -139,6 +139,8 @@ def cache_case(case: Case, folder: Path, cfg: PreprocessConfig, label_values: Se
 
 def _write_case(case: Case, entry: CacheEntry, cfg: PreprocessConfig, label_values: Sequence[int] | None) -> dict:
     image, label = read_case(case, label_values)
+    if label is not None and not label.array.any():
+        warn_input(case.label, "holds background only: no organ labelled (the wrong file?); trained as such", True)
     entry.meta.unlink(missing_ok=True)  # the case is incomplete until its JSON is written again
     tensor, stats, box = prepare_image(image, cfg)
     _save_npy(entry.image, tensor.numpy().astype(np.float16))
