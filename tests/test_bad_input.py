@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -320,3 +321,18 @@ def test_two_names_for_one_organ_are_named_in_the_warning(tiny_dataset):
     assert len(said) == 1
     assert "'kidney_right' (1) as its own organ" in said[0] and "'right kidney' (3) as its own organ" in said[0]
     assert "'liver'" not in said[0]
+
+
+@pytest.mark.parametrize(
+    "folders, problem",
+    [(["imagesTr", "labelsTr"], "no labelled cases (imagesTr/ + labelsTr/)"),
+     (["unlabeledTr"], "no unlabelled cases (unlabeledTr/) to pseudo-label; `selflabel train` trains on the labelled")],
+    ids=["no_labelled", "no_unlabelled"],
+)  # fmt: skip
+def test_run_without_labelled_or_unlabelled_cases_says_so_before_any_work(tiny_dataset, tmp_path, capsys, folders,
+                                                                          problem):  # fmt: skip
+    for folder in folders:
+        shutil.rmtree(tiny_dataset / folder)
+    code, _, err = run_cli(["run", tiny_dataset, "--out", tmp_path / "work", "--quiet"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"selflabel: error: {tiny_dataset}: {problem}") and not (tmp_path / "work").exists()

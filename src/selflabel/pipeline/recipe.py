@@ -61,7 +61,10 @@ class Pipeline:
         if not self.dataset.training:
             raise SelflabelError(f"{self.data_dir}: no labelled cases (imagesTr/ + labelsTr/)")
         if not self.dataset.unlabeled:
-            raise SelflabelError(f"{self.data_dir}: no unlabelled cases (unlabeledTr/) to pseudo-label")
+            raise SelflabelError(
+                f"{self.data_dir}: no unlabelled cases (unlabeledTr/) to pseudo-label; `selflabel train` trains on "
+                "the labelled cases alone"
+            )
         self.cfg = plan(cfg, self._labelled(self._split(cfg)[0]), self.dataset.label_values)
         self.cache = self.work / "cache"
         self.student_size = self.cfg.pipeline.student_image_size or self.cfg.preprocess.image_size
