@@ -84,6 +84,9 @@ def test_evaluate_command_writes_flare_csv(folders, tmp_path, capsys, caplog):
     assert summary["organs"]["Liver"]["DSC_std"] == pytest.approx(np.std(liver))
     all_dsc = [float(v) for row in rows[1:] for c, v in zip(rows[0], row, strict=True) if c.endswith("_DSC")]
     assert summary["mean_DSC"] == pytest.approx(np.mean(all_dsc))
+    # the ground truths hold liver, spleen and aorta, that of the case without a prediction too
+    in_truth = {organ: record["cases_in_truth"] for organ, record in summary["organs"].items()}
+    assert in_truth == {organ: 3 if organ in ("Liver", "Spleen", "Aorta") else 0 for organ in in_truth}
 
 
 def test_parallel_workers_give_the_same_rows(folders, tmp_path):

@@ -320,6 +320,23 @@ def test_rounded_like_flare():
     assert scores.rounded() == CaseScores({"Liver": 0.9838, "RK": 1.0}, {"Liver": 1.0, "RK": 0.1234})
 
 
+def test_cases_holding_each_organ_are_counted_when_every_case_is_known():
+    """`score_case` records which organs the ground truth holds; rounding keeps it; the summary counts the cases
+    (None where a case is unknown: FLARE's "both empty = 1" cannot be told from a perfect score)."""
+    gt = np.zeros((12, 12, 6), np.uint8)
+    gt[2:6, 2:6, 1:4] = 1
+    scores = score_case(gt, gt, (1.0, 1.0, 2.0))
+    assert scores.in_truth == {o.short: o.index == 1 for o in FLARE22_ORGANS}
+    assert scores.rounded().in_truth == scores.in_truth
+    other = score_case(np.zeros_like(gt), np.where(gt, 3, 0).astype(np.uint8), (1.0, 1.0, 2.0))
+    counts = summarize([scores, other]).to_dict()["organs"]
+    assert counts["Liver"]["cases_in_truth"] == 1 and counts["Spleen"]["cases_in_truth"] == 1
+    assert counts["Esophagus"]["cases_in_truth"] == 0
+    unknown = summarize([scores, CaseScores.zeros()])
+    assert unknown.organs["Liver"].cases_in_truth is None
+    assert "cases_in_truth" not in unknown.to_dict()["organs"]["Liver"]
+
+
 def test_summarize_mean_and_std():
     a = CaseScores({"Liver": 0.9, "RK": 0.5}, {"Liver": 1.0, "RK": 0.4})
     b = CaseScores({"Liver": 0.7, "RK": 0.3}, {"Liver": 0.8, "RK": 0.0})

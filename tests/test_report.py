@@ -15,6 +15,7 @@ from selflabel.io import write_nifti
 from selflabel.labels import FLARE22_LABELS, FLARE22_ORGANS
 from selflabel.report import (
     ModelResult,
+    absent_note,
     build_summary,
     chosen_student,
     comparison_line,
@@ -271,3 +272,22 @@ def test_plot_training_on_run_folders(folders, tmp_path):
     empty.mkdir()
     plot_training([("new", empty)], tmp_path / "empty.png")  # a run with no log yet still plots
     assert (tmp_path / "empty.png").read_bytes()[:8] == PNG
+
+
+def test_organs_in_no_ground_truth_of_a_split_are_named_under_its_table(folders, tmp_path):
+    """FLARE scores an organ absent from both truth and prediction 1.0: the report says which organs no test case
+    holds, where the evaluation counted them; an older evaluation without the counts says nothing."""
+    results, pseudo, images = folders
+    assert absent_note(build_summary(results, pseudo, {}), "test") is None
+    for result in results:
+        path = result.evals["test"] / "metrics_summary.json"
+        record = json.loads(path.read_text())
+        for organ, values in record["organs"].items():
+            values["cases_in_truth"] = 0 if organ in ("Esophagus", "LAG") else 2
+        path.write_text(json.dumps(record))
+    summary = build_summary(results, pseudo, {})
+    note = absent_note(summary, "test")
+    assert note.startswith("Not in any test case's ground truth: LAG, Esophagus. FLARE scores such an organ 1.0")
+    assert absent_note(summary, "validation") is None
+    markdown = write_report(tmp_path / "report", results, pseudo, images, FLARE22_LABELS, {}).read_text()
+    assert markdown.count(note) == 1 and markdown.index(note) < markdown.index("## Test: NSD")

@@ -8,8 +8,8 @@ values rounded to 4 decimals, one row per ground-truth case sorted by name. Unli
 prediction folder), a ground truth without a prediction scores 0 for every organ, with a warning, and a prediction
 without a ground truth is reported and not scored. Spacing and the axial axis come from the ground truth's header.
 
-A summary (per-organ mean ± std and the organ-averaged mean DSC and NSD, over the rounded values the CSV holds) is
-written beside the CSV as ``<csv stem>_summary.json``.
+A summary (per-organ mean ± std and the organ-averaged mean DSC and NSD, over the rounded values the CSV holds, and
+per organ the number of cases whose ground truth holds it) is written beside the CSV as ``<csv stem>_summary.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from selflabel.atomic import atomic_write_csv, atomic_write_text
 from selflabel.errors import InputError, SelflabelError
@@ -101,6 +103,12 @@ def _score_job(job: tuple[Path, Path, float, Sequence[Organ]]) -> tuple[str, obj
         return "error", (str(exc.path), exc.problem)
 
 
+def _organs_in(path: Path, organs: Sequence[Organ]) -> dict[str, bool]:
+    """Which organs a ground-truth file holds (for a case without a prediction, which is not scored)."""
+    present = set(np.unique(read_label(path).array).tolist())
+    return {o.short: o.index in present for o in organs}
+
+
 def _write_csv(path: Path, cases: Sequence[CaseResult], organs: Sequence[Organ]) -> None:
     columns = csv_columns(organs)
     rows = ([case.name, *(repr(float(case.scores.row()[c])) for c in columns[1:])] for case in cases)
@@ -173,7 +181,7 @@ def evaluate_folders(
     cases = [
         CaseResult(path.name, scored[name].rounded(), preds[name])
         if name in scored
-        else CaseResult(path.name, CaseScores.zeros(organs), None)
+        else CaseResult(path.name, CaseScores.zeros(organs, _organs_in(path, organs)), None)
         for name, path in gts.items()
     ]
     summary = summarize([case.scores for case in cases])

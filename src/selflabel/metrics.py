@@ -306,10 +306,12 @@ def score_organ(
 
 @dataclass(frozen=True)
 class CaseScores:
-    """FLARE22 scores of one case: organ short name -> DSC and -> NSD, in FLARE's organ order."""
+    """FLARE22 scores of one case: organ short name -> DSC and -> NSD, in FLARE's organ order; `in_truth`: whether
+    the ground truth holds the organ (empty when unknown: a case without a prediction is not read)."""
 
     dsc: dict[str, float]
     nsd: dict[str, float]
+    in_truth: dict[str, bool] = field(default_factory=dict)
 
     @property
     def mean_dsc(self) -> float:
@@ -329,12 +331,13 @@ class CaseScores:
         def r(v: float) -> float:
             return float(np.round(np.float64(v), decimals))
 
-        return CaseScores({k: r(v) for k, v in self.dsc.items()}, {k: r(v) for k, v in self.nsd.items()})
+        dsc, nsd = {k: r(v) for k, v in self.dsc.items()}, {k: r(v) for k, v in self.nsd.items()}
+        return CaseScores(dsc, nsd, self.in_truth)
 
     @classmethod
-    def zeros(cls, organs: Sequence[Organ] = FLARE22_ORGANS) -> CaseScores:
+    def zeros(cls, organs: Sequence[Organ] = FLARE22_ORGANS, in_truth: dict[str, bool] | None = None) -> CaseScores:
         """Scores of a case with no prediction: 0 for every organ."""
-        return cls({o.short: 0.0 for o in organs}, {o.short: 0.0 for o in organs})
+        return cls({o.short: 0.0 for o in organs}, {o.short: 0.0 for o in organs}, in_truth or {})
 
 
 def score_case(
@@ -384,7 +387,7 @@ def score_case(
             tolerance_mm=organ.tolerance_mm, z_range=organ.z_range, axial_axis=axial_axis, crop=crop,
             nsd_min_dice=nsd_min_dice,
         )  # fmt: skip
-    return CaseScores(dsc, nsd)
+    return CaseScores(dsc, nsd, {organ.short: gt_boxes[organ.index - 1] is not None for organ in organs})
 
 
 # ---- summaries ----
@@ -392,12 +395,14 @@ def score_case(
 
 @dataclass(frozen=True)
 class OrganSummary:
-    """Mean and standard deviation (population, ddof=0) over cases of one organ's DSC and NSD."""
+    """Mean and standard deviation (population, ddof=0) over cases of one organ's DSC and NSD; the number of cases
+    whose ground truth holds it (None when some case's is unknown)."""
 
     dsc_mean: float
     dsc_std: float
     nsd_mean: float
     nsd_std: float
+    cases_in_truth: int | None = None
 
 
 @dataclass(frozen=True)
@@ -416,6 +421,7 @@ class ScoreSummary:
             "mean_NSD": self.mean_nsd,
             "organs": {
                 name: {"DSC_mean": s.dsc_mean, "DSC_std": s.dsc_std, "NSD_mean": s.nsd_mean, "NSD_std": s.nsd_std}
+                | ({} if s.cases_in_truth is None else {"cases_in_truth": s.cases_in_truth})
                 for name, s in self.organs.items()
             },
         }
@@ -432,8 +438,10 @@ def summarize(cases: Sequence[CaseScores]) -> ScoreSummary:
     dsc = np.array([[c.dsc[n] for n in names] for c in cases], dtype=np.float64)
     nsd = np.array([[c.nsd[n] for n in names] for c in cases], dtype=np.float64)
     dsc_mean, dsc_std, nsd_mean, nsd_std = dsc.mean(axis=0), dsc.std(axis=0), nsd.mean(axis=0), nsd.std(axis=0)
+    known = all(c.in_truth for c in cases)
     organs = {
-        n: OrganSummary(float(dsc_mean[j]), float(dsc_std[j]), float(nsd_mean[j]), float(nsd_std[j]))
+        n: OrganSummary(float(dsc_mean[j]), float(dsc_std[j]), float(nsd_mean[j]), float(nsd_std[j]),
+                        sum(c.in_truth[n] for c in cases) if known else None)
         for j, n in enumerate(names)
-    }
+    }  # fmt: skip
     return ScoreSummary(len(cases), organs, float(dsc_mean.mean()), float(nsd_mean.mean()))

@@ -44,7 +44,8 @@ class ModelResult:
 
 def _scores(eval_dir: Path) -> dict[str, Any]:
     record = json.loads((eval_dir / "metrics_summary.json").read_text())
-    organs = {name: {"dsc": v["DSC_mean"], "nsd": v["NSD_mean"], "dsc_std": v["DSC_std"], "nsd_std": v["NSD_std"]}
+    organs = {name: {"dsc": v["DSC_mean"], "nsd": v["NSD_mean"], "dsc_std": v["DSC_std"], "nsd_std": v["NSD_std"],
+                     "cases_in_truth": v.get("cases_in_truth")}
               for name, v in record["organs"].items()}  # fmt: skip
     return {"num_cases": record["num_cases"], "mean_dsc": record["mean_DSC"], "mean_nsd": record["mean_NSD"],
             "organs": organs}  # fmt: skip
@@ -151,6 +152,21 @@ def paper_table(summary: Mapping[str, Any], split: str, metric: str) -> str:
         row = [name, *[f"{100 * v:.1f}" for v in values], f"{100 * scores[f'mean_{metric}']:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def absent_note(summary: Mapping[str, Any], split: str) -> str | None:
+    """A line naming the organs that no case's ground truth of `split` holds (FLARE scores them 1.0 where a model
+    finds none), or None."""
+    columns = _columns(summary, split)
+    for model in summary["models"].values():
+        if split in model["splits"]:
+            organs = model["splits"][split]["organs"]
+            absent = [columns[o] for o in columns if organs[o].get("cases_in_truth") == 0]
+            if absent:
+                return (f"Not in any {split} case's ground truth: {', '.join(absent)}. FLARE scores such an organ "
+                        "1.0 where a model finds none of it and 0 where it does; the means count it.")  # fmt: skip
+            return None
+    return None
 
 
 def _network(run_dir: Path) -> dict[str, Any]:
@@ -446,6 +462,7 @@ def _markdown(summary: Mapping[str, Any], splits: Sequence[str], has_pseudo: boo
             "",
             paper_table(summary, split, "dsc"),
             "",
+            *([note, ""] if (note := absent_note(summary, split)) else []),
             f"## {split.capitalize()}: NSD (%) per organ (the paper's Table 5)",
             "",
             paper_table(summary, split, "nsd"),
@@ -484,4 +501,12 @@ def _markdown(summary: Mapping[str, Any], splits: Sequence[str], has_pseudo: boo
     return "\n".join(parts)
 
 
-__all__ = ["ModelResult", "PAPER_COLUMNS", "build_summary", "paper_table", "trade_off_table", "write_report"]
+__all__ = [
+    "ModelResult",
+    "PAPER_COLUMNS",
+    "absent_note",
+    "build_summary",
+    "paper_table",
+    "trade_off_table",
+    "write_report",
+]
