@@ -307,7 +307,7 @@ def score_organ(
 @dataclass(frozen=True)
 class CaseScores:
     """FLARE22 scores of one case: organ short name -> DSC and -> NSD, in FLARE's organ order; `in_truth`: whether
-    the ground truth holds the organ (empty when unknown: a case without a prediction is not read)."""
+    the ground truth holds the organ (empty when unknown)."""
 
     dsc: dict[str, float]
     nsd: dict[str, float]

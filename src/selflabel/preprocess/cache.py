@@ -140,7 +140,8 @@ def cache_case(case: Case, folder: Path, cfg: PreprocessConfig, label_values: Se
 def _write_case(case: Case, entry: CacheEntry, cfg: PreprocessConfig, label_values: Sequence[int] | None) -> dict:
     image, label = read_case(case, label_values)
     if label is not None and not label.array.any():
-        warn_input(case.label, "holds background only: no organ labelled (the wrong file?); trained as such", True)
+        warn_input(case.label, "holds background only: no organ labelled (the wrong file?); trained as such",
+                   every_rank=True)  # fmt: skip
     entry.meta.unlink(missing_ok=True)  # the case is incomplete until its JSON is written again
     tensor, stats, box = prepare_image(image, cfg)
     _save_npy(entry.image, tensor.numpy().astype(np.float16))

@@ -27,9 +27,9 @@ def crop_box(canonical: np.ndarray, spacing: tuple[float, float, float], cfg: Pr
 
 
 def _check_hounsfield(volume: Volume, canonical: np.ndarray, cfg: PreprocessConfig) -> None:
-    """Warn, naming the scan, when settings that read HU get a scan without air: every CT shows some (around the
-    body, in the bowel or the lungs) at about -1000 HU, which a scan stored without its rescale intercept reads as
-    0, and a scan already normalised as 0 or so."""
+    """Warn, naming the scan, when settings that read HU get a scan without air. Every CT shows some (around the
+    body, in the bowel or the lungs) at about -1000 HU; a scan stored without its rescale intercept reads it as 0,
+    one already normalised near 0."""
     if cfg.crop != "body" and cfg.normalization not in ("hu_window", "ct_foreground"):
         return
     lowest = float(canonical.min())
