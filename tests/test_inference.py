@@ -154,6 +154,24 @@ def test_predict_takes_inference_settings_by_set(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
+def test_one_nifti_file_as_input_is_predicted_as_in_a_folder(tiny_run, tmp_path, capsys):
+    """`-i scan.nii.gz`: the file alone, written as `<case>.nii.gz`, the same labels as from its folder; a file of
+    another kind is one line naming it."""
+    scans = write_scans(tmp_path / "in", 2)
+    base = ["predict", "-m", tiny_run, "--device", "cpu", "--quiet"]
+    code, _, err = run_cli([*base, "-i", tmp_path / "in", "-o", tmp_path / "all"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli([*base, "-i", scans[1], "-o", tmp_path / "one"], capsys)
+    assert code == 0 and "1 written" in out, err
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["Case_00002.nii.gz"]
+    one, folder = (nib.load(tmp_path / d / "Case_00002.nii.gz") for d in ("one", "all"))
+    assert np.array_equal(np.asarray(one.dataobj), np.asarray(folder.dataobj))
+    (tmp_path / "notes.txt").write_text("not a scan")
+    code, _, err = run_cli([*base, "-i", tmp_path / "notes.txt", "-o", tmp_path / "bad"], capsys)
+    problem = "not a .nii.gz file: give a NIfTI scan, a folder of scans or of a series"
+    assert code == 2 and err.strip() == f"selflabel: error: {tmp_path / 'notes.txt'}: {problem}", err
+
+
 def test_parts_cover_every_case_exactly_once(tiny_run, tmp_path):
     write_scans(tmp_path / "in", 7)
     written = []

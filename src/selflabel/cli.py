@@ -210,7 +210,7 @@ def predict(
             "--input",
             "-i",
             help="Folder of scans: <case>_0000.nii.gz or <case>.nii.gz files, or DICOM series "
-            "(one per subfolder, or the folder itself is one).",
+            "(one per subfolder, or the folder itself is one); or one NIfTI file.",
         ),
     ],
     output_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for <case>.nii.gz predictions.")],
@@ -261,7 +261,7 @@ def pseudolabel(
     model: RunOption,
     input_dir: Annotated[
         Path,
-        typer.Option("--input", "-i", help="Folder of unlabelled scans: NIfTI files or DICOM series (as predict)."),
+        typer.Option("--input", "-i", help="Unlabelled scans: NIfTI files or DICOM series (as predict)."),
     ],
     output_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for pseudo-labels and their table.")],
     cache: Annotated[Path | None, typer.Option(help="Preprocessing cache (default: OUTPUT/cache).")] = None,

@@ -164,7 +164,8 @@ def list_cases(
 
 
 def list_scans(folder: str | Path, file_ending: str = ".nii.gz") -> list[Case]:
-    """The scans of an input folder of `predict`/`pseudolabel`, as unlabelled cases sorted by name.
+    """The scans of an input folder of `predict`/`pseudolabel`, as unlabelled cases sorted by name; a single NIfTI
+    file given instead of a folder is the one scan.
 
     A scan is a NIfTI file (`image_files`: ``<case>_0000<ending>`` or ``<case><ending>``, case = the name less
     those) or a DICOM series: each subfolder holding DICOM files directly is one (case = the subfolder's name),
@@ -175,6 +176,10 @@ def list_scans(folder: str | Path, file_ending: str = ".nii.gz") -> list[Case]:
     from selflabel.io.dicom import holds_dicom
 
     folder = Path(folder)
+    if folder.is_file():
+        if not folder.name.endswith(file_ending):
+            raise InputError(folder, f"not a {file_ending} file: give a NIfTI scan, a folder of scans or of a series")
+        return [Case(case_name(folder, file_ending), folder)]
     if not folder.is_dir():
         raise InputError(folder, "input folder not found")
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
