@@ -155,8 +155,8 @@ def test_predict_takes_inference_settings_by_set(tiny_run, tmp_path, capsys):
 
 
 def test_one_nifti_file_as_input_is_predicted_as_in_a_folder(tiny_run, tmp_path, capsys):
-    """`-i scan.nii.gz`: the file alone, written as `<case>.nii.gz`, the same labels as from its folder; a file of
-    another kind is one line naming it."""
+    """`-i scan.nii.gz`: the file alone, written as `<case>.nii.gz` or to `-o name.nii.gz`, the same labels as from
+    its folder; a file name for several scans, or an input file of another kind, is one line naming it."""
     scans = write_scans(tmp_path / "in", 2)
     base = ["predict", "-m", tiny_run, "--device", "cpu", "--quiet"]
     code, _, err = run_cli([*base, "-i", tmp_path / "in", "-o", tmp_path / "all"], capsys)
@@ -166,6 +166,12 @@ def test_one_nifti_file_as_input_is_predicted_as_in_a_folder(tiny_run, tmp_path,
     assert [p.name for p in (tmp_path / "one").iterdir()] == ["Case_00002.nii.gz"]
     one, folder = (nib.load(tmp_path / d / "Case_00002.nii.gz") for d in ("one", "all"))
     assert np.array_equal(np.asarray(one.dataobj), np.asarray(folder.dataobj))
+    code, out, err = run_cli([*base, "-i", scans[1], "-o", tmp_path / "seg" / "mine.nii.gz"], capsys)  # a file out
+    assert code == 0 and [p.name for p in (tmp_path / "seg").iterdir()] == ["mine.nii.gz"], err
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "seg" / "mine.nii.gz").dataobj), np.asarray(folder.dataobj))
+    code, _, err = run_cli([*base, "-i", tmp_path / "in", "-o", tmp_path / "two.nii.gz"], capsys)
+    assert code == 2 and "a file name holds one scan's prediction, the input 2: give a folder" in err
+    assert not (tmp_path / "two.nii.gz").exists()
     (tmp_path / "notes.txt").write_text("not a scan")
     code, _, err = run_cli([*base, "-i", tmp_path / "notes.txt", "-o", tmp_path / "bad"], capsys)
     problem = "not a .nii.gz file: give a NIfTI scan, a folder of scans or of a series"

@@ -213,7 +213,9 @@ def predict(
             "(one per subfolder, or the folder itself is one); or one NIfTI file.",
         ),
     ],
-    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for <case>.nii.gz predictions.")],
+    output_dir: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for <case>.nii.gz predictions (a .nii.gz file for one scan).")
+    ],
     overwrite: Annotated[bool, typer.Option(help="Redo cases already written.")] = False,
     num_parts: PartsOption = None,
     part_id: PartOption = None,
