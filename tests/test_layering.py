@@ -1,7 +1,7 @@
 """Imports go one way: io -> preprocess -> data -> models -> slicewise/checkpoints -> train -> inference ->
 pseudolabel (with anatomy) -> pipeline -> cli.
 
-`metrics`, `evaluate`, `efficiency`, `training_log` and `report` sit beside the chain: anything may use them, and
+`metrics`, `evaluate`, `volumes`, `efficiency`, `training_log` and `report` sit beside the chain: anything may use them, and
 they use only the foundation (errors, atomic, labels, config, distributed, runtime, progress, io, batch) and each other.
 """
 
@@ -25,7 +25,7 @@ CHAIN = [
     {"pipeline"},
     {"cli"},
 ]
-SIDE = {"metrics", "evaluate", "efficiency", "training_log", "report"}
+SIDE = {"metrics", "evaluate", "volumes", "efficiency", "training_log", "report"}
 FOUNDATION = CHAIN[0] | CHAIN[1]
 
 

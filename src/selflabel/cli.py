@@ -328,6 +328,27 @@ def evaluate(
     typer.echo(format_summary(result))
 
 
+@app.command()
+def volumes(
+    source: Annotated[Path, typer.Argument(help="Folder of label maps (predictions or ground truth), or one file.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV to write: the file name, then <Organ>_mL.")] = Path(
+        "volumes.csv"
+    ),
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="dataset.json (or its folder) whose label map names the organs (default FLARE22's 13)."),
+    ] = None,
+) -> None:
+    """Organ volumes in mL of every label map: one CSV row per case, and per organ a summary over the cases."""
+    from selflabel.io import read_label_map
+    from selflabel.labels import FLARE22_LABELS, organs_for
+    from selflabel.volumes import format_volumes, write_volumes
+
+    organs = organs_for(FLARE22_LABELS if labels is None else read_label_map(labels))
+    typer.echo(format_volumes(write_volumes(source, out, organs), organs))
+    typer.echo(f"volumes: {out}")
+
+
 @app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
 def profile(
     command: Annotated[list[str], typer.Argument(help="The command to measure, after --.", show_default=False)],
