@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -59,6 +60,29 @@ def test_a_4d_file_of_one_volume_is_read_as_3d_and_its_prediction_written_3d(tmp
     back = nib.load(write_nifti(tmp_path / "b.nii.gz", labels.array, reference=volume))
     assert back.shape == (6, 5, 4) and back.header["dim"][0] == 3
     assert np.allclose(back.affine, affine) and np.array_equal(np.asarray(back.dataobj), array % 3)
+
+
+def test_the_affine_gives_the_spacing_and_a_header_that_disagrees_is_named(tmp_path):
+    """A header whose pixdim says 1 mm while its sform places voxels 3 mm apart (a resampled file whose pixdim was
+    not updated; or pixdim 0, which nibabel reads as 1): the affine's voxel size is used everywhere, with a warning;
+    a consistent file (oblique too) warns nothing and has its pixdim as spacing."""
+    from selflabel.progress import InputWarning
+
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), affine)
+    img.header.set_qform(None, code=0)
+    img.header["pixdim"][1:4] = 1.0
+    nib.save(img, tmp_path / "mismatch.nii.gz")
+    with pytest.warns(InputWarning, match=r"mismatch.nii.gz: its header's voxel size \(pixdim 1 x 1 x 1 mm\) differs "
+                      r"from its affine's \(3 x 3 x 3 mm\); the affine's is used"):  # fmt: skip
+        volume = read_image(tmp_path / "mismatch.nii.gz")
+    assert volume.spacing == (3.0, 3.0, 3.0)
+    oblique = _lps_affine() @ np.array([[0.8, -0.6, 0, 0], [0.6, 0.8, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        volume = read_image(write_nifti(tmp_path / "oblique.nii.gz", np.zeros((4, 5, 6), np.int16), affine=oblique))
+    assert volume.spacing == pytest.approx(tuple(float(z) for z in volume.header.get_zooms()[:3]), rel=1e-6)
+    assert volume.spacing == pytest.approx((0.8, 0.8, 2.5), rel=1e-6)
 
 
 def test_canonical_layout_is_orientation_independent():

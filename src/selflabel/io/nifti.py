@@ -17,7 +17,8 @@ import numpy as np
 from selflabel.atomic import atomic_path
 from selflabel.errors import InputError
 from selflabel.io.dicom import nifti_header, read_series, series_geometry
-from selflabel.io.volume import Volume
+from selflabel.io.volume import Volume, affine_spacing
+from selflabel.progress import warn_input
 
 
 def _load(path: Path) -> nib.Nifti1Image:
@@ -29,7 +30,15 @@ def _load(path: Path) -> nib.Nifti1Image:
         raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(path, f"expected a NIfTI image, got {type(img).__name__}")
+    pixdim, placed = np.asarray(img.header.get_zooms()[:3], float), np.asarray(affine_spacing(img.affine))
+    if pixdim.shape == placed.shape and not np.allclose(pixdim, placed, rtol=1e-3, atol=1e-4):  # a 2D file: later
+        warn_input(path, f"its header's voxel size (pixdim {_mm(pixdim)}) differs from its affine's ({_mm(placed)}); "
+                   "the affine's is used, as for the voxels' positions", every_rank=True)  # fmt: skip
     return img
+
+
+def _mm(values: np.ndarray) -> str:
+    return " x ".join(f"{v:g}" for v in values) + " mm"
 
 
 def _voxels(path: Path, img: nib.Nifti1Image, dtype: type) -> np.ndarray:

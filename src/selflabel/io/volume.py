@@ -22,6 +22,11 @@ from selflabel.errors import InputError
 CANONICAL_AXCODES: tuple[str, str, str] = ("S", "P", "L")
 
 
+def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis of a 4x4 voxel -> world affine: its columns' lengths."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
+
+
 @dataclass
 class Volume:
     """A 3D array with its geometry.
@@ -38,8 +43,9 @@ class Volume:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along the array axes (i, j, k)."""
-        return tuple(float(z) for z in self.header.get_zooms()[:3])
+        """Voxel size in mm along the array axes (i, j, k): the affine's, which places the voxels (a header's pixdim
+        can disagree with its sform; `read_image` warns then)."""
+        return affine_spacing(self.affine)
 
     @property
     def axcodes(self) -> tuple[str, str, str]:
