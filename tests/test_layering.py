@@ -1,8 +1,9 @@
 """Imports go one way: io -> preprocess -> data -> models -> slicewise/checkpoints -> train -> inference ->
 pseudolabel (with anatomy) -> pipeline -> cli.
 
-`metrics`, `evaluate`, `volumes`, `efficiency`, `training_log` and `report` sit beside the chain: anything may use them, and
-they use only the foundation (errors, atomic, labels, config, distributed, runtime, progress, io, batch) and each other.
+`metrics`, `evaluate`, `volumes`, `efficiency`, `training_log` and `report` sit beside the chain: anything may use
+them, and they use only the foundation (errors, atomic, labels, config, distributed, runtime, progress, io, batch) and
+each other.
 """
 
 from __future__ import annotations
