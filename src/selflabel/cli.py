@@ -231,7 +231,7 @@ def predict(
     ] = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Segment every scan of a folder; NIfTI out with the input's geometry; resumable and sharded."""
+    """Segment every scan of a folder (or one file); NIfTI out with the input's geometry; resumable and sharded."""
     from selflabel.inference import predict_folder
 
     overrides = parse_sets(sets) | _given(
