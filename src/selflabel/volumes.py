@@ -47,9 +47,10 @@ def write_volumes(source: str | Path, out_csv: str | Path, organs: Sequence[Orga
 
 def format_volumes(rows: dict[str, dict[str, float]], organs: Sequence[Organ] = FLARE22_ORGANS) -> str:
     """A table: per organ, the cases that hold it and their volumes' mean ± sd in mL."""
-    lines = [f"{'organ':<22} {'cases':>5}  {'mL (mean ± sd over cases holding it)':>36}"]
+    width = max(len(o.name) for o in organs)
+    lines = [f"{'organ':<{width}}  {'cases':>7}  {'mL, mean ± sd over the cases holding it':>40}"]
     for organ in organs:
         held = [v[organ.short] for v in rows.values() if v[organ.short] > 0]
-        spread = f"{np.mean(held):10.1f} ± {np.std(held):8.1f}" if held else f"{'-':>21}"
-        lines.append(f"{organ.name:<22} {len(held):>2}/{len(rows):<2}  {spread:>36}")
+        spread = f"{np.mean(held):.1f} ± {np.std(held):.1f}" if held else "-"
+        lines.append(f"{organ.name:<{width}}  {f'{len(held)}/{len(rows)}':>7}  {spread:>40}")
     return "\n".join(lines)
