@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -307,22 +308,10 @@ def _uneven_spacing(folder: Path) -> str:
     return r"uneven slice spacing: (2.500|1.500) mm between"
 
 
-def _not_ct(folder: Path) -> str:
-    path = by_position(folder)[3]
-    edit(path, Modality="MR")
-    return rf"{path.name}: modality MR, not CT"
-
-
 def _duplicated_slice(folder: Path) -> str:
     path = by_position(folder)[7]
     shutil.copyfile(path, folder / "copy_of_a_slice")
     return r"lie at the same position \(-790.50 mm\): duplicated files, or two series in one folder"
-
-
-def _other_orientation(folder: Path) -> str:
-    path = by_position(folder)[0]
-    edit(path, ImageOrientationPatient=[1, 0, 0, 0, 0, -1])  # a coronal localizer among axial slices
-    return rf"{path.name}: orientation differs"
 
 
 def _no_orientation(folder: Path) -> str:
@@ -331,18 +320,6 @@ def _no_orientation(folder: Path) -> str:
     del ds.ImageOrientationPatient
     ds.save_as(path)
     return rf"{path.name}: has no valid ImageOrientationPatient \(6 numbers\); cannot place the slice in space"
-
-
-def _other_pixel_spacing(folder: Path) -> str:
-    path = by_position(folder)[6]
-    edit(path, PixelSpacing=[0.5, 0.5])
-    return rf"{path.name}: pixel spacing differs from .*'s \[0\.\d+, 0\.\d+\] mm"
-
-
-def _other_size(folder: Path) -> str:
-    path = by_position(folder)[8]
-    edit(path, Rows=256)
-    return rf"{path.name}: size differs from .*'s 512x512 pixels"
 
 
 def _off_the_line(folder: Path) -> str:
@@ -365,18 +342,6 @@ def _cut_off_file(folder: Path) -> str:
     return rf"{path.name}: truncated or damaged: a CT Image Storage file without pixel data"
 
 
-def _colour(folder: Path) -> str:
-    path = by_position(folder)[11]
-    edit(path, SamplesPerPixel=3)
-    return rf"{path.name}: not a greyscale image"
-
-
-def _multi_frame(folder: Path) -> str:
-    path = by_position(folder)[12]
-    edit(path, NumberOfFrames=20)
-    return rf"{path.name}: a multi-frame \(enhanced\) DICOM of 20 frames; .*convert it first"
-
-
 def _no_pixels(folder: Path) -> str:
     for path in folder.iterdir():  # a folder of structured reports
         ds = pydicom.dcmread(path)
@@ -386,13 +351,37 @@ def _no_pixels(folder: Path) -> str:
     return r"holds no DICOM images \(files with a 'DICM' marker and pixel data\)"
 
 
-BROKEN = [
-    _mixed, _missing_slice, _uneven_spacing, _not_ct, _duplicated_slice, _other_orientation, _no_orientation,
-    _other_pixel_spacing, _other_size, _off_the_line, _single_slice, _cut_off_file, _colour, _multi_frame, _no_pixels,
-]  # fmt: skip
+def _tag_changed(index: int, problem: str, **tags) -> Callable[[Path], str]:
+    """A breakage: the slice at `index` (by position) gets `tags`; the error names its file, then `problem`."""
+
+    def breakage(folder: Path) -> str:
+        path = by_position(folder)[index]
+        edit(path, **tags)
+        return rf"{path.name}: {problem}"
+
+    return breakage
 
 
-@pytest.mark.parametrize("breakage", BROKEN, ids=[b.__name__.strip("_") for b in BROKEN])
+#: Name -> breakage; each returns the pattern of the one error line.
+BROKEN = {
+    "mixed": _mixed, "missing_slice": _missing_slice, "uneven_spacing": _uneven_spacing,
+    "not_ct": _tag_changed(3, "modality MR, not CT", Modality="MR"),
+    "duplicated_slice": _duplicated_slice,
+    "other_orientation": _tag_changed(  # a coronal localizer among axial slices
+        0, "orientation differs", ImageOrientationPatient=[1, 0, 0, 0, 0, -1]),
+    "no_orientation": _no_orientation,
+    "other_pixel_spacing": _tag_changed(
+        6, r"pixel spacing differs from .*'s \[0\.\d+, 0\.\d+\] mm", PixelSpacing=[0.5, 0.5]),
+    "other_size": _tag_changed(8, "size differs from .*'s 512x512 pixels", Rows=256),
+    "off_the_line": _off_the_line, "single_slice": _single_slice, "cut_off_file": _cut_off_file,
+    "colour": _tag_changed(11, "not a greyscale image", SamplesPerPixel=3),
+    "multi_frame": _tag_changed(
+        12, r"a multi-frame \(enhanced\) DICOM of 20 frames; .*convert it first", NumberOfFrames=20),
+    "no_pixels": _no_pixels,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("breakage", BROKEN.values(), ids=BROKEN.keys())
 def test_broken_series_is_refused_naming_it(series, tmp_path, breakage):
     folder = copy_series(series, tmp_path / "broken")
     pattern = breakage(folder)

@@ -302,6 +302,20 @@ def pseudolabel(
     _raise_once(report)
 
 
+LabelsOption = Annotated[
+    Path | None,
+    typer.Option(help="dataset.json (or its folder) whose label map names the organs (default FLARE22's 13)."),
+]
+
+
+def _organs(labels: Path | None) -> list:
+    """The organs a command scores or measures: those of `labels`' map, else FLARE22's 13."""
+    from selflabel.io import read_label_map
+    from selflabel.labels import FLARE22_LABELS, organs_for
+
+    return organs_for(FLARE22_LABELS if labels is None else read_label_map(labels))
+
+
 @app.command()
 def evaluate(
     pred: Annotated[Path, typer.Option("--pred", help="Folder of predicted label maps (named like the ground truth).")],
@@ -313,18 +327,12 @@ def evaluate(
     nsd_min_dice: Annotated[
         float, typer.Option(help="NSD is 0 below this DSC (FLARE's later rule); 0 reproduces FLARE22's own script.")
     ] = 0.2,
-    labels: Annotated[
-        Path | None,
-        typer.Option(help="dataset.json (or its folder) whose label map names the organs (default FLARE22's 13)."),
-    ] = None,
+    labels: LabelsOption = None,
 ) -> None:
     """Score predictions against ground truth with FLARE22's DSC and NSD; one CSV row per case and a summary."""
     from selflabel.evaluate import evaluate_folders, format_summary
-    from selflabel.io import read_label_map
-    from selflabel.labels import FLARE22_LABELS, organs_for
 
-    organs = organs_for(FLARE22_LABELS if labels is None else read_label_map(labels))
-    result = evaluate_folders(pred, gt, out, workers=workers, nsd_min_dice=nsd_min_dice, organs=organs)
+    result = evaluate_folders(pred, gt, out, workers=workers, nsd_min_dice=nsd_min_dice, organs=_organs(labels))
     typer.echo(format_summary(result))
 
 
@@ -334,17 +342,12 @@ def volumes(
     out: Annotated[Path, typer.Option("--out", help="CSV to write: the file name, then <Organ>_mL.")] = Path(
         "volumes.csv"
     ),
-    labels: Annotated[
-        Path | None,
-        typer.Option(help="dataset.json (or its folder) whose label map names the organs (default FLARE22's 13)."),
-    ] = None,
+    labels: LabelsOption = None,
 ) -> None:
     """Organ volumes in mL of every label map: one CSV row per case, and per organ a summary over the cases."""
-    from selflabel.io import read_label_map
-    from selflabel.labels import FLARE22_LABELS, organs_for
     from selflabel.volumes import format_volumes, write_volumes
 
-    organs = organs_for(FLARE22_LABELS if labels is None else read_label_map(labels))
+    organs = _organs(labels)
     typer.echo(format_volumes(write_volumes(source, out, organs), organs))
     typer.echo(f"volumes: {out}")
 

@@ -157,16 +157,12 @@ def paper_table(summary: Mapping[str, Any], split: str, metric: str) -> str:
 def absent_note(summary: Mapping[str, Any], split: str) -> str | None:
     """A line naming the organs that no case's ground truth of `split` holds (FLARE scores them 1.0 where a model
     finds none), or None."""
-    columns = _columns(summary, split)
-    for model in summary["models"].values():
-        if split in model["splits"]:
-            organs = model["splits"][split]["organs"]
-            absent = [columns[o] for o in columns if organs[o].get("cases_in_truth") == 0]
-            if absent:
-                return (f"Not in any {split} case's ground truth: {', '.join(absent)}. FLARE scores such an organ "
-                        "1.0 where a model finds none of it and 0 where it does; the means count it.")  # fmt: skip
-            return None
-    return None
+    organs = next((m["splits"][split]["organs"] for m in summary["models"].values() if split in m["splits"]), {})
+    absent = [PAPER_COLUMNS.get(o, o) for o, scores in organs.items() if scores.get("cases_in_truth") == 0]
+    if not absent:
+        return None
+    return (f"Not in any {split} case's ground truth: {', '.join(absent)}. FLARE scores such an organ 1.0 where a "
+            "model finds none of it and 0 where it does; the means count it.")  # fmt: skip
 
 
 def _network(run_dir: Path) -> dict[str, Any]:
