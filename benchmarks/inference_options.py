@@ -7,7 +7,8 @@ is scored with FLARE22's DSC/NSD, and the tables give each variant's difference 
 `average_previous` (final model only) predicts with the final model's weights averaged half and half with the model
 trained before it (the fine-tuned student with the student it started from, as WiSE-FT averages a fine-tuned model
 with its start), `average_teacher` with the teacher's; BatchNorm statistics are re-estimated on each scan where the
-run's config adapts them.
+run's config adapts them. `ensemble_previous` predicts with the final model and the one trained before it as an
+ensemble (their probabilities averaged), `ensemble_students` with every student of the run.
 These are the options that change only prediction (issue 11, through-plane consistency and the teacher ensemble's
 cheapest form); when one helps on both cohorts it is worth a full ablation row, in which the pseudo-labels get it
 too.
@@ -62,10 +63,15 @@ VARIANTS: dict[str, list[str]] = {
     "adapt_bn_slices32": ["--no-tta", "--no-lcc", "--adapt-bn", "--set", "inference.adapt_bn_slices=32"],
     "average_previous": ["--no-tta", "--no-lcc"],
     "average_teacher": ["--no-tta", "--no-lcc"],
+    "ensemble_previous": ["--no-tta", "--no-lcc"],
+    "ensemble_students": ["--no-tta", "--no-lcc"],
 }
 #: Variants that predict with the final model's weights averaged with another model's: its position in the run's
 #: training order (final model only).
 AVERAGED = {"average_previous": -2, "average_teacher": 0}
+#: Variants that predict with the final model and others as an ensemble (`selflabel predict -m A -m B ...`, their
+#: probabilities averaged): the others' positions in the training order (final model only).
+ENSEMBLED = {"ensemble_previous": slice(-2, -1), "ensemble_students": slice(1, -1)}
 DEFAULT_VARIANTS = ("plain", "lcc", "tta", "tta_lcc")
 MODELS = ("teacher", "final")
 
@@ -109,15 +115,16 @@ def measure(ablation: Path, option: str, rows_path: Path, variants: list[str]) -
             model = run / "models" / ("teacher" if role == "teacher" else models[-1])
             for variant in ["plain", *[v for v in variants if v != "plain"]]:
                 flags = VARIANTS[variant]
-                if (run.name, role, variant) in done or (variant in AVERAGED and role == "teacher"):
+                final_only = variant in AVERAGED or variant in ENSEMBLED
+                if (run.name, role, variant) in done or (final_only and role == "teacher"):
                     continue
                 work = rows_path.parent / "inference_options" / run.name / role / variant
                 shutil.rmtree(work, ignore_errors=True)
-                used = model
+                used = [model, *[run / "models" / m for m in models[ENSEMBLED.get(variant, slice(0))]]]
                 if variant in AVERAGED:
-                    used = averaged_model(model, run / "models" / models[AVERAGED[variant]], work / "model")
+                    used = [averaged_model(model, run / "models" / models[AVERAGED[variant]], work / "model")]
                 start = time.perf_counter()
-                _run(_cli("predict", "-m", str(used), "-i", str(cohort / "imagesTs"),
+                _run(_cli("predict", *[a for m in used for a in ("-m", str(m))], "-i", str(cohort / "imagesTs"),
                           "-o", str(work / "pred"), *flags))  # fmt: skip
                 seconds = time.perf_counter() - start
                 _run(_cli("evaluate", "--pred", str(work / "pred"), "--gt", str(cohort / "labelsTs"),

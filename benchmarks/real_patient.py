@@ -11,9 +11,10 @@ project's own output for this series is `tests/reference_files/example_seg_dicom
 (the fast model; model-made, not an expert's, but it draws every organ present: 7 of FLARE's 13).
 
     python benchmarks/real_patient.py --out /tmp/real_patient [--reference REF.nii.gz [--totalsegmentator]] \
-        [--set KEY=VALUE ...] RUN_DIR [RUN_DIR ...]
+        [--set KEY=VALUE ...] [--ensemble] RUN_DIR [RUN_DIR ...]
 
-`--set` passes settings on to `selflabel predict` (e.g. `--set inference.tta_zoom=[0.9,1.1]`).
+`--set` passes settings on to `selflabel predict` (e.g. `--set inference.tta_zoom=[0.9,1.1]`); `--ensemble` makes one
+prediction with every given run together (`selflabel predict -m A -m B ...`: their probabilities averaged).
 """
 
 from __future__ import annotations
@@ -82,23 +83,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, help="reference labels (real_patient_reference.py's, FLARE ids)")
     parser.add_argument("--totalsegmentator", action="store_true", help="the reference has TotalSegmentator v2 ids")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="a setting for selflabel predict")
+    parser.add_argument("--ensemble", action="store_true", help="one prediction by every run together (-m A -m B ...)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     image_path = args.out / "image.nii.gz"
     volume = read_series(args.series)
     write_nifti(image_path, volume.array, volume)
-    for run in args.runs:
-        name = f"{run.parent.parent.name}_{run.name}"
-        pred = args.out / name
+    for runs in [args.runs] if args.ensemble else [[run] for run in args.runs]:
+        name = "+".join(f"{run.parent.parent.name}_{run.name}" for run in runs)
+        pred = args.out / (f"ensemble_of_{len(runs)}" if len(runs) > 1 else name)
         sets = [arg for kv in args.sets for arg in ("--set", kv)]
-        command = [sys.executable, "-m", "selflabel.cli", "predict", "-m", str(run), "-i", str(args.series.parent),
+        models = [arg for run in runs for arg in ("-m", str(run))]
+        command = [sys.executable, "-m", "selflabel.cli", "predict", *models, "-i", str(args.series.parent),
                    "-o", str(pred), "--overwrite", "--quiet", *sets]  # fmt: skip
         subprocess.run(command, check=True)
         label_path = pred / f"{args.series.name}.nii.gz"
         print(f"{name}:\n" + "\n".join(describe(image_path, label_path)), flush=True)
         if args.reference:
             print(reference_dice(args.reference, label_path, args.totalsegmentator), flush=True)
-        plot_pseudolabels({name: (image_path, label_path)}, args.out / f"{name}.png")
+        plot_pseudolabels({pred.name: (image_path, label_path)}, args.out / f"{pred.name}.png")
     return 0
 
 

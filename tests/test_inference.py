@@ -4,6 +4,7 @@ among good ones, largest components and the main axial slab."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +14,8 @@ import torch
 from nibabel.orientations import aff2axcodes
 
 from selflabel import inference
-from selflabel.inference import largest_components, main_axial_slab, predict_folder
+from selflabel.checkpoints import load_checkpoint, save_checkpoint
+from selflabel.inference import Predictor, largest_components, main_axial_slab, predict_folder
 from selflabel.io import list_cases, read_image
 from tests.conftest import assert_same_geometry, lookup_predictor, reorient, run_cli, torchrun_cli, write_scans
 
@@ -176,6 +178,45 @@ def test_one_nifti_file_as_input_is_predicted_as_in_a_folder(tiny_run, tmp_path,
     code, _, err = run_cli([*base, "-i", tmp_path / "notes.txt", "-o", tmp_path / "bad"], capsys)
     problem = "not a .nii.gz file: give a NIfTI scan, a folder of scans or of a series"
     assert code == 2 and err.strip() == f"selflabel: error: {tmp_path / 'notes.txt'}: {problem}", err
+
+
+def _perturbed_copy(run: Path, out: Path, scale: float = 0.5) -> Path:
+    """A copy of a run folder whose floating-point weights have Gaussian noise of `scale` their sd added."""
+    shutil.copytree(run, out)
+    state = load_checkpoint(out / "best.pt")
+    generator = torch.Generator().manual_seed(0)
+    for key, value in state["model"].items():
+        if value.is_floating_point() and value.numel() > 1:
+            noise = torch.randn(value.shape, generator=generator) * value.float().std() * scale
+            state["model"][key] = (value.float() + noise).to(value.dtype)
+    save_checkpoint(out / "best.pt", state)
+    return out
+
+
+def test_several_models_predict_as_an_ensemble_of_their_probabilities(tiny_run, tmp_path, capsys):
+    """`-m A -m B`: each voxel where A and B agree keeps their label (the mean of two distributions whose arg-max is
+    one class has that arg-max), the others take the mean probabilities' arg-max, so the ensemble differs from each
+    model alone; a model reading another grid is one line naming its run, nothing written."""
+    write_scans(tmp_path / "in", 1)
+    other = _perturbed_copy(tiny_run, tmp_path / "other")
+    base = ["predict", "-i", tmp_path / "in", "--device", "cpu", "--quiet"]
+    for name, models in {"a": [tiny_run], "b": [other], "ab": [tiny_run, other]}.items():
+        code, _, err = run_cli([*base, *[arg for m in models for arg in ("-m", m)], "-o", tmp_path / name], capsys)
+        assert code == 0, err
+    a, b, ab = (np.asarray(nib.load(tmp_path / d / "Case_00001.nii.gz").dataobj) for d in ("a", "b", "ab"))
+    agree = a == b
+    assert 0 < np.count_nonzero(~agree) and np.array_equal(ab[agree], a[agree])
+    assert not np.array_equal(ab, a) and not np.array_equal(ab, b)
+    expected = Predictor.from_run(tiny_run).ensemble_with(Predictor.from_run(other))
+    assert np.array_equal(ab, expected.predict(read_image(tmp_path / "in" / "Case_00001_0000.nii.gz")))
+    coarse = tmp_path / "coarse"
+    shutil.copytree(tiny_run, coarse)
+    state = load_checkpoint(coarse / "best.pt")
+    state["config"]["preprocess"]["image_size"] += 32  # a run whose cache grid is another
+    save_checkpoint(coarse / "best.pt", state)
+    code, _, err = run_cli([*base, "-m", tiny_run, "-m", coarse, "-o", tmp_path / "bad"], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"{coarse}: preprocess.image_size" in err, err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_parts_cover_every_case_exactly_once(tiny_run, tmp_path):

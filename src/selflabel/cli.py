@@ -184,6 +184,10 @@ def demo_data(
 
 
 RunOption = Annotated[Path, typer.Option("--model", "-m", help="Run folder of a trained model (selflabel train).")]
+RunsOption = Annotated[
+    list[Path],
+    typer.Option("--model", "-m", help="Run folder of a trained model; repeated: an ensemble, probabilities averaged."),
+]
 PartsOption = Annotated[int | None, typer.Option(help="Split the cases into N parts (default: one per torchrun rank).")]
 PartOption = Annotated[int | None, typer.Option(help="Which part this process does, 0..N-1.")]
 BatchOption = Annotated[int | None, typer.Option(help="Slices per forward pass (inference.batch_size).")]
@@ -203,7 +207,7 @@ DeviceOption = Annotated[
 
 @app.command()
 def predict(
-    model: RunOption,
+    model: RunsOption,
     input_dir: Annotated[
         Path,
         typer.Option(

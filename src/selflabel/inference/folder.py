@@ -8,7 +8,7 @@ job's report.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ def _output_paths(output: Path, scans: list[Case]) -> dict[str, Path]:
 
 
 def predict_folder(
-    run_dir: str | Path,
+    run_dir: str | Path | Sequence[str | Path],
     input_dir: str | Path,
     output_dir: str | Path,
     *,
@@ -46,7 +46,8 @@ def predict_folder(
     overrides: Mapping[str, Any] | None = None,
 ) -> BatchReport:
     """Every scan of `input_dir` (`selflabel.io.list_scans`) -> ``output_dir/<case>.nii.gz`` (or, for one scan, to
-    `output_dir` when it ends in ``.nii.gz``); `overrides` change the run's settings.
+    `output_dir` when it ends in ``.nii.gz``); `overrides` change the run's settings. Several run folders predict
+    as an ensemble, their probabilities averaged, with the first one's settings (`Predictor.from_runs`).
 
     The output folder holds only the segmentations (FLARE's submission shape); the settings are the run's own.
     Raises InputError naming `input_dir` when it holds no scan.
@@ -54,7 +55,8 @@ def predict_folder(
     info = dist_info()
     scans = list_scans(input_dir)  # before the model loads: a wrong folder is told at once
     paths = _output_paths(Path(output_dir), scans)
-    predictor = Predictor.from_run(run_dir, overrides=overrides)
+    runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
+    predictor = Predictor.from_runs(runs, overrides=overrides)
     init_distributed(info, next(predictor.model.parameters()).device)
     parts, part = resolve_parts(num_parts, part_id, info)
     cases = shard(scans, parts, part)

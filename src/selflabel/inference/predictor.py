@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch
 from selflabel.checkpoints import LoadedModel, load_run_model
 from selflabel.config import Config, InferenceConfig, apply_overrides
 from selflabel.distributed import dist_info
+from selflabel.errors import InputError
 from selflabel.inference.postprocess import clear_outside, largest_components, main_axial_slab
 from selflabel.io import Volume, canonical_axes, from_canonical
 from selflabel.preprocess import CropBox, prepare_image
@@ -43,6 +44,20 @@ def _warn_unseen_flips(run_dir: str | Path, config: Config) -> None:
                    "anatomy it never saw and lowers accuracy; leave --tta off for this model")  # fmt: skip
 
 
+def _check_same_input(first_dir: str | Path, first: LoadedModel, run_dir: str | Path, other: LoadedModel) -> None:
+    """Raise InputError naming `run_dir` when its model's labels or input differ from `first`'s."""
+    if other.labels != first.labels:
+        raise InputError(run_dir, f"its label map differs from {first_dir}'s: an ensemble's models need one")
+    if other.spec.context != first.spec.context:
+        raise InputError(run_dir, f"2.5D context {other.spec.context} differs from {first_dir}'s {first.spec.context}")
+    mine, theirs = asdict(first.config.preprocess), asdict(other.config.preprocess)
+    differ = [key for key in mine if mine[key] != theirs[key]]
+    if differ:
+        key = differ[0]
+        raise InputError(run_dir, f"preprocess.{key} {theirs[key]} differs from {first_dir}'s {mine[key]}: an "
+                         "ensemble's models must read the same prepared volume")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Predictor(LoadedModel):
     """A loaded run (model, spec, labels) and the settings its predictions use (`config`)."""
@@ -62,6 +77,17 @@ class Predictor(LoadedModel):
         device = setup_device(config.inference.device, dist_info())
         layout = torch.channels_last if config.train.channels_last else torch.contiguous_format
         return cls(state.model.to(device, memory_format=layout), state.spec, config, state.labels)
+
+    @classmethod
+    def from_runs(cls, run_dirs: Sequence[str | Path], *, overrides: Mapping[str, Any] | None = None) -> Predictor:
+        """`from_run` of one run folder, or the ensemble of several (their probabilities averaged) with the first
+        one's settings. Raises InputError naming a run whose input (preprocessing, 2.5D context) or labels differ
+        from the first's: an ensemble's members read the same prepared volume."""
+        first, *others = [cls.from_run(run, overrides=overrides) for run in run_dirs]
+        for run, other in zip(run_dirs[1:], others, strict=True):
+            _check_same_input(run_dirs[0], first, run, other)
+            first = first.ensemble_with(other)
+        return first
 
     def ensemble_with(self, other: Predictor) -> Predictor:
         """A predictor whose probabilities are the mean of this one's and `other`'s (same grid and classes)."""
