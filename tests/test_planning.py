@@ -3,6 +3,8 @@ cases, saved with the run, and reused unchanged by prediction."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import yaml
@@ -10,7 +12,7 @@ import yaml
 from selflabel.config import load_config
 from selflabel.errors import ConfigError
 from selflabel.inference import Predictor
-from selflabel.io import canonical_axes, load_dataset, read_case, to_canonical
+from selflabel.io import Case, canonical_axes, load_dataset, read_case, to_canonical
 from selflabel.pipeline import train_on_dataset
 from selflabel.preprocess import foreground_intensity, normalize_intensity, plan
 from selflabel.preprocess.crop import body_box
@@ -63,6 +65,16 @@ def test_plan_fills_the_statistics_only_when_needed(tiny_dataset):
     planned = plan(load_config(overrides={"preprocess.normalization": "ct_foreground"}), cases)
     assert planned.preprocess.foreground_intensity == pytest.approx(foreground_intensity(cases))
     assert plan(planned, cases[:1]) is planned  # given statistics are kept
+
+
+def test_planned_statistics_are_the_datasets_whatever_the_runs_seed(real_ct):
+    """The real CT has far more than 10,000 foreground voxels, so its statistics come from a sample: the same one
+    for runs of any seed (their models read a scan alike and can be ensembled), another one for another draw."""
+    case = Case("real", real_ct["image"], real_ct["label"])
+    cfg = load_config(overrides={"preprocess.normalization": "ct_foreground"})
+    seeds = [plan(replace(cfg, seed=seed), [case]).preprocess.foreground_intensity for seed in (0, 3)]
+    assert seeds[0] == seeds[1] == pytest.approx(foreground_intensity([case]))
+    assert foreground_intensity([case], seed=3) != foreground_intensity([case])  # a sample, not every voxel
 
 
 def test_a_planned_box_side_is_the_median_body_box_side_of_the_training_cases(tiny_dataset):

@@ -30,10 +30,11 @@ def body_box_side(cases: Sequence[Case], cfg: PreprocessConfig) -> float:
 def plan(cfg: Config, training: Sequence[Case], label_values: Sequence[int] | None = None) -> Config:
     """`cfg` with the statistics its preprocessing needs and does not give, from the labelled `training` cases:
     ``preprocess.foreground_intensity`` for the ``ct_foreground`` normalisation, ``preprocess.box_mm`` for a
-    ``planned`` body box; otherwise `cfg` unchanged."""
+    ``planned`` body box; otherwise `cfg` unchanged. Like nnU-Net's fingerprint, the statistics are the dataset's:
+    runs of one dataset with other seeds prepare scans alike, so that they can predict as an ensemble."""
     p, planned = cfg.preprocess, {}
     if p.normalization == "ct_foreground" and not p.foreground_intensity:
-        stats = foreground_intensity(training, seed=cfg.seed, label_values=label_values)
+        stats = foreground_intensity(training, label_values=label_values)  # the data's, whatever the run's seed
         planned["preprocess.foreground_intensity"] = list(stats)
     if p.crop == "body" and p.box_size == "planned" and p.box_mm <= 0:
         planned["preprocess.box_mm"] = round(body_box_side(training, p), 1)
