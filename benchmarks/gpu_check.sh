@@ -14,7 +14,8 @@
 #
 # Steps: environment; training throughput of the full Swin-Unet at 224 (bf16, channels_last) from the real data
 # loader and from memory, with peak memory; model forward/backward speed; the inference benchmark; a short
-# end-to-end recipe on the synthetic cohort on the GPU (the paper's model at 224 for a few iterations).
+# end-to-end recipe on the synthetic cohort on the GPU (the paper's model at 224 for a few iterations); the CPU
+# preset's recipe in bf16; two of its models as an ensemble at prediction.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -51,4 +52,9 @@ timeout 240 python3 -m selflabel.cli run /tmp/gpu_demo/data --out /tmp/gpu_demo/
 step "the CPU preset's recipe on the GPU: U-Net with deep supervision, two rounds and the fine-tuning, bf16, BatchNorm statistics of each scan (inference.adapt_bn)"
 timeout 180 python3 -m selflabel.cli run /tmp/gpu_demo/data --out /tmp/gpu_demo/work_cpu --preset cpu --quiet \
   --set train.epochs=1 --set pipeline.student_epochs=1 --set train.amp=bf16 --set inference.amp=bf16
+
+step "two of those models as an ensemble at prediction (predict -m A -m B), bf16, on the GPU"
+timeout 60 python3 -m selflabel.cli predict -m /tmp/gpu_demo/work_cpu/models/student2 \
+  -m /tmp/gpu_demo/work_cpu/models/student_finetuned -i /tmp/gpu_demo/data/imagesTs -o /tmp/gpu_demo/ensemble \
+  --device cuda --set inference.amp=bf16
 step "done"
