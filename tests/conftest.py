@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -234,6 +235,21 @@ def train_tiny_run(folder: Path) -> Path:
         cfg, run, sources=sources, val_cases=["FLARE22_Tr_0002"], val_cache=cache, labels=FLARE22_LABELS, progress=False
     )
     return run
+
+
+def perturbed_run(run: Path, out: Path, scale: float = 0.5) -> Path:
+    """A copy of a run folder whose floating-point weights have Gaussian noise of `scale` their sd added."""
+    from selflabel.checkpoints import load_checkpoint, save_checkpoint
+
+    shutil.copytree(run, out)
+    state = load_checkpoint(out / "best.pt")
+    generator = torch.Generator().manual_seed(0)
+    for key, value in state["model"].items():
+        if value.is_floating_point() and value.numel() > 1:
+            noise = torch.randn(value.shape, generator=generator) * value.float().std() * scale
+            state["model"][key] = (value.float() + noise).to(value.dtype)
+    save_checkpoint(out / "best.pt", state)
+    return out
 
 
 @pytest.fixture(scope="session")

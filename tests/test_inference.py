@@ -17,7 +17,15 @@ from selflabel import inference
 from selflabel.checkpoints import load_checkpoint, save_checkpoint
 from selflabel.inference import Predictor, largest_components, main_axial_slab, predict_folder
 from selflabel.io import list_cases, read_image
-from tests.conftest import assert_same_geometry, lookup_predictor, reorient, run_cli, torchrun_cli, write_scans
+from tests.conftest import (
+    assert_same_geometry,
+    lookup_predictor,
+    perturbed_run,
+    reorient,
+    run_cli,
+    torchrun_cli,
+    write_scans,
+)
 
 #: Orientations the real CT is written in: RAS as stored, LPS (DICOM/ITK), in-plane axes swapped,
 #: slices first, and z flipped in the middle.
@@ -180,25 +188,12 @@ def test_one_nifti_file_as_input_is_predicted_as_in_a_folder(tiny_run, tmp_path,
     assert code == 2 and err.strip() == f"selflabel: error: {tmp_path / 'notes.txt'}: {problem}", err
 
 
-def _perturbed_copy(run: Path, out: Path, scale: float = 0.5) -> Path:
-    """A copy of a run folder whose floating-point weights have Gaussian noise of `scale` their sd added."""
-    shutil.copytree(run, out)
-    state = load_checkpoint(out / "best.pt")
-    generator = torch.Generator().manual_seed(0)
-    for key, value in state["model"].items():
-        if value.is_floating_point() and value.numel() > 1:
-            noise = torch.randn(value.shape, generator=generator) * value.float().std() * scale
-            state["model"][key] = (value.float() + noise).to(value.dtype)
-    save_checkpoint(out / "best.pt", state)
-    return out
-
-
 def test_several_models_predict_as_an_ensemble_of_their_probabilities(tiny_run, tmp_path, capsys):
     """`-m A -m B`: each voxel where A and B agree keeps their label (the mean of two distributions whose arg-max is
     one class has that arg-max), the others take the mean probabilities' arg-max, so the ensemble differs from each
     model alone; a model reading another grid is one line naming its run, nothing written."""
     write_scans(tmp_path / "in", 1)
-    other = _perturbed_copy(tiny_run, tmp_path / "other")
+    other = perturbed_run(tiny_run, tmp_path / "other")
     base = ["predict", "-i", tmp_path / "in", "--device", "cpu", "--quiet"]
     for name, models in {"a": [tiny_run], "b": [other], "ab": [tiny_run, other]}.items():
         code, _, err = run_cli([*base, *[arg for m in models for arg in ("-m", m)], "-o", tmp_path / name], capsys)

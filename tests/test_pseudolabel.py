@@ -28,7 +28,15 @@ from selflabel.pseudolabel import (
     pseudolabel_cases,
     select_cases,
 )
-from tests.conftest import assert_same_geometry, lookup_predictor, reorient, run_cli, torchrun_cli, write_scans
+from tests.conftest import (
+    assert_same_geometry,
+    lookup_predictor,
+    perturbed_run,
+    reorient,
+    run_cli,
+    torchrun_cli,
+    write_scans,
+)
 
 ORGANS = [name for name, index in sorted(FLARE22_LABELS.items(), key=lambda item: item[1]) if index > 0]
 
@@ -245,6 +253,25 @@ def test_pseudolabel_command_end_to_end(tiny_run, tmp_path, capsys):
 
     code, out, _ = run_cli([*base, "-o", tmp_path / "r2", "--tau", tau, "--previous", previous], capsys)
     assert code == 0 and "0 written, 3 skipped" in out
+
+
+def test_several_runs_pseudolabel_as_an_ensemble(tiny_run, tmp_path, capsys):
+    """`pseudolabel -m A -m B`: the training labels are the mean-probability ensemble's, not either run's alone."""
+    inputs = tmp_path / "in"
+    write_scans(inputs, 2)
+    other = perturbed_run(tiny_run, tmp_path / "other")
+    base = ["pseudolabel", "-i", inputs, "--cache", tmp_path / "cache", "--device", "cpu", "--quiet"]
+    code, out, err = run_cli([*base, "-m", tiny_run, "-m", other, "-o", tmp_path / "ab"], capsys)
+    assert code == 0 and "2 written" in out, err
+    cpu = {"inference.device": "cpu"}
+    a, b = Predictor.from_run(tiny_run, overrides=cpu), Predictor.from_run(other, overrides=cpu)
+    names = ["Case_00001", "Case_00002"]
+    alone = _model_grid_predictions(a, tmp_path / "cache", names)[0]
+    together = _model_grid_predictions(a.ensemble_with(b), tmp_path / "cache", names)[0]
+    for name in names:
+        written = np.load(tmp_path / "ab" / "train" / f"{name}_seg.npy")
+        assert np.array_equal(written, together[name])
+    assert any(not np.array_equal(together[n], alone[n]) for n in names)
 
 
 def test_corrupt_scan_is_named_and_the_others_are_pseudolabelled(tiny_run, tmp_path, capsys):

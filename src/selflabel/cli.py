@@ -183,10 +183,9 @@ def demo_data(
     typer.echo(f"demo-data: {summary.describe()}")
 
 
-RunOption = Annotated[Path, typer.Option("--model", "-m", help="Run folder of a trained model (selflabel train).")]
 RunsOption = Annotated[
     list[Path],
-    typer.Option("--model", "-m", help="Run folder of a trained model; repeated: an ensemble, probabilities averaged."),
+    typer.Option("--model", "-m", help="Run folder of a trained model (selflabel train); repeated: an ensemble."),
 ]
 PartsOption = Annotated[int | None, typer.Option(help="Split the cases into N parts (default: one per torchrun rank).")]
 PartOption = Annotated[int | None, typer.Option(help="Which part this process does, 0..N-1.")]
@@ -264,7 +263,7 @@ def predict(
 
 @app.command()
 def pseudolabel(
-    model: RunOption,
+    model: RunsOption,
     input_dir: Annotated[
         Path,
         typer.Option("--input", "-i", help="Unlabelled scans: NIfTI files or DICOM series (as predict)."),

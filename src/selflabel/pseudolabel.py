@@ -262,17 +262,20 @@ def run_companions(run_dir: str | Path, rate: float) -> Companions | None:
     return learn_companions(expert, rate)  # pseudo-labels live apart from their cache: not expert's
 
 
-def load_teacher(run_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> Predictor:
+def load_teacher(run_dir: str | Path | Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> Predictor:
     """The run's model that makes pseudo-labels: its best checkpoint, or the ensemble ``pseudolabel.checkpoints``
     names (`overrides` change the run's settings first), adapting its BatchNorm to each scan and mixing its slices
-    by their spacing as ``pseudolabel.adapt_bn`` and ``pseudolabel.z_smoothing_mm`` say."""
-    teacher = Predictor.from_run(run_dir, overrides=overrides)
+    by their spacing as ``pseudolabel.adapt_bn`` and ``pseudolabel.z_smoothing_mm`` say. Several runs: the ensemble
+    of each one's models, with the first run's settings (`Predictor.from_runs`)."""
+    runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
+    teacher = Predictor.from_runs(runs, overrides=overrides)
     own = teacher.config.pseudolabel
     teacher = teacher.with_overrides(
         {"inference.adapt_bn": own.adapt_bn, "inference.z_smoothing_mm": own.z_smoothing_mm}
     )
     if own.checkpoints == "best_and_latest":
-        teacher = teacher.ensemble_with(Predictor.from_run(run_dir, which="latest", overrides=overrides))
+        for run in runs:
+            teacher = teacher.ensemble_with(Predictor.from_run(run, which="latest", overrides=overrides))
     return teacher
 
 
@@ -324,7 +327,7 @@ def pseudolabel_cases(
 
 
 def pseudolabel_folder(
-    run_dir: str | Path,
+    run_dir: str | Path | Sequence[str | Path],
     input_dir: str | Path,
     out_dir: str | Path,
     *,
@@ -338,12 +341,14 @@ def pseudolabel_folder(
 ) -> tuple[BatchReport, Selection | None]:
     """`selflabel pseudolabel`: pseudo-label every scan of a folder (NIfTI files or DICOM series: `list_scans`).
 
-    `overrides` change the run's saved settings (dotted keys, e.g. ``{"pseudolabel.confidence_tau": 0.9}``).
+    `overrides` change the run's saved settings (dotted keys, e.g. ``{"pseudolabel.confidence_tau": 0.9}``). Several
+    runs pseudo-label as an ensemble (`load_teacher`); the anatomical check learns from the first run's labelled cases.
     """
     scans = list_scans(input_dir)  # before the model loads: a wrong folder is told at once
     predictor = load_teacher(run_dir, overrides)
     cache = Path(cache_dir) if cache_dir else Path(out_dir) / "cache"
-    companions = run_companions(run_dir, predictor.config.pseudolabel.companion_rate)
+    first = run_dir if isinstance(run_dir, str | Path) else run_dir[0]
+    companions = run_companions(first, predictor.config.pseudolabel.companion_rate)
     return pseudolabel_cases(
         predictor, scans, cache_dir=cache, out_dir=out_dir, previous_dir=previous_dir,
         overwrite=overwrite, num_parts=num_parts, part_id=part_id, progress=progress, companions=companions,
