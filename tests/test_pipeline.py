@@ -221,6 +221,25 @@ def test_predict_adapt_bn_flag_adapts_every_scan(finished, cohort, tmp_path, cap
         assert calls == expected * scans and len(list((tmp_path / name).glob("*.nii.gz"))) == scans
 
 
+def test_a_work_folder_predicts_with_the_student_its_report_offers(finished, cohort, tmp_path, capsys):
+    """`predict -m WORK` (a `selflabel run` folder) is `predict -m WORK/models/<offered student>`; a work folder
+    whose report is not written yet is one line naming it and the models it holds, nothing written."""
+    _, work = finished
+    base = ["predict", "-i", cohort / "imagesTs", "--device", "cpu", "--quiet"]
+    for name, model in (("work", work), ("student", work / "models" / "student")):
+        code, _, err = run_cli([*base, "-m", model, "-o", tmp_path / name], capsys)
+        assert code == 0, err
+    written = sorted((tmp_path / "work").glob("*.nii.gz"))
+    assert written and [p.name for p in written] == sorted(p.name for p in (tmp_path / "student").glob("*.nii.gz"))
+    for path in written:
+        assert np.array_equal(nib.load(path).dataobj, nib.load(tmp_path / "student" / path.name).dataobj)
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(work / "models" / "teacher", unfinished / "models" / "teacher")
+    code, _, err = run_cli([*base, "-m", unfinished, "-o", tmp_path / "none"], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"{unfinished}: a recipe's work folder" in err, err
+    assert "(models/teacher)" in err and not (tmp_path / "none").exists()
+
+
 def test_rerun_skips_finished_stages(finished, cohort):
     _, work = finished
     cfg = load_config("cpu", overrides=MICRO)

@@ -34,6 +34,7 @@ from selflabel.inference import Predictor, output_name
 from selflabel.io import Case, Volume, from_canonical, list_scans, read_header, write_nifti
 from selflabel.labels import IGNORE_INDEX
 from selflabel.preprocess import CacheEntry, CropBox, foreground_slices, organ_slices, preprocess_cases
+from selflabel.report import offered_model
 
 STAT_FIELDS = [
     "case", "mean_confidence", "mean_entropy", "uncertain_fraction", "foreground_fraction", "changed",
@@ -347,7 +348,7 @@ def pseudolabel_folder(
     scans = list_scans(input_dir)  # before the model loads: a wrong folder is told at once
     predictor = load_teacher(run_dir, overrides)
     cache = Path(cache_dir) if cache_dir else Path(out_dir) / "cache"
-    first = run_dir if isinstance(run_dir, str | Path) else run_dir[0]
+    first = offered_model(run_dir if isinstance(run_dir, str | Path) else run_dir[0])
     companions = run_companions(first, predictor.config.pseudolabel.companion_rate)
     return pseudolabel_cases(
         predictor, scans, cache_dir=cache, out_dir=out_dir, previous_dir=previous_dir,

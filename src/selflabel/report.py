@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from selflabel.atomic import atomic_path, atomic_write_json, atomic_write_text
+from selflabel.errors import InputError
 from selflabel.io import canonical_axes, read_image, read_label, to_canonical
 from selflabel.labels import FLARE22_ORGANS
 from selflabel.training_log import read_epochs, read_iterations
@@ -244,6 +245,20 @@ def chosen_student(summary: Mapping[str, Any]) -> str | None:
     if not students or not all("validation" in models[n]["splits"] for n in students):
         return students[-1] if students else None
     return max(students, key=lambda n: models[n]["splits"]["validation"]["mean_dsc"])
+
+
+def offered_model(path: str | Path) -> Path:
+    """`path` when it is a model's run folder; for a `selflabel run` work folder, the model its report offers
+    (``WORK/models/<chosen_student>``). Raises InputError for a work folder whose report is not written yet."""
+    path = Path(path)
+    if (path / "best.pt").is_file() or not (path / "models").is_dir():
+        return path
+    summary = path / "report" / "summary.json"
+    offered = chosen_student(json.loads(summary.read_text())) if summary.is_file() else None
+    if offered is None:
+        models = ", ".join(f"models/{p.name}" for p in sorted((path / "models").iterdir()) if (p / "best.pt").is_file())
+        raise InputError(path, f"a recipe's work folder whose report offers no model yet: pass one of ({models})")
+    return path / "models" / offered
 
 
 def comparison_line(summary: Mapping[str, Any], split: str) -> str | None:

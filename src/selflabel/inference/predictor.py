@@ -19,6 +19,7 @@ from selflabel.inference.postprocess import clear_outside, largest_components, m
 from selflabel.io import Volume, canonical_axes, from_canonical
 from selflabel.preprocess import CropBox, prepare_image
 from selflabel.progress import warn_input
+from selflabel.report import offered_model
 from selflabel.runtime import setup_device
 from selflabel.slicewise import VolumePrediction, batchnorm_adapted, predict_in_box, z_weight
 
@@ -66,11 +67,13 @@ class Predictor(LoadedModel):
     def from_run(
         cls, run_dir: str | Path, *, which: str = "best", overrides: Mapping[str, Any] | None = None
     ) -> Predictor:
-        """Load `best.pt` (or `latest.pt`) of a run folder; `overrides` change its saved settings (dotted keys).
+        """Load `best.pt` (or `latest.pt`) of a run folder (or of the model a `selflabel run` work folder offers);
+        `overrides` change its saved settings (dotted keys).
 
         The device is the resolved config's ``inference.device``; the weights take the memory layout they trained
         in (``train.channels_last``).
         """
+        run_dir = offered_model(run_dir)  # a recipe's work folder: the model its report offers
         state = load_run_model(run_dir, which, "cpu")
         config = apply_overrides(state.config, overrides or {})
         _warn_unseen_flips(run_dir, config)
