@@ -30,7 +30,7 @@ from selflabel.batch import BatchReport, gather_report, resolve_parts, run_cases
 from selflabel.config import PseudoLabelConfig, save_config
 from selflabel.distributed import dist_info, init_distributed
 from selflabel.errors import InputError, SelflabelError
-from selflabel.inference import Predictor, output_name
+from selflabel.inference import Predictor, output_name, run_list
 from selflabel.io import Case, Volume, from_canonical, list_scans, read_header, write_nifti
 from selflabel.labels import IGNORE_INDEX
 from selflabel.preprocess import CacheEntry, CropBox, foreground_slices, organ_slices, preprocess_cases
@@ -268,7 +268,7 @@ def load_teacher(run_dir: str | Path | Sequence[str | Path], overrides: Mapping[
     names (`overrides` change the run's settings first), adapting its BatchNorm to each scan and mixing its slices
     by their spacing as ``pseudolabel.adapt_bn`` and ``pseudolabel.z_smoothing_mm`` say. Several runs: the ensemble
     of each one's models, with the first run's settings (`Predictor.from_runs`)."""
-    runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
+    runs = run_list(run_dir)
     teacher = Predictor.from_runs(runs, overrides=overrides)
     own = teacher.config.pseudolabel
     teacher = teacher.with_overrides(
@@ -348,7 +348,7 @@ def pseudolabel_folder(
     scans = list_scans(input_dir)  # before the model loads: a wrong folder is told at once
     predictor = load_teacher(run_dir, overrides)
     cache = Path(cache_dir) if cache_dir else Path(out_dir) / "cache"
-    first = offered_model(run_dir if isinstance(run_dir, str | Path) else run_dir[0])
+    first = offered_model(run_list(run_dir)[0])
     companions = run_companions(first, predictor.config.pseudolabel.companion_rate)
     return pseudolabel_cases(
         predictor, scans, cache_dir=cache, out_dir=out_dir, previous_dir=previous_dir,

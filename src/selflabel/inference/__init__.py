@@ -9,6 +9,14 @@ and header.
 
 from selflabel.inference.folder import output_name, predict_folder
 from selflabel.inference.postprocess import clear_outside, largest_components, main_axial_slab
-from selflabel.inference.predictor import Predictor
+from selflabel.inference.predictor import Predictor, run_list
 
-__all__ = ["Predictor", "clear_outside", "largest_components", "main_axial_slab", "output_name", "predict_folder"]
+__all__ = [
+    "Predictor",
+    "clear_outside",
+    "largest_components",
+    "main_axial_slab",
+    "output_name",
+    "predict_folder",
+    "run_list",
+]

@@ -15,7 +15,7 @@ from typing import Any
 from selflabel.batch import BatchReport, gather_report, resolve_parts, run_cases, shard
 from selflabel.distributed import dist_info, init_distributed
 from selflabel.errors import InputError
-from selflabel.inference.predictor import Predictor
+from selflabel.inference.predictor import Predictor, run_list
 from selflabel.io import Case, list_scans, read_image, write_nifti
 
 
@@ -55,8 +55,7 @@ def predict_folder(
     info = dist_info()
     scans = list_scans(input_dir)  # before the model loads: a wrong folder is told at once
     paths = _output_paths(Path(output_dir), scans)
-    runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
-    predictor = Predictor.from_runs(runs, overrides=overrides)
+    predictor = Predictor.from_runs(run_list(run_dir), overrides=overrides)
     init_distributed(info, next(predictor.model.parameters()).device)
     parts, part = resolve_parts(num_parts, part_id, info)
     cases = shard(scans, parts, part)

@@ -45,6 +45,11 @@ def _warn_unseen_flips(run_dir: str | Path, config: Config) -> None:
                    "anatomy it never saw and lowers accuracy; leave --tta off for this model")  # fmt: skip
 
 
+def run_list(run_dir: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    """One run folder, or several (an ensemble), as a list."""
+    return [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
+
+
 def _check_same_input(first_dir: str | Path, first: LoadedModel, run_dir: str | Path, other: LoadedModel) -> None:
     """Raise InputError naming `run_dir` when its model's labels or input differ from `first`'s."""
     if other.labels != first.labels:
