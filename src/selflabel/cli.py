@@ -185,7 +185,11 @@ def demo_data(
 
 RunsOption = Annotated[
     list[Path],
-    typer.Option("--model", "-m", help="Run folder of a trained model (selflabel train); repeated: an ensemble."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="A trained model's run folder, or a `selflabel run` folder (its offered student); repeated: an ensemble.",
+    ),
 ]
 PartsOption = Annotated[int | None, typer.Option(help="Split the cases into N parts (default: one per torchrun rank).")]
 PartOption = Annotated[int | None, typer.Option(help="Which part this process does, 0..N-1.")]
