@@ -19,6 +19,7 @@ from selflabel.config import PipelineConfig, load_config
 from selflabel.data import SliceDataset, Source
 from selflabel.errors import SelflabelError
 from selflabel.pipeline import Pipeline, commands, run_recipe
+from selflabel.preprocess import plan
 from selflabel.report import PAPER_COLUMNS
 from selflabel.training_log import read_iterations
 from tests.conftest import cli_sets, run_cli, torchrun_cli
@@ -261,6 +262,34 @@ def test_a_setting_newer_than_a_finished_stage_changes_nothing_at_its_default(fi
     jittered = load_config("cpu", overrides={**MICRO, "augment.phase_jitter": 0.2})
     with pytest.raises(SelflabelError, match=r"stage 'teacher' ran with other settings \(augment.phase_jitter: None"):
         Pipeline(cohort, work, jittered, progress=False).run()
+
+
+def test_a_finished_run_keeps_the_statistics_it_planned(finished, cohort, tmp_path, monkeypatch):
+    """A run whose markers hold other CT statistics than today's planning gives (an older selflabel's draw,
+    emulated by editing them) resumes with its own, without planning again; another split (another seed) is planned
+    anew, and its prepare stage is refused as before."""
+    import selflabel.pipeline.recipe as recipe
+
+    work = tmp_path / "work"
+    shutil.copytree(finished[1], work)
+    planned = []
+    monkeypatch.setattr(recipe, "plan", lambda cfg, *args: planned.append(cfg.seed) or plan(cfg, *args))
+    cfg = load_config("cpu", overrides=MICRO)
+    today = list(Pipeline(cohort, work, cfg, progress=False).cfg.preprocess.foreground_intensity)
+    assert planned == []  # the run's own plan: its cases are not read again
+    older = [today[0] - 7.0, today[1] + 5.0, *today[2:]]
+    for marker in (work / "stages").glob("*.json"):
+        record = json.loads(marker.read_text())
+        record["settings"]["preprocess"]["foreground_intensity"] = older
+        marker.write_text(json.dumps(record))
+    pipeline = Pipeline(cohort, work, cfg, progress=False)
+    assert list(pipeline.cfg.preprocess.foreground_intensity) == older and planned == []
+    assert pipeline.run() == []  # every stage done: nothing redone, nothing refused
+    reseeded = load_config("cpu", overrides={**MICRO, "seed": 5})
+    refused = r"stage 'prepare' ran with other settings \(preprocess.foreground_intensity"
+    with pytest.raises(SelflabelError, match=refused):
+        Pipeline(cohort, work, reseeded, progress=False).run()
+    assert planned == [5]
 
 
 def test_changed_settings_of_a_finished_stage_are_refused(finished, cohort, capsys):

@@ -33,11 +33,14 @@ from selflabel.inference import Predictor
 from selflabel.io import Case, Dataset, load_dataset
 from selflabel.pipeline.evaluation import evaluate_model
 from selflabel.pipeline.stages import Stage, StageRunner, say
-from selflabel.preprocess import plan, preprocess_cases
+from selflabel.preprocess import PLANNED, plan, preprocess_cases
 from selflabel.pseudolabel import learn_companions, load_teacher, pseudolabel_cases
 from selflabel.report import ModelResult, write_report
 from selflabel.runtime import join_group
 from selflabel.train import train_model
+
+#: The settings the ``prepare`` stage depends on (split, cache grids and the dataset statistics planned for them).
+PREPARE_SECTIONS = ("seed", "preprocess", "pipeline.train_fraction", "pipeline.student_image_size")
 
 
 def model_names(cfg: Config) -> list[str]:
@@ -65,14 +68,35 @@ class Pipeline:
                 f"{self.data_dir}: no unlabelled cases (unlabeledTr/) to pseudo-label; `selflabel train` trains on "
                 "the labelled cases alone"
             )
-        self.cfg = plan(cfg, self._labelled(self._split(cfg)[0]), self.dataset.label_values)
+        self.cfg = self._kept_plan(cfg) or plan(cfg, self._labelled(self._split(cfg)[0]), self.dataset.label_values)
         self.cache = self.work / "cache"
         self.student_size = self.cfg.pipeline.student_image_size or self.cfg.preprocess.image_size
         own_grid = self.student_size != self.cfg.preprocess.image_size
         self.student_cache = self.work / f"cache{self.student_size}" if own_grid else self.cache
         self.models = model_names(self.cfg)
+        self.runner = self._runner(self.cfg)
+
+    def _runner(self, cfg: Config) -> StageRunner:
         identity = {"data_dir": str(self.data_dir.resolve())}
-        self.runner = StageRunner(self.work, config_to_dict(self.cfg), identity, config_to_dict(Config()))
+        return StageRunner(self.work, config_to_dict(cfg), identity, config_to_dict(Config()))
+
+    def _kept_plan(self, cfg: Config) -> Config | None:
+        """`cfg` with the dataset statistics that this work folder's finished ``prepare`` planned, when it planned
+        them from the same training cases and every other setting of that stage is unchanged: a run keeps its plan,
+        as nnU-Net keeps its plans file (no training case is read again; a run planned by an older selflabel
+        resumes as it began). None otherwise."""
+        marker, split = self.work / "stages" / "prepare.json", self.work / "split.json"
+        record = json.loads(marker.read_text()) if marker.is_file() else {}
+        saved = record.get("settings", {}).get("preprocess", {})
+        given = {key for key in PLANNED if getattr(cfg.preprocess, key)}  # set by the user: not planned
+        kept = {f"preprocess.{key}": saved[key] for key in PLANNED if saved.get(key) and key not in given}
+        if record.get("status") != "done" or not kept or not split.is_file():
+            return None
+        if json.loads(split.read_text())["train"] != self._split(cfg)[0]:
+            return None
+        candidate = apply_overrides(cfg, kept)
+        prepare = Stage("prepare", PREPARE_SECTIONS, (), lambda: None)
+        return None if self._runner(candidate).first_changed([prepare]) else candidate
 
     # ---- layout ----
 
@@ -96,7 +120,7 @@ class Pipeline:
     # ---- stages ----
 
     def stages(self) -> list[Stage]:
-        base = ("seed", "preprocess", "pipeline.train_fraction", "pipeline.student_image_size")
+        base = PREPARE_SECTIONS
         train = (*base, "model", "augment", "train")
         student = (*train, "student", "inference", "pseudolabel", "pipeline.student_epochs", "pipeline.student_model",
                    "pipeline.student_augment", "pipeline.student_init", "pipeline.student_lr",

@@ -14,12 +14,13 @@ from selflabel.preprocess.cache import (
 )
 from selflabel.preprocess.crop import CropBox
 from selflabel.preprocess.intensity import foreground_intensity, normalize_intensity
-from selflabel.preprocess.planning import plan
+from selflabel.preprocess.planning import PLANNED, plan
 from selflabel.preprocess.resample import resize_labels, resize_slices
 from selflabel.preprocess.volume import prepare_image, prepare_label
 
 __all__ = [
     "CACHE_VERSION",
+    "PLANNED",
     "CacheEntry",
     "CropBox",
     "cache_case",

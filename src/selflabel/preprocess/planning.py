@@ -13,6 +13,9 @@ from selflabel.io import Case, canonical_axes, read_image, to_canonical
 from selflabel.preprocess.intensity import foreground_intensity
 from selflabel.preprocess.volume import crop_box
 
+#: The ``preprocess`` settings that `plan` fills in (when not given) from the training cases.
+PLANNED = ("foreground_intensity", "box_mm")
+
 
 def body_box_side(cases: Sequence[Case], cfg: PreprocessConfig) -> float:
     """The median side (mm) of the cases' own body boxes (the config's threshold, margin and opening)."""
