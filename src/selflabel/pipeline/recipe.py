@@ -2,7 +2,8 @@
 
 Stages (`selflabel.pipeline.stages` keeps the markers, settings checks and resume):
 
-1. ``prepare``: check the dataset, split the labelled cases (train/validation), cache labelled and unlabelled scans;
+1. ``prepare``: check the dataset, split the labelled cases (train/validation), plan the dataset statistics (kept
+   on reruns with the same cases and settings), cache labelled and unlabelled scans;
 2. ``teacher``: train on the labelled training cases only;
 3. ``pseudolabel1``: predict every unlabelled scan with the teacher (confidence statistics, case selection);
 4. ``student1``: train a new model from scratch on labelled + pseudo-labelled cases;
