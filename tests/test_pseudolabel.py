@@ -24,10 +24,10 @@ from selflabel.pseudolabel import (
     changed_fraction,
     confidence_stats,
     filter_by_confidence,
-    organ_volumes_ml,
     pseudolabel_cases,
     select_cases,
 )
+from selflabel.volumes import organ_volumes_ml
 from tests.conftest import (
     assert_same_geometry,
     lookup_predictor,

@@ -35,6 +35,7 @@ from selflabel.io import Case, Volume, from_canonical, list_scans, read_header, 
 from selflabel.labels import IGNORE_INDEX
 from selflabel.preprocess import CacheEntry, CropBox, foreground_slices, organ_slices, preprocess_cases
 from selflabel.report import offered_model
+from selflabel.volumes import organ_volumes_ml
 
 STAT_FIELDS = [
     "case", "mean_confidence", "mean_entropy", "uncertain_fraction", "foreground_fraction", "changed",
@@ -62,13 +63,6 @@ def confidence_stats(
         "mean_entropy": float(entropy[region].astype(np.float64).mean()),
         "uncertain_fraction": float((confidence[fg] < low_confidence_tau).mean()) if fg.any() else 0.0,
     }
-
-
-def organ_volumes_ml(labels: np.ndarray, spacing: Sequence[float], names: dict[int, str]) -> dict[str, float]:
-    """Volume in ml of every organ of a label map at voxel size `spacing` (mm)."""
-    counts = np.bincount(labels.ravel(), minlength=max(names) + 1)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    return {name: float(counts[index]) * voxel_ml for index, name in names.items() if index > 0}
 
 
 def changed_fraction(current: np.ndarray, previous: np.ndarray) -> float:

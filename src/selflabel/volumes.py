@@ -17,15 +17,21 @@ from selflabel.errors import InputError
 from selflabel.io import read_label, single_files
 from selflabel.labels import FLARE22_ORGANS, Organ
 
-__all__ = ["format_volumes", "label_volumes", "write_volumes"]
+__all__ = ["format_volumes", "label_volumes", "organ_volumes_ml", "write_volumes"]
+
+
+def organ_volumes_ml(labels: np.ndarray, spacing: Sequence[float], names: dict[int, str]) -> dict[str, float]:
+    """Volume in mL of every organ (label value -> name, background left out) of a label array at voxel size
+    `spacing` (mm); 0.0 for an organ it does not hold."""
+    counts = np.bincount(labels.ravel(), minlength=max(names) + 1)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    return {name: float(counts[index]) * voxel_ml for index, name in names.items() if index > 0}
 
 
 def label_volumes(path: Path, organs: Sequence[Organ] = FLARE22_ORGANS) -> dict[str, float]:
     """Organ short name -> volume in mL of one label file (0.0 for an organ it does not hold)."""
     labels = read_label(path)
-    counts = np.bincount(labels.array.ravel(), minlength=256)
-    voxel_ml = float(np.prod(labels.spacing)) / 1000.0
-    return {o.short: float(counts[o.index]) * voxel_ml for o in organs}
+    return organ_volumes_ml(labels.array, labels.spacing, {o.index: o.short for o in organs})
 
 
 def _files(source: Path) -> list[Path]:
