@@ -86,18 +86,17 @@ class Pipeline:
         them from the same training cases and every other setting of that stage is unchanged: a run keeps its plan,
         as nnU-Net keeps its plans file (no training case is read again; a run planned by an older selflabel
         resumes as it began). None otherwise."""
-        marker, split = self.work / "stages" / "prepare.json", self.work / "split.json"
-        record = json.loads(marker.read_text()) if marker.is_file() else {}
-        saved = record.get("settings", {}).get("preprocess", {})
-        given = {key for key in PLANNED if getattr(cfg.preprocess, key)}  # set by the user: not planned
-        kept = {f"preprocess.{key}": saved[key] for key in PLANNED if saved.get(key) and key not in given}
-        if record.get("status") != "done" or not kept or not split.is_file():
+        prepare = Stage("prepare", PREPARE_SECTIONS, (), lambda: None)
+        runner, split = self._runner(cfg), self.work / "split.json"
+        if not (runner.done(prepare) and split.is_file()):
             return None
         if json.loads(split.read_text())["train"] != self._split(cfg)[0]:
             return None
+        saved = json.loads(runner.marker(prepare).read_text())["settings"]["preprocess"]
+        unset = [key for key in PLANNED if not getattr(cfg.preprocess, key)]  # a value the user gives is not planned
+        kept = {f"preprocess.{key}": saved[key] for key in unset if saved.get(key)}
         candidate = apply_overrides(cfg, kept)
-        prepare = Stage("prepare", PREPARE_SECTIONS, (), lambda: None)
-        return None if self._runner(candidate).first_changed([prepare]) else candidate
+        return candidate if kept and not self._runner(candidate).first_changed([prepare]) else None
 
     # ---- layout ----
 
