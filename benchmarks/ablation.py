@@ -168,6 +168,11 @@ OPTIONS: dict[str, list[str]] = {
     # the preset without its anatomical check of pseudo-labels (measured as plus_companions before the preset took it)
     "no_companions": _sets("pseudolabel.companion_rate=0"),
     "companions_095": _sets("pseudolabel.companion_rate=0.95"),  # a looser rule: more of the teacher's misses caught
+    # phantom bodies among the labelled training cases (other builds, stomach fillings and levels than one patient's);
+    # on the phantom cohort these are more cases of its own generator, so only realct and real patients judge them
+    "plus_synthetic4": _sets("pipeline.synthetic_cases=4", "pipeline.synthetic_weight=1"),
+    "plus_synthetic4_w025": _sets("pipeline.synthetic_cases=4", "pipeline.synthetic_weight=0.25"),
+    "plus_synthetic8_w025": _sets("pipeline.synthetic_cases=8", "pipeline.synthetic_weight=0.25"),
     # a fifth level (a 5x5 bottleneck at 80 px, as nnU-Net plans poolings down to a few pixels): the preset's cost,
     # +23 % per step, and at about the preset's cost (fewer iterations per epoch and in the fine-tuning)
     "plus_unet5": _sets("model.unet_channels=[16,32,64,128,256]"),

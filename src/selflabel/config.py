@@ -329,6 +329,11 @@ class PipelineConfig:
         `preprocess.image_size`): a finer grid holds small organs and borders better, at its cost in time; the
         teacher's pseudo-labels are resized to it as probabilities, and the labelled and unlabelled scans are cached
         at it too.
+    synthetic_cases: phantom bodies (`selflabel.phantom`) added to the labelled training cases of the teacher and
+        every student, not of the fine-tuning (0 = off, the paper): anatomy of other builds, stomach fillings and
+        levels that a few labelled scans of one patient do not show. Each is labelled with the organs the labelled
+        training cases hold (at the dataset's label values; any other organ is background), made once into
+        WORK/synthetic from the run's seed, and drawn `synthetic_weight` as often as a labelled case.
     """
 
     train_fraction: float = 0.4
@@ -345,6 +350,8 @@ class PipelineConfig:
     student_batch_size: int = 0
     student_labelled: Literal["train", "all"] = "train"
     student_image_size: int = 0
+    synthetic_cases: int = 0
+    synthetic_weight: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -636,6 +643,11 @@ def _validate_pipeline(config: Config) -> None:
         raise ConfigError(f"pipeline.student_image_size must be 0 (the teacher's grid) or at least 8, got {size}")
     if pl.finetune_lr <= 0:
         raise ConfigError(f"pipeline.finetune_lr must be positive, got {pl.finetune_lr}")
+    if pl.synthetic_cases < 0 or pl.synthetic_weight <= 0:
+        raise ConfigError(
+            "pipeline.synthetic_cases must be >= 0 and pipeline.synthetic_weight positive, got "
+            f"{pl.synthetic_cases} and {pl.synthetic_weight}"
+        )
     if pl.finetune_iterations < 0:
         n = pl.finetune_iterations
         raise ConfigError(f"pipeline.finetune_iterations must be >= 0 (0 = train.iterations_per_epoch), got {n}")

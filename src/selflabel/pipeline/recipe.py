@@ -34,14 +34,20 @@ from selflabel.inference import Predictor
 from selflabel.io import Case, Dataset, load_dataset
 from selflabel.pipeline.evaluation import evaluate_model
 from selflabel.pipeline.stages import Stage, StageRunner, say
-from selflabel.preprocess import PLANNED, plan, preprocess_cases
+from selflabel.pipeline.synthetic import synthetic_cases
+from selflabel.preprocess import PLANNED, CacheEntry, plan, preprocess_cases
 from selflabel.pseudolabel import learn_companions, load_teacher, pseudolabel_cases
 from selflabel.report import ModelResult, write_report
 from selflabel.runtime import join_group
 from selflabel.train import train_model
 
 #: The settings the ``prepare`` stage depends on (split, cache grids and the dataset statistics planned for them).
-PREPARE_SECTIONS = ("seed", "preprocess", "pipeline.train_fraction", "pipeline.student_image_size")
+PREPARE_SECTIONS = (
+    "seed", "preprocess", "pipeline.train_fraction", "pipeline.student_image_size", "pipeline.synthetic_cases",
+)  # fmt: skip
+#: The phantom cohort of `pipeline.synthetic_cases` is drawn with the run's seed plus this, so that a run on the
+#: synthetic cohort itself (`selflabel demo`, seed 0) never gets its own labelled cases again.
+SYNTHETIC_SEED_OFFSET = 1000
 
 
 def model_names(cfg: Config) -> list[str]:
@@ -121,7 +127,7 @@ class Pipeline:
 
     def stages(self) -> list[Stage]:
         base = PREPARE_SECTIONS
-        train = (*base, "model", "augment", "train")
+        train = (*base, "model", "augment", "train", "pipeline.synthetic_weight")
         student = (*train, "student", "inference", "pseudolabel", "pipeline.student_epochs", "pipeline.student_model",
                    "pipeline.student_augment", "pipeline.student_init", "pipeline.student_lr",
                    "pipeline.student_batch_size", "pipeline.student_labelled")  # fmt: skip
@@ -129,7 +135,7 @@ class Pipeline:
         caches = tuple(dict.fromkeys(("cache", self.student_cache.name)))
         shared = functools.partial(Stage, every_rank=True)  # DDP training, sharded pseudo-labelling
         stages = [
-            Stage("prepare", base, ("split.json", *caches), self._prepare),
+            Stage("prepare", base, ("split.json", "synthetic", *caches), self._prepare),
             shared("teacher", train, ("models/teacher",), self._teacher),
         ]
         for r in range(1, self.cfg.pipeline.rounds + 1):
@@ -150,14 +156,35 @@ class Pipeline:
 
     def _prepare(self) -> None:
         train, val = self._split(self.cfg)
-        atomic_write_json(self.work / "split.json", {"train": train, "validation": val})
-        groups = [(self.dataset.training, self.dataset.label_values), (self.dataset.unlabeled, None)]
         grids = {self.cache: self.cfg.preprocess, self.student_cache: self._student_config().preprocess}
+        self._cache([(self.dataset.training, self.dataset.label_values), (self.dataset.unlabeled, None)], grids)
+        synthetic = self._synthetic_cases(train, grids)
+        atomic_write_json(self.work / "split.json", {"train": train, "validation": val, "synthetic": synthetic})
+        added = f", {len(synthetic)} synthetic" if synthetic else ""
+        say(f"    {len(train)} training, {len(val)} validation, {len(self.dataset.unlabeled)} unlabelled cases{added}")
+
+    def _cache(self, groups: list[tuple[Sequence[Case], Sequence[int] | None]], grids: dict[Path, Any]) -> None:
         for cache, settings in grids.items():
             for cases, label_values in groups:
                 report = preprocess_cases(cases, cache, settings, label_values, progress=self.progress)
                 report.raise_if_failed()
-        say(f"    {len(train)} training, {len(val)} validation, {len(self.dataset.unlabeled)} unlabelled cases")
+
+    def _synthetic_cases(self, train: Sequence[str], grids: dict[Path, Any]) -> list[str]:
+        """Make and cache `pipeline.synthetic_cases` phantom cases, labelled with the organs that the training
+        cases hold on some grid; returns their names."""
+        count = self.cfg.pipeline.synthetic_cases
+        if not count:
+            return []
+        held = {v for cache in grids for name in train for v in CacheEntry(cache, name).read_meta()["label_values"]}
+        seed = self.cfg.seed + SYNTHETIC_SEED_OFFSET
+        cases = synthetic_cases(self.work / "synthetic", count, seed, self.dataset.labels, held)
+        self._cache([(cases, self.dataset.label_values)], grids)
+        return [case.name for case in cases]
+
+    def _synthetic(self, cache: Path) -> list[Source]:
+        """The phantom cases as a training source of their own weight (none without `pipeline.synthetic_cases`)."""
+        names = tuple(self.split.get("synthetic", []))
+        return [Source(cache, names, weight=self.cfg.pipeline.synthetic_weight)] if names else []
 
     def _train_model(
         self, name: str, labelled: Sequence[str], extra: list[Source], cfg: Config, cache: Path,
@@ -171,7 +198,7 @@ class Pipeline:
         say(f"    {name}: {result.epochs} epochs, {result.seconds:.0f} s, {result.kept}")
 
     def _teacher(self) -> None:
-        self._train_model("teacher", self.split["train"], [], self.cfg, self.cache)
+        self._train_model("teacher", self.split["train"], self._synthetic(self.cache), self.cfg, self.cache)
 
     def _students_labelled(self) -> list[str]:
         """The labelled cases a student trains on: the training split, and the validation one with
@@ -223,7 +250,8 @@ class Pipeline:
             self.run_dir(self.models[round_ - 1]) / "best.pt" if self.cfg.pipeline.student_init == "teacher" else None
         )
         cfg = self._student_config({"train.epochs": epochs})
-        self._train_model(self.models[round_], self._students_labelled(), [pseudo], cfg, cache, init_from=init)
+        extra = [pseudo, *self._synthetic(cache)]
+        self._train_model(self.models[round_], self._students_labelled(), extra, cfg, cache, init_from=init)
 
     def _finetune(self) -> None:
         p = self.cfg.pipeline

@@ -1,0 +1,63 @@
+"""pipeline.synthetic_cases: phantom bodies as extra labelled training cases, of the dataset's own organs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from selflabel.config import load_config
+from selflabel.errors import ConfigError
+from selflabel.io import read_label
+from selflabel.pipeline import Pipeline
+from selflabel.pipeline.synthetic import label_lookup, synthetic_cases
+from selflabel.preprocess import CacheEntry
+from tests.test_pipeline import MICRO
+
+
+def test_phantom_organs_take_the_dataset_s_label_values_where_its_cases_hold_them() -> None:
+    """A hospital's map (spleen 1, liver 2, a tumour 3): the phantom's spleen (FLARE 3) becomes 1 and its liver
+    (FLARE 1) 2; nothing becomes the tumour; an organ no labelled case holds becomes background."""
+    labels = {"background": 0, "Spleen": 1, "liver": 2, "tumour": 3}
+    lookup = label_lookup(labels, held={0, 1, 2, 3})
+    assert lookup[3] == 1 and lookup[1] == 2
+    assert set(np.flatnonzero(lookup)) == {1, 3} and 3 not in lookup
+    assert set(np.flatnonzero(label_lookup(labels, held={2}))) == {1}
+
+
+def test_a_rerun_reuses_the_phantom_cases(tmp_path: Path) -> None:
+    labels = {"background": 0, "liver": 1, "spleen": 3}
+    first = synthetic_cases(tmp_path, 2, seed=5, labels=labels, held={1, 3})
+    stamps = [case.label.stat().st_mtime_ns for case in first]
+    again = synthetic_cases(tmp_path, 2, seed=5, labels=labels, held={1, 3})
+    assert [case.label.stat().st_mtime_ns for case in again] == stamps
+    assert set(np.unique(read_label(again[0].label).array)) == {0, 1, 3}
+    fewer = synthetic_cases(tmp_path, 2, seed=5, labels=labels, held={1})
+    assert set(np.unique(read_label(fewer[0].label).array)) == {0, 1}
+
+
+def test_the_teacher_trains_on_phantom_cases_of_the_labelled_organs_at_their_weight(tiny_dataset, tmp_path) -> None:
+    """The tiny dataset labels the liver (1) and spleen (3) only: `prepare` caches two phantom cases holding those two
+    organs and no other, names them in split.json, and the teacher and the student draw them as a source of weight
+    0.5 (beside the pseudo-labelled source for the student)."""
+    settings = {**MICRO, "pipeline.synthetic_cases": 2, "pipeline.synthetic_weight": 0.5}
+    pipeline = Pipeline(tiny_dataset, tmp_path / "work", load_config("cpu", overrides=settings), False)
+    for stage in pipeline.stages()[:4]:  # prepare, teacher, pseudolabel1, student1
+        stage.run()
+    split = json.loads((tmp_path / "work" / "split.json").read_text())
+    assert split["synthetic"] == ["Synthetic_0001", "Synthetic_0002"]
+    for name in split["synthetic"]:
+        assert CacheEntry(pipeline.cache, name).read_meta()["label_values"] == [0, 1, 3]
+    sources = json.loads((tmp_path / "work" / "models" / "teacher" / "split.json").read_text())["sources"]
+    assert [s["cases"] for s in sources] == [split["train"], split["synthetic"]]
+    assert [s["weight"] for s in sources] == [1.0, 0.5]
+    student = json.loads((tmp_path / "work" / "models" / "student" / "split.json").read_text())["sources"]
+    assert [s["cases"] for s in student][::2] == [split["train"], split["synthetic"]]
+    assert [s["weight"] for s in student][::2] == [1.0, 0.5]
+
+
+def test_a_negative_count_is_refused() -> None:
+    with pytest.raises(ConfigError, match="synthetic_cases"):
+        load_config("cpu", overrides={"pipeline.synthetic_cases": -1})
