@@ -173,6 +173,9 @@ OPTIONS: dict[str, list[str]] = {
     "plus_synthetic4": _sets("pipeline.synthetic_cases=4", "pipeline.synthetic_weight=1"),
     "plus_synthetic4_w025": _sets("pipeline.synthetic_cases=4", "pipeline.synthetic_weight=0.25"),
     "plus_synthetic8_w025": _sets("pipeline.synthetic_cases=8", "pipeline.synthetic_weight=0.25"),
+    "plus_synthetic4_students": _sets(
+        "pipeline.synthetic_cases=4", "pipeline.synthetic_weight=1", "pipeline.synthetic_teacher=false"
+    ),
     # a fifth level (a 5x5 bottleneck at 80 px, as nnU-Net plans poolings down to a few pixels): the preset's cost,
     # +23 % per step, and at about the preset's cost (fewer iterations per epoch and in the fine-tuning)
     "plus_unet5": _sets("model.unet_channels=[16,32,64,128,256]"),

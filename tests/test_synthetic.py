@@ -58,6 +58,18 @@ def test_the_teacher_trains_on_phantom_cases_of_the_labelled_organs_at_their_wei
     assert [s["weight"] for s in student][::2] == [1.0, 0.5]
 
 
+def test_synthetic_teacher_false_keeps_the_phantom_cases_to_the_students(tiny_dataset, tmp_path) -> None:
+    settings = {**MICRO, "pipeline.synthetic_cases": 1, "pipeline.synthetic_teacher": False}
+    pipeline = Pipeline(tiny_dataset, tmp_path / "work", load_config("cpu", overrides=settings), False)
+    for stage in pipeline.stages()[:4]:
+        stage.run()
+    split = json.loads((tmp_path / "work" / "split.json").read_text())
+    teacher = json.loads((tmp_path / "work" / "models" / "teacher" / "split.json").read_text())["sources"]
+    student = json.loads((tmp_path / "work" / "models" / "student" / "split.json").read_text())["sources"]
+    assert [s["cases"] for s in teacher] == [split["train"]]
+    assert student[-1]["cases"] == split["synthetic"] == ["Synthetic_0001"]
+
+
 def test_a_negative_count_is_refused() -> None:
     with pytest.raises(ConfigError, match="synthetic_cases"):
         load_config("cpu", overrides={"pipeline.synthetic_cases": -1})

@@ -334,6 +334,8 @@ class PipelineConfig:
         levels that a few labelled scans of one patient do not show. Each is labelled with the organs the labelled
         training cases hold (at the dataset's label values; any other organ is background), made once into
         WORK/synthetic from the run's seed, and drawn `synthetic_weight` as often as a labelled case.
+    synthetic_teacher: the teacher trains on the phantom cases too (``false``: the students only, so that the
+        pseudo-labels are the teacher's of the labelled anatomy alone).
     """
 
     train_fraction: float = 0.4
@@ -352,6 +354,7 @@ class PipelineConfig:
     student_image_size: int = 0
     synthetic_cases: int = 0
     synthetic_weight: float = 0.25
+    synthetic_teacher: bool = True
 
 
 @dataclass(frozen=True)

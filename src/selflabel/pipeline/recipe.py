@@ -127,7 +127,7 @@ class Pipeline:
 
     def stages(self) -> list[Stage]:
         base = PREPARE_SECTIONS
-        train = (*base, "model", "augment", "train", "pipeline.synthetic_weight")
+        train = (*base, "model", "augment", "train", "pipeline.synthetic_weight", "pipeline.synthetic_teacher")
         student = (*train, "student", "inference", "pseudolabel", "pipeline.student_epochs", "pipeline.student_model",
                    "pipeline.student_augment", "pipeline.student_init", "pipeline.student_lr",
                    "pipeline.student_batch_size", "pipeline.student_labelled")  # fmt: skip
@@ -198,7 +198,8 @@ class Pipeline:
         say(f"    {name}: {result.epochs} epochs, {result.seconds:.0f} s, {result.kept}")
 
     def _teacher(self) -> None:
-        self._train_model("teacher", self.split["train"], self._synthetic(self.cache), self.cfg, self.cache)
+        synthetic = self._synthetic(self.cache) if self.cfg.pipeline.synthetic_teacher else []
+        self._train_model("teacher", self.split["train"], synthetic, self.cfg, self.cache)
 
     def _students_labelled(self) -> list[str]:
         """The labelled cases a student trains on: the training split, and the validation one with
