@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from selflabel.config import load_config
-from selflabel.errors import ConfigError
+from selflabel.errors import ConfigError, SelflabelError
 from selflabel.io import read_label
 from selflabel.pipeline import Pipeline
 from selflabel.pipeline.synthetic import label_lookup, synthetic_cases
@@ -68,6 +68,16 @@ def test_synthetic_teacher_false_keeps_the_phantom_cases_to_the_students(tiny_da
     student = json.loads((tmp_path / "work" / "models" / "student" / "split.json").read_text())["sources"]
     assert [s["cases"] for s in teacher] == [split["train"]]
     assert student[-1]["cases"] == split["synthetic"] == ["Synthetic_0001"]
+
+
+def test_a_dataset_case_of_the_phantom_cases_name_is_refused(tiny_dataset, tmp_path) -> None:
+    for folder, suffix in (("imagesTr", "_0000"), ("labelsTr", "")):
+        path = tiny_dataset / folder / f"FLARE22_Tr_0002{suffix}.nii.gz"
+        path.rename(path.with_name(f"Synthetic_0001{suffix}.nii.gz"))
+    settings = {**MICRO, "pipeline.synthetic_cases": 1}
+    pipeline = Pipeline(tiny_dataset, tmp_path / "work", load_config("cpu", overrides=settings), False)
+    with pytest.raises(SelflabelError, match="Synthetic_0001 takes the phantom cases' name"):
+        pipeline.stages()[0].run()
 
 
 def test_a_negative_count_is_refused() -> None:

@@ -34,7 +34,7 @@ from selflabel.inference import Predictor
 from selflabel.io import Case, Dataset, load_dataset
 from selflabel.pipeline.evaluation import evaluate_model
 from selflabel.pipeline.stages import Stage, StageRunner, say
-from selflabel.pipeline.synthetic import synthetic_cases
+from selflabel.pipeline.synthetic import PREFIX, synthetic_cases
 from selflabel.preprocess import PLANNED, CacheEntry, plan, preprocess_cases
 from selflabel.pseudolabel import learn_companions, load_teacher, pseudolabel_cases
 from selflabel.report import ModelResult, write_report
@@ -175,6 +175,9 @@ class Pipeline:
         count = self.cfg.pipeline.synthetic_cases
         if not count:
             return []
+        clash = [c.name for c in (*self.dataset.training, *self.dataset.unlabeled) if c.name.startswith(PREFIX)]
+        if clash:
+            raise SelflabelError(f"{self.data_dir}: case {clash[0]} takes the phantom cases' name ({PREFIX}...)")
         held = {v for cache in grids for name in train for v in CacheEntry(cache, name).read_meta()["label_values"]}
         seed = self.cfg.seed + SYNTHETIC_SEED_OFFSET
         cases = synthetic_cases(self.work / "synthetic", count, seed, self.dataset.labels, held)

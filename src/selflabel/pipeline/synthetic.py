@@ -17,7 +17,7 @@ from selflabel.io import Case, read_label, write_nifti
 from selflabel.labels import FLARE22_LABELS, organs_for
 from selflabel.phantom import write_cohort
 
-#: Name prefix of the phantom cases in the cache and split.json (never a dataset's own case name).
+#: Name prefix of the phantom cases in the cache and split.json (a dataset case of that name is refused).
 PREFIX = "Synthetic_"
 
 
