@@ -172,7 +172,6 @@ OPTIONS: dict[str, list[str]] = {
     # on the phantom cohort these are more cases of its own generator, so only realct and real patients judge them
     "plus_synthetic4": _sets("pipeline.synthetic_cases=4", "pipeline.synthetic_weight=1"),
     "plus_synthetic4_w025": _sets("pipeline.synthetic_cases=4", "pipeline.synthetic_weight=0.25"),
-    "plus_synthetic8_w025": _sets("pipeline.synthetic_cases=8", "pipeline.synthetic_weight=0.25"),
     "plus_synthetic4_students": _sets(
         "pipeline.synthetic_cases=4", "pipeline.synthetic_weight=1", "pipeline.synthetic_teacher=false"
     ),

@@ -2,9 +2,10 @@
 
 Copies a cohort (e.g. a realct cohort: one patient's anatomy) and adds labelled cases of selflabel's phantom
 (`Phantom_<k>_0000.nii.gz`, the synthetic cohort's labelled case k of `--phantom-seed`, so that case k is the same
-whatever else is drawn). Organs that none of the cohort's own labelled cases holds are made background in the
-phantom labels (realct's scans start below the oesophagus: phantom oesophagi would teach an organ the real labels
-never show, and the test cases' "both empty" would turn into false positives). Everything else is the cohort's own.
+whatever else is drawn), labelled as `pipeline.synthetic_cases` labels its phantom cases: organs that none of the
+cohort's own labelled cases holds are background (realct's scans start below the oesophagus: phantom oesophagi would
+teach an organ the real labels never show, and the test cases' "both empty" would turn into false positives).
+Everything else is the cohort's own.
 
     python benchmarks/synthetic_prior_cohort.py OUT --base COHORT --take 1 2 3 4 [--phantom-seed 7]
 """
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from selflabel.io import read_label, write_nifti
+from selflabel.io import read_label, read_label_map, write_nifti
 from selflabel.phantom import write_cohort
+from selflabel.pipeline.synthetic import label_lookup
 
 
 def labels_held(labels_dir: Path) -> set[int]:
@@ -32,7 +34,7 @@ def write(out: Path, base: Path, take: Sequence[int], phantom_seed: int) -> list
     """`base` copied to `out` with the phantom's labelled cases `take` added; returns the names of the added cases."""
     if out.exists():
         raise SystemExit(f"{out}: exists; give a new folder")
-    held = labels_held(base / "labelsTr")
+    lookup = label_lookup(read_label_map(base / "dataset.json"), labels_held(base / "labelsTr"))
     added = []
     with tempfile.TemporaryDirectory() as tmp:
         write_cohort(tmp, labeled=max(take), unlabeled=0, test=0, seed=phantom_seed, workers=1)
@@ -42,7 +44,7 @@ def write(out: Path, base: Path, take: Sequence[int], phantom_seed: int) -> list
         for k in take:
             image = Path(tmp) / "imagesTr" / f"FLARE22_Tr_{k:04d}_0000.nii.gz"
             label = read_label(Path(tmp) / "labelsTr" / f"FLARE22_Tr_{k:04d}.nii.gz")
-            array = np.where(np.isin(label.array, sorted(held)), label.array, 0).astype(np.uint8)
+            array = lookup[label.array]  # the recipe's own mapping (`pipeline.synthetic_cases`)
             shutil.copy(image, staging / "imagesTr" / f"Phantom_{k:04d}_0000.nii.gz")
             write_nifti(staging / "labelsTr" / f"Phantom_{k:04d}.nii.gz", array, label)
             added.append(f"Phantom_{k:04d}")
