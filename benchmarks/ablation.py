@@ -148,6 +148,7 @@ OPTIONS: dict[str, list[str]] = {
     "finetune_lr5e-4": _sets("pipeline.finetune_lr=5e-4"),
     "finetune_lr2e-3": _sets("pipeline.finetune_lr=2e-3"),
     "finetune_i120": _sets("pipeline.finetune_iterations=120"),
+    "finetune_i170": _sets("pipeline.finetune_iterations=170"),
     "finetune_teacher_augment": _sets("pipeline.finetune_augment=teacher"),
     # half a fine-tuning epoch (85 iterations), for the time budget: the preset since session 2026-12-06 (g)
     "plus_finetune_i85": [
@@ -174,6 +175,14 @@ OPTIONS: dict[str, list[str]] = {
     "plus_synthetic4_w025": _sets("pipeline.synthetic_cases=4", "pipeline.synthetic_weight=0.25"),
     "plus_synthetic4_students": _sets(
         "pipeline.synthetic_cases=4", "pipeline.synthetic_weight=1", "pipeline.synthetic_teacher=false"
+    ),
+    # ... with a whole fine-tuning epoch on the labelled cases (170 iterations, the preset 85): does the longer
+    # return to the labelled anatomy win back realct's loss and keep the real patient's gain?
+    "plus_synthetic4_students_ft170": _sets(
+        "pipeline.synthetic_cases=4",
+        "pipeline.synthetic_weight=1",
+        "pipeline.synthetic_teacher=false",
+        "pipeline.finetune_iterations=170",
     ),
     # a fifth level (a 5x5 bottleneck at 80 px, as nnU-Net plans poolings down to a few pixels): the preset's cost,
     # +23 % per step, and at about the preset's cost (fewer iterations per epoch and in the fine-tuning)

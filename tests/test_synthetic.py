@@ -58,9 +58,14 @@ def test_the_teacher_trains_on_phantom_cases_of_the_labelled_organs_at_their_wei
     assert [s["weight"] for s in student][::2] == [1.0, 0.5]
 
 
-def test_synthetic_teacher_false_keeps_the_phantom_cases_to_the_students(tiny_dataset, tmp_path) -> None:
-    settings = {**MICRO, "pipeline.synthetic_cases": 1, "pipeline.synthetic_teacher": False}
-    pipeline = Pipeline(tiny_dataset, tmp_path / "work", load_config("cpu", overrides=settings), False)
+def test_the_robust_preset_keeps_the_phantom_cases_to_the_students(tiny_dataset, tmp_path) -> None:
+    """`--preset cpu_robust` (`pipeline.synthetic_teacher: false`): the teacher trains on the labelled cases alone,
+    the student on the phantom cases too; its fine-tuning is a whole epoch (the CPU preset's is half)."""
+    robust, cpu = load_config("cpu_robust"), load_config("cpu")
+    assert robust.pipeline.finetune_iterations == robust.train.iterations_per_epoch > cpu.pipeline.finetune_iterations
+    assert (robust.model, robust.train, robust.augment) == (cpu.model, cpu.train, cpu.augment)
+    settings = {**MICRO, "pipeline.synthetic_cases": 1}
+    pipeline = Pipeline(tiny_dataset, tmp_path / "work", load_config("cpu_robust", overrides=settings), False)
     for stage in pipeline.stages()[:4]:
         stage.run()
     split = json.loads((tmp_path / "work" / "split.json").read_text())
