@@ -184,6 +184,13 @@ OPTIONS: dict[str, list[str]] = {
         "pipeline.synthetic_teacher=false",
         "pipeline.finetune_iterations=170",
     ),
+    # ... twice the bodies at half the weight (the same share of the draws, more variety)
+    "plus_synthetic8_w05_students_ft170": _sets(
+        "pipeline.synthetic_cases=8",
+        "pipeline.synthetic_weight=0.5",
+        "pipeline.synthetic_teacher=false",
+        "pipeline.finetune_iterations=170",
+    ),
     # a fifth level (a 5x5 bottleneck at 80 px, as nnU-Net plans poolings down to a few pixels): the preset's cost,
     # +23 % per step, and at about the preset's cost (fewer iterations per epoch and in the fine-tuning)
     "plus_unet5": _sets("model.unet_channels=[16,32,64,128,256]"),
