@@ -177,7 +177,7 @@ OPTIONS: dict[str, list[str]] = {
         "pipeline.synthetic_cases=4", "pipeline.synthetic_weight=1", "pipeline.synthetic_teacher=false"
     ),
     # ... with a whole fine-tuning epoch on the labelled cases (170 iterations, the preset 85): does the longer
-    # return to the labelled anatomy win back realct's loss and keep the real patient's gain?
+    # return to the labelled anatomy win back realct's loss and keep the real patient's gain? (= `--preset cpu_robust`)
     "plus_synthetic4_students_ft170": _sets(
         "pipeline.synthetic_cases=4",
         "pipeline.synthetic_weight=1",
