@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from selflabel.io import read_label, read_label_map, write_nifti
-from selflabel.phantom import write_cohort
-from selflabel.pipeline.synthetic import label_lookup
+from selflabel.io import read_label, read_label_map
+from selflabel.pipeline.synthetic import synthetic_cases
 
 
 def labels_held(labels_dir: Path) -> set[int]:
@@ -34,19 +33,17 @@ def write(out: Path, base: Path, take: Sequence[int], phantom_seed: int) -> list
     """`base` copied to `out` with the phantom's labelled cases `take` added; returns the names of the added cases."""
     if out.exists():
         raise SystemExit(f"{out}: exists; give a new folder")
-    lookup = label_lookup(read_label_map(base / "dataset.json"), labels_held(base / "labelsTr"))
+    labels = read_label_map(base / "dataset.json")
     added = []
     with tempfile.TemporaryDirectory() as tmp:
-        write_cohort(tmp, labeled=max(take), unlabeled=0, test=0, seed=phantom_seed, workers=1)
+        # the recipe's own phantom cases (`pipeline.synthetic_cases`): made and labelled one way for both
+        cases = synthetic_cases(Path(tmp), max(take), phantom_seed, labels, labels_held(base / "labelsTr"))
         staging = out.with_name(out.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(base, staging)
         for k in take:
-            image = Path(tmp) / "imagesTr" / f"FLARE22_Tr_{k:04d}_0000.nii.gz"
-            label = read_label(Path(tmp) / "labelsTr" / f"FLARE22_Tr_{k:04d}.nii.gz")
-            array = lookup[label.array]  # the recipe's own mapping (`pipeline.synthetic_cases`)
-            shutil.copy(image, staging / "imagesTr" / f"Phantom_{k:04d}_0000.nii.gz")
-            write_nifti(staging / "labelsTr" / f"Phantom_{k:04d}.nii.gz", array, label)
+            shutil.copy(cases[k - 1].image, staging / "imagesTr" / f"Phantom_{k:04d}_0000.nii.gz")
+            shutil.copy(cases[k - 1].label, staging / "labelsTr" / f"Phantom_{k:04d}.nii.gz")
             added.append(f"Phantom_{k:04d}")
         staging.rename(out)  # the whole cohort appears at once
     return added
