@@ -44,12 +44,17 @@ def _sets(*pairs: str) -> list[str]:
     return [arg for pair in pairs for arg in ("--set", pair)]
 
 
+#: Phantom cases for the teacher too, with the fine-tuning of the preset they were measured on (session 2026-12-07 (g)).
+_TEACHER_TOO = ("pipeline.synthetic_cases=4", "pipeline.synthetic_teacher=true", "pipeline.finetune_iterations=85")
+
 #: Option name -> extra `selflabel run` arguments on top of the cpu preset. Adding an option is one line here.
 #: `baseline` is the preset; `cpu_before` the cpu preset before issue 11, `one_round_80` the one before its two
-#: rounds of 96x96 students, `split_0.5` the one before it trained on every labelled case; each `no_*` turns one of
-#: the preset's options off, each `plus_*` adds one it does not take.
+#: rounds of 96x96 students, `split_0.5` the one before it trained on every labelled case, `cpu_before_synthetic` the
+#: one before its phantom cases (every `baseline` row measured before session 2026-12-07 (i)); each `no_*` turns one
+#: of the preset's options off, each `plus_*` adds one it does not take.
 OPTIONS: dict[str, list[str]] = {
     "baseline": [],
+    "cpu_before_synthetic": _sets("pipeline.synthetic_cases=0", "pipeline.finetune_iterations=85"),
     "cpu_before": _sets(
         "preprocess.crop=none",
         "preprocess.normalization=percentile_zscore",
@@ -148,7 +153,7 @@ OPTIONS: dict[str, list[str]] = {
     "finetune_lr5e-4": _sets("pipeline.finetune_lr=5e-4"),
     "finetune_lr2e-3": _sets("pipeline.finetune_lr=2e-3"),
     "finetune_i120": _sets("pipeline.finetune_iterations=120"),
-    "finetune_i170": _sets("pipeline.finetune_iterations=170"),
+    "finetune_i170": _sets("pipeline.synthetic_cases=0", "pipeline.finetune_iterations=170"),  # the whole epoch alone
     "finetune_teacher_augment": _sets("pipeline.finetune_augment=teacher"),
     # half a fine-tuning epoch (85 iterations), for the time budget: the preset since session 2026-12-06 (g)
     "plus_finetune_i85": [
@@ -171,16 +176,28 @@ OPTIONS: dict[str, list[str]] = {
     "companions_095": _sets("pseudolabel.companion_rate=0.95"),  # a looser rule: more of the teacher's misses caught
     # phantom bodies among the labelled training cases (other builds, stomach fillings and levels than one patient's);
     # on the phantom cohort these are more cases of its own generator, so only realct and real patients judge them
-    "plus_synthetic4": _sets("pipeline.synthetic_cases=4", "pipeline.synthetic_weight=1"),
-    "plus_synthetic4_w025": _sets("pipeline.synthetic_cases=4", "pipeline.synthetic_weight=0.25"),
+    "plus_synthetic4": _sets(*_TEACHER_TOO, "pipeline.synthetic_weight=1"),
+    "plus_synthetic4_w025": _sets(*_TEACHER_TOO, "pipeline.synthetic_weight=0.25"),
     "plus_synthetic4_students": _sets(
-        "pipeline.synthetic_cases=4", "pipeline.synthetic_weight=1", "pipeline.synthetic_teacher=false"
+        "pipeline.synthetic_cases=4",
+        "pipeline.synthetic_weight=1",
+        "pipeline.synthetic_teacher=false",
+        "pipeline.finetune_iterations=85",
     ),
     # ... with a whole fine-tuning epoch on the labelled cases (170 iterations, the preset 85): does the longer
-    # return to the labelled anatomy win back realct's loss and keep the real patient's gain? (= `--preset cpu_robust`)
+    # return to the labelled anatomy win back realct's loss and keep the real patient's gain? (session (h)'s
+    # `--preset cpu_robust`)
     "plus_synthetic4_students_ft170": _sets(
         "pipeline.synthetic_cases=4",
         "pipeline.synthetic_weight=1",
+        "pipeline.synthetic_teacher=false",
+        "pipeline.finetune_iterations=170",
+    ),
+    # ... at half the weight (a sixth of the students' draws instead of two sevenths): less of realct's own anatomy
+    # given up for the other builds? (the CPU preset since session 2026-12-07 (i))
+    "plus_synthetic4_w05_students_ft170": _sets(
+        "pipeline.synthetic_cases=4",
+        "pipeline.synthetic_weight=0.5",
         "pipeline.synthetic_teacher=false",
         "pipeline.finetune_iterations=170",
     ),

@@ -35,6 +35,7 @@ MICRO = {
     "pipeline.rounds": 1,
     "pipeline.finetune_epochs": 0,
     "pipeline.student_image_size": 0,
+    "pipeline.synthetic_cases": 1,  # one of the preset's four phantom bodies for the students
     "train.batch_size": 4,
     "train.num_workers": 0,
     "train.device": "cpu",
@@ -430,19 +431,20 @@ def test_pseudo_weight_sets_the_student_s_sampling_weight(finished, cohort, tmp_
     copy = tmp_path / "work"
     shutil.copytree(work, copy, symlinks=True)
     before = json.loads((copy / "models" / "student" / "split.json").read_text())["sources"]
-    assert [s["weight"] for s in before] == [1.0, load_config("cpu", overrides=MICRO).train.pseudo_weight]
+    cfg = load_config("cpu", overrides=MICRO)
+    assert [s["weight"] for s in before] == [1.0, cfg.train.pseudo_weight, cfg.pipeline.synthetic_weight]
     shutil.rmtree(copy / "models" / "student")
     pipeline = Pipeline(cohort, copy, load_config("cpu", overrides={**MICRO, "train.pseudo_weight": 3.0}), False)
     next(stage for stage in pipeline.stages() if stage.name == "student1").run()
     record = json.loads((copy / "models" / "student" / "split.json").read_text())["sources"]
-    assert [s["weight"] for s in record] == [1.0, 3.0]
+    assert [s["weight"] for s in record] == [1.0, 3.0, cfg.pipeline.synthetic_weight]
     assert [s["cases"] for s in record] == [s["cases"] for s in before]
     assert Path(record[1]["label_dir"]) == copy / "pseudo" / "round1" / "train"
     sources = [Source(Path(s["cache_dir"]), tuple(s["cases"]), Path(s["label_dir"]), s["weight"]) for s in record]
     dataset = SliceDataset(sources, MICRO["preprocess.image_size"])
-    pseudo = dataset.slices[:, 0] == 1
-    assert pseudo.any() and (~pseudo).any()
-    assert set(dataset.weights[pseudo]) == {3.0} and set(dataset.weights[~pseudo]) == {1.0}
+    pseudo, labelled = dataset.slices[:, 0] == 1, dataset.slices[:, 0] == 0
+    assert pseudo.any() and labelled.any()
+    assert set(dataset.weights[pseudo]) == {3.0} and set(dataset.weights[labelled]) == {1.0}
 
 
 def test_student_labelled_all_trains_students_on_the_validation_cases_too(finished, cohort, tmp_path):
@@ -542,7 +544,8 @@ def test_a_student_at_a_grid_of_its_own(cohort, tmp_path):
     run_recipe(cohort, work, cfg, progress=False)
     for cache, side in ((work / "cache", 32), (work / "cache48", 48)):
         images = sorted(p for p in cache.glob("*.npy") if not p.name.endswith(("_seg.npy", "_gt.npy")))
-        assert len(images) == 4 + 3 and {np.load(p).shape[1:] for p in images} == {(side, side)}
+        assert len(images) == 4 + 3 + cfg.pipeline.synthetic_cases
+        assert {np.load(p).shape[1:] for p in images} == {(side, side)}
     for round_ in (1, 2):
         segs = sorted((work / "pseudo" / f"round{round_}" / "train").glob("*_seg.npy"))
         assert len(segs) == 3 and {np.load(p).shape[1:] for p in segs} == {(48, 48)}

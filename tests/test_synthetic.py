@@ -43,6 +43,7 @@ def test_the_teacher_trains_on_phantom_cases_of_the_labelled_organs_at_their_wei
     organs and no other, names them in split.json, and the teacher and the student draw them as a source of weight
     0.5 (beside the pseudo-labelled source for the student)."""
     settings = {**MICRO, "pipeline.synthetic_cases": 2, "pipeline.synthetic_weight": 0.5}
+    settings["pipeline.synthetic_teacher"] = True  # the CPU preset keeps them to the students
     pipeline = Pipeline(tiny_dataset, tmp_path / "work", load_config("cpu", overrides=settings), False)
     for stage in pipeline.stages()[:4]:  # prepare, teacher, pseudolabel1, student1
         stage.run()
@@ -58,14 +59,14 @@ def test_the_teacher_trains_on_phantom_cases_of_the_labelled_organs_at_their_wei
     assert [s["weight"] for s in student][::2] == [1.0, 0.5]
 
 
-def test_the_robust_preset_keeps_the_phantom_cases_to_the_students(tiny_dataset, tmp_path) -> None:
-    """`--preset cpu_robust` (`pipeline.synthetic_teacher: false`): the teacher trains on the labelled cases alone,
-    the student on the phantom cases too; its fine-tuning is a whole epoch (the CPU preset's is half)."""
-    robust, cpu = load_config("cpu_robust"), load_config("cpu")
-    assert robust.pipeline.finetune_iterations == robust.train.iterations_per_epoch > cpu.pipeline.finetune_iterations
-    assert (robust.model, robust.train, robust.augment) == (cpu.model, cpu.train, cpu.augment)
+def test_the_cpu_preset_keeps_the_phantom_cases_to_the_students(tiny_dataset, tmp_path) -> None:
+    """`--preset cpu` (`pipeline.synthetic_teacher: false`): the teacher trains on the labelled cases alone, the
+    student on the phantom cases too at half a labelled case's weight; the fine-tuning is a whole epoch."""
+    cpu = load_config("cpu")
+    assert cpu.pipeline.finetune_iterations == cpu.train.iterations_per_epoch
+    assert (cpu.pipeline.synthetic_cases, cpu.pipeline.synthetic_weight) == (4, 0.5)
     settings = {**MICRO, "pipeline.synthetic_cases": 1}
-    pipeline = Pipeline(tiny_dataset, tmp_path / "work", load_config("cpu_robust", overrides=settings), False)
+    pipeline = Pipeline(tiny_dataset, tmp_path / "work", load_config("cpu", overrides=settings), False)
     for stage in pipeline.stages()[:4]:
         stage.run()
     split = json.loads((tmp_path / "work" / "split.json").read_text())
@@ -73,6 +74,7 @@ def test_the_robust_preset_keeps_the_phantom_cases_to_the_students(tiny_dataset,
     student = json.loads((tmp_path / "work" / "models" / "student" / "split.json").read_text())["sources"]
     assert [s["cases"] for s in teacher] == [split["train"]]
     assert student[-1]["cases"] == split["synthetic"] == ["Synthetic_0001"]
+    assert student[-1]["weight"] == 0.5
 
 
 def test_a_dataset_case_of_the_phantom_cases_name_is_refused(tiny_dataset, tmp_path) -> None:

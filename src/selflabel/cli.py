@@ -32,9 +32,7 @@ def _root() -> None:
     """Semi-supervised abdominal CT segmentation by self-labelling (Swin-Unet, FLARE22 scoring)."""
 
 
-PresetOption = Annotated[
-    str, typer.Option("--preset", help="Named settings: 'paper' (default), 'cpu' or 'cpu_robust'.")
-]
+PresetOption = Annotated[str, typer.Option("--preset", help="Named settings: 'paper' (default) or 'cpu'.")]
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="YAML file of settings applied on top of the preset.")
 ]
