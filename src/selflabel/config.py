@@ -435,7 +435,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the labelled anatomy), each drawn half as often as a labelled case: builds, stomach fillings and levels that
         # a few labelled patients do not show; then the last student fine-tuned for a whole epoch on the labelled
         # cases alone (half an epoch before). Eight realct seeds: its own test cases -0.000 +- 0.003; the real patient
-        # of another scanner 0.505 -> 0.575, 8 of 8 up, every seed >= 0.50 (the preset before: 4 of 8); two AMOS
+        # of another scanner 0.503 -> 0.571, 8 of 8 up, every seed >= 0.50 (the preset before: 4 of 8); two AMOS
         # patients up in 7 of 8; the phantom +0.014, 4 of 4 (RESULTS.md, session 2026-12-07 (i))
         "pipeline.synthetic_cases": 4,
         "pipeline.synthetic_weight": 0.5,
