@@ -44,8 +44,16 @@ def _sets(*pairs: str) -> list[str]:
     return [arg for pair in pairs for arg in ("--set", pair)]
 
 
-#: Phantom cases for the teacher too, with the fine-tuning of the preset they were measured on (session 2026-12-07 (g)).
-_TEACHER_TOO = ("pipeline.synthetic_cases=4", "pipeline.synthetic_teacher=true", "pipeline.finetune_iterations=85")
+def _phantoms(cases: int, weight: str, *, teacher: bool, finetune: int) -> list[str]:
+    """Phantom bodies (`pipeline.synthetic_cases`) spelt out with the teacher and fine-tuning settings they were
+    measured with, so that an option keeps its meaning when the preset changes."""
+    return _sets(
+        f"pipeline.synthetic_cases={cases}",
+        f"pipeline.synthetic_weight={weight}",
+        f"pipeline.synthetic_teacher={str(teacher).lower()}",
+        f"pipeline.finetune_iterations={finetune}",
+    )
+
 
 #: Option name -> extra `selflabel run` arguments on top of the cpu preset. Adding an option is one line here.
 #: `baseline` is the preset; `cpu_before` the cpu preset before issue 11, `one_round_80` the one before its two
@@ -176,38 +184,18 @@ OPTIONS: dict[str, list[str]] = {
     "companions_095": _sets("pseudolabel.companion_rate=0.95"),  # a looser rule: more of the teacher's misses caught
     # phantom bodies among the labelled training cases (other builds, stomach fillings and levels than one patient's);
     # on the phantom cohort these are more cases of its own generator, so only realct and real patients judge them
-    "plus_synthetic4": _sets(*_TEACHER_TOO, "pipeline.synthetic_weight=1"),
-    "plus_synthetic4_w025": _sets(*_TEACHER_TOO, "pipeline.synthetic_weight=0.25"),
-    "plus_synthetic4_students": _sets(
-        "pipeline.synthetic_cases=4",
-        "pipeline.synthetic_weight=1",
-        "pipeline.synthetic_teacher=false",
-        "pipeline.finetune_iterations=85",
-    ),
+    "plus_synthetic4": _phantoms(4, "1", teacher=True, finetune=85),
+    "plus_synthetic4_w025": _phantoms(4, "0.25", teacher=True, finetune=85),
+    "plus_synthetic4_students": _phantoms(4, "1", teacher=False, finetune=85),
     # ... with a whole fine-tuning epoch on the labelled cases (170 iterations, the preset 85): does the longer
     # return to the labelled anatomy win back realct's loss and keep the real patient's gain? (session (h)'s
     # `--preset cpu_robust`)
-    "plus_synthetic4_students_ft170": _sets(
-        "pipeline.synthetic_cases=4",
-        "pipeline.synthetic_weight=1",
-        "pipeline.synthetic_teacher=false",
-        "pipeline.finetune_iterations=170",
-    ),
+    "plus_synthetic4_students_ft170": _phantoms(4, "1", teacher=False, finetune=170),
     # ... at half the weight (a sixth of the students' draws instead of two sevenths): less of realct's own anatomy
     # given up for the other builds? (the CPU preset since session 2026-12-07 (i))
-    "plus_synthetic4_w05_students_ft170": _sets(
-        "pipeline.synthetic_cases=4",
-        "pipeline.synthetic_weight=0.5",
-        "pipeline.synthetic_teacher=false",
-        "pipeline.finetune_iterations=170",
-    ),
+    "plus_synthetic4_w05_students_ft170": _phantoms(4, "0.5", teacher=False, finetune=170),
     # ... twice the bodies at half the weight (the same share of the draws, more variety)
-    "plus_synthetic8_w05_students_ft170": _sets(
-        "pipeline.synthetic_cases=8",
-        "pipeline.synthetic_weight=0.5",
-        "pipeline.synthetic_teacher=false",
-        "pipeline.finetune_iterations=170",
-    ),
+    "plus_synthetic8_w05_students_ft170": _phantoms(8, "0.5", teacher=False, finetune=170),
     # a fifth level (a 5x5 bottleneck at 80 px, as nnU-Net plans poolings down to a few pixels): the preset's cost,
     # +23 % per step, and at about the preset's cost (fewer iterations per epoch and in the fine-tuning)
     "plus_unet5": _sets("model.unet_channels=[16,32,64,128,256]"),
