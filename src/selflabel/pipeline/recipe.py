@@ -266,8 +266,9 @@ class Pipeline:
         if p.finetune_augment == "teacher":
             settings["augment.strong"] = self.cfg.augment.strong
         cfg = self._student_config(settings)
-        init = last_student / "best.pt"
-        self._train_model("student_finetuned", self._students_labelled(), [], cfg, self.student_cache, init_from=init)
+        cache, init = self.student_cache, last_student / "best.pt"
+        extra = self._synthetic(cache) if p.synthetic_finetune else []
+        self._train_model("student_finetuned", self._students_labelled(), extra, cfg, cache, init_from=init)
 
     def eval_splits(self) -> dict[str, list[Case]]:
         validation = self._labelled(self.split["validation"])
