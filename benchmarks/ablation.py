@@ -198,7 +198,8 @@ OPTIONS: dict[str, list[str]] = {
     "plus_synthetic8_w05_students_ft170": _phantoms(8, "0.5", teacher=False, finetune=170),
     # the preset's phantom bodies in its fine-tuning too: the round-2 students find the real patient's stomach better
     # than the fine-tuned ones (ten realct seeds); does the fine-tuning forget it for want of the bodies?
-    "plus_synthetic_finetune": _sets("pipeline.synthetic_finetune=true"),
+    "plus_synthetic_finetune": _sets("pipeline.synthetic_finetune_weight=0.5"),
+    "plus_synthetic_finetune_w0125": _sets("pipeline.synthetic_finetune_weight=0.125"),
     # a fifth level (a 5x5 bottleneck at 80 px, as nnU-Net plans poolings down to a few pixels): the preset's cost,
     # +23 % per step, and at about the preset's cost (fewer iterations per epoch and in the fine-tuning)
     "plus_unet5": _sets("model.unet_channels=[16,32,64,128,256]"),

@@ -77,12 +77,12 @@ def test_the_cpu_preset_keeps_the_phantom_cases_to_the_students(tiny_dataset, tm
     assert student[-1]["weight"] == 0.5
 
 
-@pytest.mark.parametrize("in_finetune", [False, True])
-def test_the_fine_tuning_draws_the_phantom_cases_only_when_asked(tiny_dataset, tmp_path, in_finetune) -> None:
-    """`pipeline.synthetic_finetune`: the fine-tuned student's sources are the labelled cases alone (the default), or
-    those and the phantom cases at their weight."""
+@pytest.mark.parametrize("weight", [0.0, 0.25])
+def test_the_fine_tuning_draws_the_phantom_cases_only_when_asked(tiny_dataset, tmp_path, weight) -> None:
+    """`pipeline.synthetic_finetune_weight`: the fine-tuned student's sources are the labelled cases alone (0, the
+    default), or those and the phantom cases at that weight (not the students' 0.5)."""
     settings = {**MICRO, "pipeline.finetune_epochs": 1, "pipeline.finetune_iterations": 2}
-    settings["pipeline.synthetic_finetune"] = in_finetune
+    settings |= {"pipeline.synthetic_weight": 0.5, "pipeline.synthetic_finetune_weight": weight}
     pipeline = Pipeline(tiny_dataset, tmp_path / "work", load_config("cpu", overrides=settings), False)
     stages = pipeline.stages()
     assert stages[4].name == "finetune"
@@ -90,9 +90,9 @@ def test_the_fine_tuning_draws_the_phantom_cases_only_when_asked(tiny_dataset, t
         stage.run()
     split = json.loads((tmp_path / "work" / "split.json").read_text())
     sources = json.loads((tmp_path / "work" / "models" / "student_finetuned" / "split.json").read_text())["sources"]
-    expected = [split["train"], split["synthetic"]] if in_finetune else [split["train"]]
+    expected = [split["train"], split["synthetic"]] if weight else [split["train"]]
     assert [s["cases"] for s in sources] == expected
-    assert [s["weight"] for s in sources] == [1.0, 0.5][: len(expected)]
+    assert [s["weight"] for s in sources] == [1.0, weight][: len(expected)]
 
 
 def test_a_dataset_case_of_the_phantom_cases_name_is_refused(tiny_dataset, tmp_path) -> None:

@@ -330,15 +330,15 @@ class PipelineConfig:
         teacher's pseudo-labels are resized to it as probabilities, and the labelled and unlabelled scans are cached
         at it too.
     synthetic_cases: phantom bodies (`selflabel.phantom`) added to the labelled training cases of the teacher and
-        every student, and of the fine-tuning with `synthetic_finetune` (0 = off, the paper): anatomy of other
+        every student, and of the fine-tuning with `synthetic_finetune_weight` (0 = off, the paper): anatomy of other
         builds, stomach fillings and levels that a few labelled scans of one patient do not show. Each is labelled
         with the organs the labelled training cases hold (at the dataset's label values; any other organ is
         background), made once into WORK/synthetic from the run's seed, and drawn `synthetic_weight` as often as a
         labelled case.
     synthetic_teacher: the teacher trains on the phantom cases too (``false``: the students only, so that the
         pseudo-labels are the teacher's of the labelled anatomy alone).
-    synthetic_finetune: the fine-tuning draws the phantom cases too, at `synthetic_weight` (``false``: the labelled
-        cases alone).
+    synthetic_finetune_weight: how often the fine-tuning draws each phantom case against a labelled case (0: never,
+        the fine-tuning is on the labelled cases alone).
     """
 
     train_fraction: float = 0.4
@@ -358,7 +358,7 @@ class PipelineConfig:
     synthetic_cases: int = 0
     synthetic_weight: float = 0.25
     synthetic_teacher: bool = True
-    synthetic_finetune: bool = False
+    synthetic_finetune_weight: float = 0.0
 
 
 @dataclass(frozen=True)

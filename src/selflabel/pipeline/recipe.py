@@ -184,10 +184,12 @@ class Pipeline:
         self._cache([(cases, self.dataset.label_values)], grids)
         return [case.name for case in cases]
 
-    def _synthetic(self, cache: Path) -> list[Source]:
-        """The phantom cases as a training source of their own weight (none without `pipeline.synthetic_cases`)."""
+    def _synthetic(self, cache: Path, weight: float | None = None) -> list[Source]:
+        """The phantom cases as a training source of `weight` (default `pipeline.synthetic_weight`); none without
+        `pipeline.synthetic_cases` or at weight 0."""
         names = tuple(self.split.get("synthetic", []))
-        return [Source(cache, names, weight=self.cfg.pipeline.synthetic_weight)] if names else []
+        weight = self.cfg.pipeline.synthetic_weight if weight is None else weight
+        return [Source(cache, names, weight=weight)] if names and weight > 0 else []
 
     def _train_model(
         self, name: str, labelled: Sequence[str], extra: list[Source], cfg: Config, cache: Path,
@@ -267,7 +269,7 @@ class Pipeline:
             settings["augment.strong"] = self.cfg.augment.strong
         cfg = self._student_config(settings)
         cache, init = self.student_cache, last_student / "best.pt"
-        extra = self._synthetic(cache) if p.synthetic_finetune else []
+        extra = self._synthetic(cache, p.synthetic_finetune_weight)
         self._train_model("student_finetuned", self._students_labelled(), extra, cfg, cache, init_from=init)
 
     def eval_splits(self) -> dict[str, list[Case]]:
