@@ -160,6 +160,8 @@ OPTIONS: dict[str, list[str]] = {
     # the preset's fine-tuning at another learning rate or length
     "finetune_lr5e-4": _sets("pipeline.finetune_lr=5e-4"),
     "finetune_lr2e-3": _sets("pipeline.finetune_lr=2e-3"),
+    # a gentler fine-tuning after the phantom bodies: does it keep more of the levels they taught?
+    "finetune_lr3e-4": _sets("pipeline.finetune_lr=3e-4"),
     "finetune_i120": _sets("pipeline.finetune_iterations=120"),
     "finetune_i170": _sets("pipeline.synthetic_cases=0", "pipeline.finetune_iterations=170"),  # the whole epoch alone
     "finetune_teacher_augment": _sets("pipeline.finetune_augment=teacher"),
