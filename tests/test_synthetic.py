@@ -108,3 +108,5 @@ def test_a_dataset_case_of_the_phantom_cases_name_is_refused(tiny_dataset, tmp_p
 def test_a_negative_count_is_refused() -> None:
     with pytest.raises(ConfigError, match="synthetic_cases"):
         load_config("cpu", overrides={"pipeline.synthetic_cases": -1})
+    with pytest.raises(ConfigError, match="synthetic_finetune_weight must be >= 0"):
+        load_config("cpu", overrides={"pipeline.synthetic_finetune_weight": -0.5})

@@ -663,6 +663,9 @@ def _validate_pipeline(config: Config) -> None:
             "pipeline.synthetic_cases must be >= 0 and pipeline.synthetic_weight positive, got "
             f"{pl.synthetic_cases} and {pl.synthetic_weight}"
         )
+    if pl.synthetic_finetune_weight < 0:
+        w = pl.synthetic_finetune_weight
+        raise ConfigError(f"pipeline.synthetic_finetune_weight must be >= 0 (0 = the labelled cases alone), got {w}")
     if pl.finetune_iterations < 0:
         n = pl.finetune_iterations
         raise ConfigError(f"pipeline.finetune_iterations must be >= 0 (0 = train.iterations_per_epoch), got {n}")
