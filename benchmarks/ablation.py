@@ -162,6 +162,9 @@ OPTIONS: dict[str, list[str]] = {
     "finetune_lr2e-3": _sets("pipeline.finetune_lr=2e-3"),
     # a gentler fine-tuning after the phantom bodies: does it keep more of the levels they taught?
     "finetune_lr3e-4": _sets("pipeline.finetune_lr=3e-4"),
+    # ... or with the last student's encoder kept (its features of the phantom bodies' builds and levels), the decoder
+    # and heads fine-tuned on the labelled anatomy
+    "finetune_freeze_encoder": _sets("pipeline.finetune_freeze=[encoder]"),
     "finetune_i120": _sets("pipeline.finetune_iterations=120"),
     "finetune_i170": _sets("pipeline.synthetic_cases=0", "pipeline.finetune_iterations=170"),  # the whole epoch alone
     "finetune_teacher_augment": _sets("pipeline.finetune_augment=teacher"),

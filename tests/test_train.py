@@ -17,6 +17,7 @@ import torch
 from selflabel.checkpoints import ModelSpec, load_checkpoint
 from selflabel.config import load_config
 from selflabel.data import Source
+from selflabel.errors import ConfigError
 from selflabel.inference import Predictor
 from selflabel.io import Case, load_dataset, read_image
 from selflabel.labels import FLARE22_LABELS
@@ -109,6 +110,25 @@ def test_deep_supervision_trains_the_coarse_heads_and_predicts_full_resolution(t
     case = load_dataset(root).training[2]
     labels = Predictor.from_run(run).predict(read_image(case.image))
     assert labels.shape == read_image(case.image).array.shape
+
+
+def test_frozen_parameters_keep_their_weights_and_the_rest_train(tiny_cache, tmp_path):
+    """`train.freeze: [encoder]`: every encoder weight is the initial one after training, the decoder's moved; a
+    prefix that names no parameter is a one-line error naming the model's parts."""
+    _, cache = tiny_cache
+    unet = {**TINY, "model.name": "unet", "model.unet_channels": [4, 8, 16], "train.freeze": ["encoder"]}
+    cfg = load_config(overrides=unet)
+    run = _run(cfg, tmp_path / "frozen", cache).run_dir
+    spec = ModelSpec(**load_checkpoint(run / "best.pt")["model_spec"])
+    torch.manual_seed(cfg.seed)
+    initial, trained = spec.build().state_dict(), _weights(run)
+    weights = [k for k in initial if k.endswith("weight") and initial[k].ndim == 4]
+    assert all(torch.equal(initial[k], trained[k]) for k in weights if k.startswith("encoder."))
+    assert all(not torch.equal(initial[k], trained[k]) for k in weights if k.startswith("decoder."))
+    wrong = load_config(overrides={**unet, "train.freeze": ["encoders"]})
+    with pytest.raises(ConfigError, match=r"'encoders' names no parameter of the UNet \(encoder, decoder, head"):
+        _run(wrong, tmp_path / "wrong", cache)
+    assert not (tmp_path / "wrong" / "config.yaml").exists()
 
 
 def test_the_weight_average_is_validated_saved_and_resumed(tiny_cache, tmp_path):

@@ -182,6 +182,9 @@ class TrainConfig:
     ema_decay: keep an exponential moving average of the weights (and BatchNorm statistics), updated after every
         step with this decay; the average is what is validated, kept as the best checkpoint and predicts
         (0 = off, the paper).
+    freeze: parameters whose names start with one of these prefixes keep their weights (e.g. ``["encoder"]``, the
+        U-Net's contracting path); each prefix must name some parameter. BatchNorm statistics still follow the
+        batches. Empty (the default): every parameter trains.
     """
 
     epochs: int = 150
@@ -198,6 +201,7 @@ class TrainConfig:
     foreground_sampling: Literal["any", "per_organ"] = "any"
     pseudo_weight: float = 1.0
     ema_decay: float = 0.0
+    freeze: tuple[str, ...] = ()
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     channels_last: bool = True
     compile: bool = False
@@ -312,6 +316,8 @@ class PipelineConfig:
         fine-tuning for a tight time budget.
     finetune_augment: ``"student"`` (the students' augmentation, strong with ``student_augment: strong``) or
         ``"teacher"`` (the teacher's: the labelled cases are not noisy labels to be robust to).
+    finetune_freeze: `train.freeze` of the fine-tuning only (e.g. ``["encoder"]``: the last student's features kept,
+        its decoder and heads fine-tuned).
     student_model: ``"teacher"`` (every student is the teacher's network, the paper) or ``"own"``: students use the
         `student` section (another network or size, e.g. a small fast student of a large teacher).
     student_augment: ``"same"`` as the teacher, or ``"strong"``: students train with `augment.strong` on.
@@ -348,6 +354,7 @@ class PipelineConfig:
     finetune_lr: float = 1e-4
     finetune_iterations: int = 0
     finetune_augment: Literal["student", "teacher"] = "student"
+    finetune_freeze: tuple[str, ...] = ()
     student_model: Literal["teacher", "own"] = "teacher"
     student_augment: Literal["same", "strong"] = "same"
     student_init: Literal["scratch", "teacher"] = "scratch"

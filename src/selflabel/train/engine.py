@@ -33,6 +33,7 @@ from selflabel.data import (
     split_record,
 )
 from selflabel.distributed import barrier
+from selflabel.errors import ConfigError
 from selflabel.labels import organs_for
 from selflabel.losses import DeepSupervisionLoss, DiceCELoss
 from selflabel.progress import Progress, show_progress
@@ -47,14 +48,26 @@ def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Optimizer groups: weight decay on weight matrices and kernels; none on biases, norms and the parameters the
-    model names in ``no_weight_decay()`` (Swin-Unet's relative-position bias tables)."""
+    """Optimizer groups of the trained parameters: weight decay on weight matrices and kernels; none on biases, norms
+    and the parameters the model names in ``no_weight_decay()`` (Swin-Unet's relative-position bias tables)."""
     exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    named = list(model.named_parameters())
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     no_decay = [p for name, p in named if p.ndim <= 1 or name in exempt]
     decay = [p for name, p in named if not (p.ndim <= 1 or name in exempt)]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def freeze(model: torch.nn.Module, prefixes: Sequence[str]) -> None:
+    """Keep the weights of the parameters whose names start with one of `prefixes` (`train.freeze`)."""
+    named = dict(model.named_parameters())
+    for prefix in prefixes:
+        frozen = [p for name, p in named.items() if name == prefix or name.startswith(prefix + ".")]
+        if not frozen:
+            parts = ", ".join(dict.fromkeys(name.split(".")[0] for name in named))
+            raise ConfigError(f"train.freeze: {prefix!r} names no parameter of the {type(model).__name__} ({parts})")
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def make_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.Adam:
@@ -151,6 +164,7 @@ class _Trainer:
         self.raw_model = self.spec.build().to(self.device)
         if t.channels_last:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
+        freeze(self.raw_model, t.freeze)
         self.model = self.raw_model
         if self.info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
