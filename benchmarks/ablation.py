@@ -52,17 +52,22 @@ def _phantoms(cases: int, weight: str, *, teacher: bool, finetune: int) -> list[
         f"pipeline.synthetic_weight={weight}",
         f"pipeline.synthetic_teacher={str(teacher).lower()}",
         f"pipeline.finetune_iterations={finetune}",
+        "pipeline.finetune_freeze=none",
     )
 
 
 #: Option name -> extra `selflabel run` arguments on top of the cpu preset. Adding an option is one line here.
 #: `baseline` is the preset; `cpu_before` the cpu preset before issue 11, `one_round_80` the one before its two
 #: rounds of 96x96 students, `split_0.5` the one before it trained on every labelled case, `cpu_before_synthetic` the
-#: one before its phantom cases (every `baseline` row measured before session 2026-12-07 (i)); each `no_*` turns one
-#: of the preset's options off, each `plus_*` adds one it does not take.
+#: one before its phantom cases (every `baseline` row measured before session 2026-12-07 (i)), `cpu_before_freeze`
+#: the one before its fine-tuning kept the encoder (session 2026-12-07 (j)); each `no_*` turns one of the preset's
+#: options off, each `plus_*` adds one it does not take.
 OPTIONS: dict[str, list[str]] = {
     "baseline": [],
-    "cpu_before_synthetic": _sets("pipeline.synthetic_cases=0", "pipeline.finetune_iterations=85"),
+    "cpu_before_synthetic": _sets(
+        "pipeline.synthetic_cases=0", "pipeline.finetune_iterations=85", "pipeline.finetune_freeze=none"
+    ),
+    "cpu_before_freeze": _sets("pipeline.finetune_freeze=none"),
     "cpu_before": _sets(
         "preprocess.crop=none",
         "preprocess.normalization=percentile_zscore",
@@ -164,7 +169,7 @@ OPTIONS: dict[str, list[str]] = {
     "finetune_lr3e-4": _sets("pipeline.finetune_lr=3e-4"),
     # ... or with the last student's encoder kept (its features of the phantom bodies' builds and levels), the decoder
     # and heads fine-tuned on the labelled anatomy
-    "finetune_freeze_encoder": _sets("pipeline.finetune_freeze=[encoder]"),
+    "finetune_freeze_encoder": _sets("pipeline.finetune_freeze=encoder"),
     "finetune_i120": _sets("pipeline.finetune_iterations=120"),
     "finetune_i170": _sets("pipeline.synthetic_cases=0", "pipeline.finetune_iterations=170"),  # the whole epoch alone
     "finetune_teacher_augment": _sets("pipeline.finetune_augment=teacher"),

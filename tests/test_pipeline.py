@@ -425,19 +425,19 @@ def test_finetuning_with_the_teacher_s_augmentation(finished, cohort, tmp_path):
 
 
 def test_finetuning_with_a_frozen_encoder(finished, cohort, tmp_path):
-    """``pipeline.finetune_freeze: [encoder]`` reaches the fine-tuning alone: its encoder keeps the student's weights,
+    """``pipeline.finetune_freeze: encoder`` reaches the fine-tuning alone: its encoder keeps the student's weights,
     its decoder moves, and the student it started from trained every parameter."""
     _, work = finished
     copy = tmp_path / "work"
     shutil.copytree(work, copy, symlinks=True)
-    tuning = {"pipeline.finetune_epochs": 1, "pipeline.finetune_iterations": 2, "pipeline.finetune_freeze": ["encoder"]}
+    tuning = {"pipeline.finetune_epochs": 1, "pipeline.finetune_iterations": 2, "pipeline.finetune_freeze": "encoder"}
     Pipeline(cohort, copy, load_config("cpu", overrides={**MICRO, **tuning}), progress=False).run()
     tuned, student = copy / "models" / "student_finetuned", copy / "models" / "student"
     after, before = _parameters(tuned), _parameters(student)
     assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("encoder."))
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("decoder."))
     frozen = [load_checkpoint(run / "best.pt")["config"]["train"]["freeze"] for run in (student, tuned)]
-    assert frozen == [[], ["encoder"]]
+    assert frozen == ["none", "encoder"]
 
 
 def test_pseudo_weight_sets_the_student_s_sampling_weight(finished, cohort, tmp_path):

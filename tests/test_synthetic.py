@@ -61,9 +61,11 @@ def test_the_teacher_trains_on_phantom_cases_of_the_labelled_organs_at_their_wei
 
 def test_the_cpu_preset_keeps_the_phantom_cases_to_the_students(tiny_dataset, tmp_path) -> None:
     """`--preset cpu` (`pipeline.synthetic_teacher: false`): the teacher trains on the labelled cases alone, the
-    student on the phantom cases too at half a labelled case's weight; the fine-tuning is a whole epoch."""
+    student on the phantom cases too at half a labelled case's weight; the fine-tuning is a whole epoch, the last
+    student's encoder kept."""
     cpu = load_config("cpu")
     assert cpu.pipeline.finetune_iterations == cpu.train.iterations_per_epoch
+    assert cpu.pipeline.finetune_freeze == "encoder"
     assert (cpu.pipeline.synthetic_cases, cpu.pipeline.synthetic_weight) == (4, 0.5)
     settings = {**MICRO, "pipeline.synthetic_cases": 1}
     pipeline = Pipeline(tiny_dataset, tmp_path / "work", load_config("cpu", overrides=settings), False)

@@ -23,6 +23,7 @@ from selflabel.io import Case, load_dataset, read_image
 from selflabel.labels import FLARE22_LABELS
 from selflabel.preprocess import plan, preprocess_cases
 from selflabel.train import is_improvement, poly_lr, selection_score, train_model
+from selflabel.train.engine import freeze
 from tests.conftest import TINY, cli_sets, make_dataset, torchrun_cli
 
 
@@ -112,11 +113,11 @@ def test_deep_supervision_trains_the_coarse_heads_and_predicts_full_resolution(t
     assert labels.shape == read_image(case.image).array.shape
 
 
-def test_frozen_parameters_keep_their_weights_and_the_rest_train(tiny_cache, tmp_path):
-    """`train.freeze: [encoder]`: every encoder weight is the initial one after training, the decoder's moved; a
-    prefix that names no parameter is a one-line error naming the model's parts."""
+def test_a_frozen_encoder_keeps_its_weights_and_the_rest_trains(tiny_cache, tmp_path):
+    """`train.freeze: encoder`: every encoder weight is the initial one after training, the decoder's moved; any
+    other value is a one-line error."""
     _, cache = tiny_cache
-    unet = {**TINY, "model.name": "unet", "model.unet_channels": [4, 8, 16], "train.freeze": ["encoder"]}
+    unet = {**TINY, "model.name": "unet", "model.unet_channels": [4, 8, 16], "train.freeze": "encoder"}
     cfg = load_config(overrides=unet)
     run = _run(cfg, tmp_path / "frozen", cache).run_dir
     spec = ModelSpec(**load_checkpoint(run / "best.pt")["model_spec"])
@@ -125,10 +126,24 @@ def test_frozen_parameters_keep_their_weights_and_the_rest_train(tiny_cache, tmp
     weights = [k for k in initial if k.endswith("weight") and initial[k].ndim == 4]
     assert all(torch.equal(initial[k], trained[k]) for k in weights if k.startswith("encoder."))
     assert all(not torch.equal(initial[k], trained[k]) for k in weights if k.startswith("decoder."))
-    wrong = load_config(overrides={**unet, "train.freeze": ["encoders"]})
-    with pytest.raises(ConfigError, match=r"'encoders' names no parameter of the UNet \(encoder, decoder, head"):
-        _run(wrong, tmp_path / "wrong", cache)
-    assert not (tmp_path / "wrong" / "config.yaml").exists()
+    with pytest.raises(ConfigError, match="train.freeze: 'encoders' is not one of"):
+        load_config(overrides={**unet, "train.freeze": "encoders"})
+
+
+@pytest.mark.parametrize(
+    ("name", "frozen", "trained"),
+    [
+        ("unet", {"encoder"}, {"decoder", "head"}),
+        ("swin_unet", {"patch_embed", "layers", "norm"}, {"layers_up", "concat_back_dim", "norm_up", "up", "output"}),
+    ],
+)
+def test_each_network_names_its_encoder(name, frozen, trained):
+    """`freeze(model, "encoder")` stops the gradients of the contracting path and of nothing else."""
+    model = ModelSpec.from_config(load_config(overrides={**TINY, "model.name": name}).model, 32, 14).build()
+    freeze(model, "encoder")
+    parts = {n.split(".")[0]: p.requires_grad for n, p in model.named_parameters()}
+    assert {part for part, grad in parts.items() if not grad} == frozen
+    assert {part for part, grad in parts.items() if grad} == trained
 
 
 def test_the_weight_average_is_validated_saved_and_resumed(tiny_cache, tmp_path):

@@ -465,6 +465,9 @@ class SwinUnet(nn.Module):
         ValueError: an impossible combination, with what to change.
     """
 
+    #: Top-level parts of the contracting path (`train.freeze: encoder`): patch embedding, stages, their norm.
+    encoder_parts = ("patch_embed", "layers", "norm")
+
     def __init__(
         self,
         num_classes: int,

@@ -79,6 +79,9 @@ class UNet(nn.Module):
         ValueError: bad arguments, with what to change.
     """
 
+    #: Top-level parts of the contracting path (`train.freeze: encoder`).
+    encoder_parts = ("encoder",)
+
     def __init__(
         self,
         in_channels: int,

@@ -267,7 +267,7 @@ class Pipeline:
             settings["train.iterations_per_epoch"] = p.finetune_iterations
         if p.finetune_augment == "teacher":
             settings["augment.strong"] = self.cfg.augment.strong
-        if p.finetune_freeze:
+        if p.finetune_freeze != "none":
             settings["train.freeze"] = p.finetune_freeze
         cfg = self._student_config(settings)
         cache, init = self.student_cache, last_student / "best.pt"

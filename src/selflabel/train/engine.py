@@ -58,15 +58,16 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     return [g for g in groups if g["params"]]
 
 
-def freeze(model: torch.nn.Module, prefixes: Sequence[str]) -> None:
-    """Keep the weights of the parameters whose names start with one of `prefixes` (`train.freeze`)."""
-    named = dict(model.named_parameters())
-    for prefix in prefixes:
-        frozen = [p for name, p in named.items() if name == prefix or name.startswith(prefix + ".")]
-        if not frozen:
-            parts = ", ".join(dict.fromkeys(name.split(".")[0] for name in named))
-            raise ConfigError(f"train.freeze: {prefix!r} names no parameter of the {type(model).__name__} ({parts})")
-        for p in frozen:
+def freeze(model: torch.nn.Module, part: str) -> None:
+    """Keep the weights of `part` of `model` (`train.freeze`): ``"encoder"``, the parameters under the model's
+    `encoder_parts`, or ``"none"``."""
+    if part == "none":
+        return
+    prefixes = tuple(getattr(model, "encoder_parts", ()))
+    if not prefixes:
+        raise ConfigError(f"train.freeze: the {type(model).__name__} names no encoder to freeze")
+    for name, p in model.named_parameters():
+        if name.split(".")[0] in prefixes:
             p.requires_grad_(False)
 
 
