@@ -63,11 +63,11 @@ def freeze(model: torch.nn.Module, part: str) -> None:
     `encoder_parts`, or ``"none"``."""
     if part == "none":
         return
-    prefixes = tuple(getattr(model, "encoder_parts", ()))
-    if not prefixes:
+    parts = tuple(getattr(model, "encoder_parts", ()))
+    if not parts:
         raise ConfigError(f"train.freeze: the {type(model).__name__} names no encoder to freeze")
     for name, p in model.named_parameters():
-        if name.split(".")[0] in prefixes:
+        if name.split(".")[0] in parts:
             p.requires_grad_(False)
 
 
