@@ -165,11 +165,9 @@ OPTIONS: dict[str, list[str]] = {
     # the preset's fine-tuning at another learning rate or length
     "finetune_lr5e-4": _sets("pipeline.finetune_lr=5e-4"),
     "finetune_lr2e-3": _sets("pipeline.finetune_lr=2e-3"),
-    # a gentler fine-tuning after the phantom bodies: does it keep more of the levels they taught?
-    "finetune_lr3e-4": _sets("pipeline.finetune_lr=3e-4"),
-    # ... or with the last student's encoder kept (its features of the phantom bodies' builds and levels), the decoder
-    # and heads fine-tuned on the labelled anatomy
-    "finetune_freeze_encoder": _sets("pipeline.finetune_freeze=encoder"),
+    # a gentler fine-tuning after the phantom bodies, every weight trained (as measured in session 2026-12-07 (j),
+    # before the preset kept the encoder): does it keep more of the levels they taught?
+    "finetune_lr3e-4": _sets("pipeline.finetune_lr=3e-4", "pipeline.finetune_freeze=none"),
     "finetune_i120": _sets("pipeline.finetune_iterations=120"),
     "finetune_i170": _sets("pipeline.synthetic_cases=0", "pipeline.finetune_iterations=170"),  # the whole epoch alone
     "finetune_teacher_augment": _sets("pipeline.finetune_augment=teacher"),
@@ -206,10 +204,11 @@ OPTIONS: dict[str, list[str]] = {
     "plus_synthetic4_w05_students_ft170": _phantoms(4, "0.5", teacher=False, finetune=170),
     # ... twice the bodies at half the weight (the same share of the draws, more variety)
     "plus_synthetic8_w05_students_ft170": _phantoms(8, "0.5", teacher=False, finetune=170),
-    # the preset's phantom bodies in its fine-tuning too: the round-2 students find the real patient's stomach better
-    # than the fine-tuned ones (ten realct seeds); does the fine-tuning forget it for want of the bodies?
-    "plus_synthetic_finetune": _sets("pipeline.synthetic_finetune_weight=0.5"),
-    "plus_synthetic_finetune_w0125": _sets("pipeline.synthetic_finetune_weight=0.125"),
+    # the preset's phantom bodies in its fine-tuning too, every weight trained (as measured): the round-2 students find
+    # the real patient's stomach better than the fine-tuned ones (ten realct seeds); does the fine-tuning forget it for
+    # want of the bodies?
+    "plus_synthetic_finetune": _sets("pipeline.synthetic_finetune_weight=0.5", "pipeline.finetune_freeze=none"),
+    "plus_synthetic_finetune_w0125": _sets("pipeline.synthetic_finetune_weight=0.125", "pipeline.finetune_freeze=none"),
     # a fifth level (a 5x5 bottleneck at 80 px, as nnU-Net plans poolings down to a few pixels): the preset's cost,
     # +23 % per step, and at about the preset's cost (fewer iterations per epoch and in the fine-tuning)
     "plus_unet5": _sets("model.unet_channels=[16,32,64,128,256]"),

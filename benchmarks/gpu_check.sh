@@ -49,7 +49,7 @@ timeout 150 python3 -m selflabel.cli demo-data /tmp/gpu_demo/data --labeled 4 --
 timeout 240 python3 -m selflabel.cli run /tmp/gpu_demo/data --out /tmp/gpu_demo/work --preset paper --quiet \
   --set train.epochs=2 --set train.iterations_per_epoch=40 --set pipeline.train_fraction=0.5 --set train.num_workers=8
 
-step "the CPU preset's recipe on the GPU: U-Net with deep supervision, phantom bodies for the students, two rounds and the fine-tuning, bf16, BatchNorm statistics of each scan (inference.adapt_bn)"
+step "the CPU preset's recipe on the GPU: U-Net with deep supervision, phantom bodies for the students, two rounds and the fine-tuning with the encoder frozen, bf16, BatchNorm statistics of each scan (inference.adapt_bn)"
 timeout 180 python3 -m selflabel.cli run /tmp/gpu_demo/data --out /tmp/gpu_demo/work_cpu --preset cpu --quiet \
   --set train.epochs=1 --set pipeline.student_epochs=1 --set train.amp=bf16 --set inference.amp=bf16
 
