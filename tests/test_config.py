@@ -50,6 +50,7 @@ def test_saved_config_reloads_equal(tmp_path):
         ({"pipeline.train_fraction": 0}, "train_fraction must be in (0, 1]"),
         ({"pipeline.student_lr": -1e-3}, "pipeline.student_lr must be >= 0"),
         ({"pipeline.student_batch_size": -1}, "pipeline.student_batch_size must be >= 0"),
+        ({"pipeline.student_distension_prob": 1.5}, "pipeline.student_distension_prob must be in"),
         ({"pipeline.finetune_iterations": -1}, "pipeline.finetune_iterations must be >= 0"),
         ({"inference.z_range": "abdomen"}, "inference.z_range: 'abdomen' is not one of"),
         ({"inference.z_gap_mm": -5}, "inference.z_gap_mm must be >= 0"),

@@ -424,6 +424,29 @@ def test_finetuning_with_the_teacher_s_augmentation(finished, cohort, tmp_path):
     assert strong == [True, True, False]
 
 
+def test_students_distend_hollow_organs_and_the_teacher_does_not(finished, cohort, tmp_path):
+    """``pipeline.student_distension_prob`` is a setting of the students and the fine-tuning, not of the teacher: the
+    finished run refuses it at its first student, the teacher is reused, and ``finetune_augment: teacher`` takes
+    the teacher's distension back."""
+    _, work = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    teacher_marker = (copy / "stages" / "teacher.json").read_text()
+    tuning = {"pipeline.student_distension_prob": 0.4, "pipeline.finetune_epochs": 1, "pipeline.finetune_iterations": 1}
+    with pytest.raises(SelflabelError, match="stage 'student1' ran with other settings.*student_distension_prob"):
+        Pipeline(cohort, copy, load_config("cpu", overrides={**MICRO, **tuning}), progress=False).run()
+    distension = {}
+    for augment, force in (("student", "student1"), ("teacher", "finetune")):
+        cfg = load_config("cpu", overrides={**MICRO, **tuning, "pipeline.finetune_augment": augment})
+        Pipeline(cohort, copy, cfg, progress=False).run(force=[force])
+        distension[augment] = [
+            load_checkpoint(copy / "models" / name / "best.pt")["config"]["augment"]["distension_prob"]
+            for name in ("teacher", "student", "student_finetuned")
+        ]
+    assert distension == {"student": [0.0, 0.4, 0.4], "teacher": [0.0, 0.4, 0.0]}
+    assert (copy / "stages" / "teacher.json").read_text() == teacher_marker
+
+
 def test_finetuning_with_a_frozen_encoder(finished, cohort, tmp_path):
     """``pipeline.finetune_freeze: encoder`` reaches the fine-tuning alone: its encoder keeps the student's weights,
     its decoder moves, and the student it started from trained every parameter."""

@@ -321,6 +321,9 @@ class PipelineConfig:
     student_model: ``"teacher"`` (every student is the teacher's network, the paper) or ``"own"``: students use the
         `student` section (another network or size, e.g. a small fast student of a large teacher).
     student_augment: ``"same"`` as the teacher, or ``"strong"``: students train with `augment.strong` on.
+    student_distension_prob: `augment.distension_prob` of every student and of the fine-tuning (0 = the teacher's):
+        stomachs, duodena and gallbladders fuller than the labelled scans show, taught to the students only, so that
+        the teacher's pseudo-labels stay those of the labelled anatomy.
     student_init: ``"scratch"`` (a new network, the paper) or ``"teacher"``: each student starts from its teacher's
         best weights, so that a short schedule goes into the pseudo-labelled cases rather than into learning
         anatomy again (needs ``student_model: teacher``; from round 2 the teacher is the previous student).
@@ -357,6 +360,7 @@ class PipelineConfig:
     finetune_freeze: Literal["none", "encoder"] = "none"
     student_model: Literal["teacher", "own"] = "teacher"
     student_augment: Literal["same", "strong"] = "same"
+    student_distension_prob: float = 0.0
     student_init: Literal["scratch", "teacher"] = "scratch"
     student_lr: float = 0.0
     student_batch_size: int = 0
@@ -681,6 +685,9 @@ def _validate_pipeline(config: Config) -> None:
     if pl.finetune_iterations < 0:
         n = pl.finetune_iterations
         raise ConfigError(f"pipeline.finetune_iterations must be >= 0 (0 = train.iterations_per_epoch), got {n}")
+    if not 0 <= pl.student_distension_prob <= 1:
+        prob = pl.student_distension_prob
+        raise ConfigError(f"pipeline.student_distension_prob must be in [0, 1] (0 = the teacher's), got {prob}")
     if pl.student_lr < 0:
         raise ConfigError(f"pipeline.student_lr must be >= 0 (0 = train.lr), got {pl.student_lr}")
     if pl.student_batch_size < 0:

@@ -129,8 +129,8 @@ class Pipeline:
         base = PREPARE_SECTIONS
         train = (*base, "model", "augment", "train", "pipeline.synthetic_weight", "pipeline.synthetic_teacher")
         student = (*train, "student", "inference", "pseudolabel", "pipeline.student_epochs", "pipeline.student_model",
-                   "pipeline.student_augment", "pipeline.student_init", "pipeline.student_lr",
-                   "pipeline.student_batch_size", "pipeline.student_labelled")  # fmt: skip
+                   "pipeline.student_augment", "pipeline.student_distension_prob", "pipeline.student_init",
+                   "pipeline.student_lr", "pipeline.student_batch_size", "pipeline.student_labelled")  # fmt: skip
         pseudo = (*train, "inference", "pseudolabel")
         caches = tuple(dict.fromkeys(("cache", self.student_cache.name)))
         shared = functools.partial(Stage, every_rank=True)  # DDP training, sharded pseudo-labelling
@@ -239,6 +239,8 @@ class Pipeline:
             settings["model"] = config_to_dict(self.cfg)["student"]
         if p.student_augment == "strong":
             settings["augment.strong"] = True
+        if p.student_distension_prob > 0:
+            settings["augment.distension_prob"] = p.student_distension_prob
         if p.student_lr > 0:
             settings["train.lr"] = p.student_lr
         if p.student_batch_size > 0:
@@ -267,6 +269,7 @@ class Pipeline:
             settings["train.iterations_per_epoch"] = p.finetune_iterations
         if p.finetune_augment == "teacher":
             settings["augment.strong"] = self.cfg.augment.strong
+            settings["augment.distension_prob"] = self.cfg.augment.distension_prob
         if p.finetune_freeze != "none":
             settings["train.freeze"] = p.finetune_freeze
         cfg = self._student_config(settings)
