@@ -209,6 +209,9 @@ OPTIONS: dict[str, list[str]] = {
     # want of the bodies?
     "plus_synthetic_finetune": _sets("pipeline.synthetic_finetune_weight=0.5", "pipeline.finetune_freeze=none"),
     "plus_synthetic_finetune_w0125": _sets("pipeline.synthetic_finetune_weight=0.125", "pipeline.finetune_freeze=none"),
+    # the hollow organs distended for the students and the fine-tuning only: the real patient's stomach, twice the
+    # labelled patient's largest slice, is what the weak seeds miss (session 2026-12-08)
+    "plus_student_distension": _sets("pipeline.student_distension_prob=0.3"),
     # a fifth level (a 5x5 bottleneck at 80 px, as nnU-Net plans poolings down to a few pixels): the preset's cost,
     # +23 % per step, and at about the preset's cost (fewer iterations per epoch and in the fine-tuning)
     "plus_unet5": _sets("model.unet_channels=[16,32,64,128,256]"),
