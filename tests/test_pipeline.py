@@ -308,6 +308,7 @@ CHANGED_STUDENT_SETTINGS = {
     "student_epochs": 2,
     "student_model": "own",  # with student_init scratch: a network of its own cannot start from the teacher's
     "student_augment": "same",
+    "student_distension_prob": 0.5,
     "student_init": "scratch",
     "student_lr": 0.01,
     "student_batch_size": 2,
